@@ -1,0 +1,80 @@
+"""Training utilities shared by the Lightning modules: resumable sampling and checkpoint I/O."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch.utils.data import Sampler
+
+from common.checkpoint import atomic_save, safe_load
+
+
+class InfiniteSampler(Sampler[int]):
+    """Endless shuffled indices whose order is a pure function of ``(seed, position)``.
+
+    Global position ``p`` reads epoch ``p // n`` (a permutation seeded by ``seed + epoch``) at offset
+    ``p % n``. Rank ``r`` of ``world_size`` takes positions ``start + r, start + r + world_size, ...``.
+    Restarting with ``start`` = samples already consumed by all ranks therefore continues exactly
+    where an interrupted run stopped.
+    """
+
+    def __init__(
+        self,
+        dataset_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        if dataset_size <= 0:
+            raise ValueError("cannot sample from an empty dataset")
+        self.n = dataset_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.start = start
+        self.shuffle = shuffle
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self) -> Iterator[int]:
+        position = self.start + self.rank
+        epoch, order = -1, None
+        while True:
+            e, offset = divmod(position, self.n)
+            if e != epoch:
+                epoch, order = e, self._order(e)
+            yield int(order[offset])
+            position += self.world_size
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """Seed for the randomness of one training step (noise, timesteps, label dropout, flips).
+
+    Making every step's randomness a function of ``(seed, step, rank)`` lets a resumed run draw
+    exactly the numbers the uninterrupted run would have drawn.
+    """
+    return (seed * 1_000_003 + step * 4099 + rank) % (2**63 - 1)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O with atomic local writes and ``weights_only=True`` reads."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if "://" in str(path):  # remote filesystems: Lightning's fsspec transaction
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        return safe_load(os.fspath(path), map_location=map_location or "cpu")

@@ -1,0 +1,144 @@
+"""Load DiT weights from our Lightning checkpoints, our ``ema.pt`` exports, or official files.
+
+Official files are plain state dicts (``DiT-XL-2-256x256.pt``) or training checkpoints with
+``model``/``ema``/``opt``/``args`` entries; both load here with ``weights_only=True``. The DiT
+configuration of a plain state dict is read off its tensor shapes (hidden size, depth, patch size,
+channels, image size, classes, learned sigma, block design); the number of heads, which no shape
+records, comes from Table 2.1 for the standard widths or from ``model=DiT-XL/2``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.checkpoint import safe_load
+from diffusion_transformer.models import DIT_CONFIGS, DiT, DiT_models
+
+_HEADS_BY_WIDTH = {hidden: heads for _depth, hidden, heads in DIT_CONFIGS.values()}
+
+
+def infer_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """DiT constructor arguments implied by a state dict's keys and shapes."""
+    if "x_embedder.proj.weight" not in state_dict:
+        raise ValueError(
+            "this file is not a DiT state dict (no x_embedder.proj.weight); expected an official "
+            "DiT checkpoint, an ema.pt written by our trainer, or a Lightning .ckpt of ours"
+        )
+    w = state_dict["x_embedder.proj.weight"]
+    hidden, in_channels, patch = w.shape[0], w.shape[1], w.shape[-1]
+    depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k)))
+    num_patches = state_dict["pos_embed"].shape[1]
+    input_size = int(math.isqrt(num_patches)) * patch
+    out = state_dict["final_layer.linear.weight"].shape[0] // (patch * patch)
+    rows = state_dict["y_embedder.embedding_table.weight"].shape[0]
+    if "blocks.0.adaLN_modulation.1.weight" in state_dict:
+        chunks = state_dict["blocks.0.adaLN_modulation.1.weight"].shape[0] // hidden
+        block = "adaln_zero" if chunks == 6 else "adaln"
+    elif "blocks.0.cross_attn.q.weight" in state_dict:
+        block = "cross_attention"
+    else:
+        block = "in_context"
+    return {
+        "input_size": input_size,
+        "patch_size": patch,
+        "in_channels": in_channels,
+        "hidden_size": hidden,
+        "depth": depth,
+        "num_heads": _HEADS_BY_WIDTH.get(hidden),
+        "learn_sigma": out == 2 * in_channels,
+        # Official checkpoints keep a null-class row: rows = classes + 1 (1001 for ImageNet).
+        "num_classes": rows - 1,
+        "class_dropout_prob": 0.1,
+        "block": block,
+    }
+
+
+def check_compatible(model: DiT, state_dict: dict[str, torch.Tensor]) -> None:
+    """Raise an error that names the setting to change when ``state_dict`` does not fit ``model``."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if missing or unexpected:
+        found = infer_config(state_dict) if "x_embedder.proj.weight" in state_dict else {}
+        raise ValueError(
+            f"checkpoint does not match the model: missing keys {missing[:4]}, unexpected keys "
+            f"{unexpected[:4]}. The checkpoint looks like depth={found.get('depth')}, "
+            f"block={found.get('block')}: pick the matching model (e.g. model=DiT-XL/2) or block"
+        )
+    hints = {
+        "x_embedder.proj.weight": "model width, patch size or input channels (model=DiT-XL/2 ...)",
+        "pos_embed": "image size (image_size=256 for 32x32 latents, 512 for 64x64)",
+        "y_embedder.embedding_table.weight": "number of classes (num_classes)",
+        "final_layer.linear.weight": "learn_sigma, patch size or channels",
+    }
+    ordered = [k for k in hints if k in state_dict] + [k for k in state_dict if k not in hints]
+    for key in ordered:  # the most telling mismatch first: width/patch before image size
+        tensor = state_dict[key]
+        if own[key].shape != tensor.shape:
+            what = hints.get(key, "model configuration")
+            raise ValueError(
+                f"checkpoint tensor {key} has shape {tuple(tensor.shape)} but the model expects "
+                f"{tuple(own[key].shape)}: set the {what} to the checkpoint's"
+            )
+
+
+def read_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[dict, dict[str, Any]]:
+    """-> (DiT state dict, metadata). Metadata holds ``dit_config``, ``diffusion``, ``vae`` when
+    the file is one of our Lightning checkpoints."""
+    obj = safe_load(path)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} does not hold a state dict")
+    if "state_dict" in obj:  # Lightning checkpoint of DiTModule
+        prefix = "ema.module." if use_ema else "model."
+        sd = {k[len(prefix):]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
+        hp = obj.get("hyper_parameters", {})
+        meta = {"dit_config": obj.get("dit_config") or hp.get("model"),
+                "diffusion": hp.get("diffusion"), "vae": hp.get("vae")}
+        return sd, meta
+    if "ema" in obj and isinstance(obj["ema"], dict):  # official training checkpoint
+        args = vars(obj["args"]) if hasattr(obj.get("args"), "__dict__") else {}
+        meta = {"official_args": {k: args[k] for k in ("model", "image_size", "num_classes")
+                                  if k in args}}
+        return (obj["ema"] if use_ema else obj["model"]), meta
+    return obj, {}
+
+
+def load_dit(
+    path: str | Path,
+    model: str | None = None,
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    use_ema: bool = True,
+    cfg_channels: int | None = None,
+) -> tuple[DiT, dict[str, Any]]:
+    """Build a DiT and load ``path`` strictly. ``model``/``image_size``/``num_classes`` (latent
+    space, 8x VAE) pin the architecture; when omitted they are read off the checkpoint."""
+    state_dict, meta = read_checkpoint(path, use_ema)
+    config = dict(meta.get("dit_config") or infer_config(state_dict))
+    official = meta.get("official_args", {})
+    model = model or official.get("model")
+    if model is not None:
+        if model not in DiT_models:
+            raise KeyError(f"unknown DiT model {model!r}; valid names: {', '.join(DiT_models)}")
+        size, patch = model[len("DiT-"):].split("/")
+        depth, hidden, heads = DIT_CONFIGS[size]
+        config.update(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=int(patch))
+    if image_size is not None:
+        config["input_size"] = image_size // 8 if config.get("in_channels", 4) == 4 else image_size
+    if num_classes is not None:
+        config["num_classes"] = num_classes
+    if config.get("num_heads") is None:
+        raise ValueError(
+            f"cannot tell the number of attention heads of a width-{config['hidden_size']} DiT: "
+            "pass model=<name> (e.g. model=DiT-XL/2)"
+        )
+    config["cfg_channels"] = cfg_channels
+    dit = DiT(**config)
+    check_compatible(dit, state_dict)
+    dit.load_state_dict(state_dict, strict=True)
+    return dit.eval(), meta

@@ -1,0 +1,85 @@
+"""Hydra composition: what `python -m diffusion_transformer.train <overrides>` will run."""
+
+from pathlib import Path
+
+import hydra
+import pytest
+from omegaconf import OmegaConf
+
+import diffusion_transformer
+from common.training import SafeCheckpointIO
+
+CONF = Path(diffusion_transformer.__file__).parent / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def test_default_is_the_digits_demo(compose_train):
+    cfg = compose_train()
+    assert cfg.data.name == "digits" and cfg.model.size == "tiny" and cfg.patch == 2
+    assert cfg.trainer.accelerator == "cpu" and cfg.diffusion.objective == "ddpm"
+    assert cfg.module.model.input_size == 8 and cfg.module.model.in_channels == 1
+    assert "wandb" in cfg.logger and cfg.logger.wandb.offline is True
+
+
+def test_model_xl_patch_2_composes_as_expected(compose_train):
+    cfg = compose_train("model=xl", "patch=2")
+    m = cfg.module.model
+    assert (m.depth, m.hidden_size, m.num_heads, m.patch_size) == (28, 1152, 16, 2)
+    assert m.block == "adaln_zero" and m.learn_sigma is True and m.class_dropout_prob == 0.1
+    assert cfg.run_name == "DiT-XL-2-digits"
+    for size, (depth, width, heads) in {"s": (12, 384, 6), "b": (12, 768, 12),
+                                        "l": (24, 1024, 16)}.items():
+        m = compose_train(f"model={size}", "patch=4").module.model
+        assert (m.depth, m.hidden_size, m.num_heads, m.patch_size) == (depth, width, heads, 4)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(compose_train, experiment):
+    overrides = [f"experiment={experiment}"]
+    if experiment.startswith("imagenet"):
+        overrides += ["data.root=/data/latents", "data.vae.path=/models/vae"]
+    cfg = compose_train(*overrides)
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    if experiment == "imagenet256":
+        m = cfg.module.model
+        assert (m.depth, m.hidden_size, m.patch_size, m.input_size, m.num_classes) == (
+            28, 1152, 2, 32, 1000)
+        assert cfg.optim.lr == 1e-4 and cfg.ema_decay == 0.9999 and cfg.data.flip
+        assert cfg.data.datamodule.batch_size == 256 and cfg.trainer.precision == "bf16-mixed"
+    if experiment == "imagenet512":
+        assert cfg.module.model.input_size == 64 and cfg.module.model.depth == 28
+
+
+def test_command_line_overrides_win_over_the_experiment(compose_train):
+    cfg = compose_train("experiment=imagenet256", "model=b", "patch=4", "data.root=/x",
+                        "data.vae.path=/v")
+    assert cfg.module.model.hidden_size == 768 and cfg.module.model.patch_size == 4
+
+
+@pytest.mark.parametrize("group,option", [("diffusion", "flow"), ("block", "in_context"),
+                                          ("logger", "csv"), ("logger", "none"),
+                                          ("trainer", "gpu"), ("data", "folder")])
+def test_groups_compose_and_instantiate(compose_train, group, option):
+    cfg = compose_train(f"{group}={option}", *(["data.root=/x"] if option == "folder" else []))
+    if group == "diffusion":
+        assert cfg.module.diffusion.objective == "flow" and cfg.module.model.learn_sigma is False
+    if group == "logger":
+        loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values()]
+        assert [type(x).__name__ for x in loggers] == ([] if option == "none" else ["CSVLogger"])
+    if group == "trainer":
+        assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.use_distributed_sampler is False
+
+
+def test_trainer_and_wandb_logger_instantiate(compose_train):
+    cfg = compose_train("trainer.max_steps=1", "run_id=abc123")
+    logger = hydra.utils.instantiate(cfg.logger.wandb)
+    assert logger._wandb_init["id"] == "abc123" and logger._offline
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, plugins=[SafeCheckpointIO()])
+    assert trainer.max_steps == 1
+
+
+def test_unknown_options_are_rejected_with_the_choices(compose_train):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="Available options"):
+        compose_train("model=huge")
