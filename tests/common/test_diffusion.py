@@ -56,7 +56,7 @@ def test_q_sample_and_posterior_closed_form():
     torch.testing.assert_close(d.q_sample(x0, t, noise), a.sqrt() * x0 + (1 - a).sqrt() * noise)
     # Posterior q(x_{t-1} | x_t, x_0) by Bayes' rule on the two Gaussians, for t = 500.
     ti = 500
-    beta, a_t, a_prev = 1 - abar[ti] / abar[ti - 1], abar[ti], abar[ti - 1]
+    beta, a_prev = 1 - abar[ti] / abar[ti - 1], abar[ti - 1]
     xt = d.q_sample(x0, torch.full((4,), ti), noise)
     var = 1 / (1 / (1 - a_prev) + (1 - beta) / beta)
     mean = var * (math.sqrt(a_prev) / (1 - a_prev) * x0 + math.sqrt(1 - beta) / beta * xt)
@@ -93,13 +93,21 @@ def test_respacing_preserves_marginals_and_calls_model_with_original_steps():
 
 def test_respacing_at_full_length_equals_unrespaced_process():
     betas = get_named_beta_schedule("linear", 1000)
-    plain = GaussianDiffusion(betas=betas, model_mean_type=ModelMeanType.EPSILON,
-                              model_var_type=ModelVarType.LEARNED_RANGE, loss_type=LossType.MSE)
+    plain = GaussianDiffusion(
+        betas=betas,
+        model_mean_type=ModelMeanType.EPSILON,
+        model_var_type=ModelVarType.LEARNED_RANGE,
+        loss_type=LossType.MSE,
+    )
     spaced = create_diffusion("1000")
     for name in ("betas", "alphas_cumprod", "posterior_log_variance_clipped"):
         np.testing.assert_allclose(getattr(spaced, name), getattr(plain, name), rtol=1e-12)
     model = LinearModel()
-    x0, noise, t = torch.rand(4, 3, 4, 4) * 2 - 1, torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 500, 999])
+    x0, noise, t = (
+        torch.rand(4, 3, 4, 4) * 2 - 1,
+        torch.randn(4, 3, 4, 4),
+        torch.tensor([0, 1, 500, 999]),
+    )
     a = spaced.training_losses(model, x0, t, noise=noise)
     b = plain.training_losses(model, x0, t, noise=noise)
     for key in ("loss", "mse", "vb"):
@@ -126,9 +134,15 @@ def test_ddim_with_eta_zero_is_deterministic():
 
 def test_p_sample_matches_diffusers_ddpm_learned_range():
     diffusers = pytest.importorskip("diffusers")
-    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear",
-                                    beta_start=1e-4, beta_end=0.02, variance_type="learned_range",
-                                    clip_sample=True, prediction_type="epsilon")
+    sched = diffusers.DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        variance_type="learned_range",
+        clip_sample=True,
+        prediction_type="epsilon",
+    )
     sched.set_timesteps(250)  # diffusers' "leading" spacing = ADM's "ddim250" stride
     ours = create_diffusion("ddim250")
     assert ours.timestep_map.flip(0).tolist() == sched.timesteps.tolist()
@@ -145,9 +159,15 @@ def test_p_sample_matches_diffusers_ddpm_learned_range():
 
 def test_ddim_sample_matches_diffusers_ddim():
     diffusers = pytest.importorskip("diffusers")
-    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear",
-                                    beta_start=1e-4, beta_end=0.02, clip_sample=False,
-                                    set_alpha_to_one=True, steps_offset=0)
+    sched = diffusers.DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+    )
     sched.set_timesteps(50)
     ours = create_diffusion("ddim50", learn_sigma=False)
     model = LinearModel(out_channels=3)
@@ -184,8 +204,12 @@ def test_hybrid_loss_terms():
     (g_eps, g_var) = torch.autograd.grad(terms["vb"].sum(), [eps_pred, var_pred], allow_unused=True)
     assert (g_eps is None or torch.all(g_eps == 0)) and g_var.abs().sum() > 0
     # For t > 0 the vb term is KL(q || p) in bits per dimension, computed independently here.
-    out = d.p_mean_variance(lambda x, t: torch.cat([eps_pred, var_pred], 1).detach(),
-                            d.q_sample(x0, t, noise), t, clip_denoised=False)
+    out = d.p_mean_variance(
+        lambda x, t: torch.cat([eps_pred, var_pred], 1).detach(),
+        d.q_sample(x0, t, noise),
+        t,
+        clip_denoised=False,
+    )
     true_mean, _, true_logvar = d.q_posterior_mean_variance(x0, d.q_sample(x0, t, noise), t)
     kl = normal_kl(true_mean, true_logvar, out["mean"], out["log_variance"]).mean(dim=(1, 2, 3))
     torch.testing.assert_close(terms["vb"][1:], kl[1:] / math.log(2.0))
@@ -214,7 +238,9 @@ def test_fixed_variances_and_kl_loss():
     assert vs == pytest.approx(small.posterior_variance[500], rel=1e-6)
     assert vl == pytest.approx(large.betas[500], rel=1e-6)
     kl = create_diffusion("", use_kl=True)
-    assert set(kl.training_losses(LinearModel(), torch.rand(2, 3, 4, 4), torch.tensor([3, 4]))) == {"loss"}
+    assert set(kl.training_losses(LinearModel(), torch.rand(2, 3, 4, 4), torch.tensor([3, 4]))) == {
+        "loss"
+    }
 
 
 def test_wrong_output_channels_named():

@@ -16,14 +16,14 @@ from common.training import InfiniteSampler, SafeCheckpointIO
 def test_ema_starts_as_exact_copy_and_follows_the_formula():
     model = torch.nn.Linear(4, 3)
     ema = EMA(model, decay=0.9)
-    for p, e in zip(model.parameters(), ema.module.parameters()):
+    for p, e in zip(model.parameters(), ema.module.parameters(), strict=True):
         assert torch.equal(p, e) and not e.requires_grad
     before = [p.detach().clone() for p in ema.module.parameters()]
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
     ema.update(model)
-    for b, p, e in zip(before, model.parameters(), ema.module.parameters()):
+    for b, p, e in zip(before, model.parameters(), ema.module.parameters(), strict=True):
         torch.testing.assert_close(e, 0.9 * b + 0.1 * p)
     assert set(ema.state_dict()) == {"module.weight", "module.bias"}
     with pytest.raises(ValueError, match="decay"):

@@ -29,15 +29,27 @@ def test_plain_state_dict_loads_strictly_with_identical_outputs(tmp_path, offici
     x, t, y = torch.randn(2, 4, 32, 32), torch.tensor([10, 900]), torch.tensor([207, 1000])
     assert torch.equal(loaded(x, t, y), official_s2(x, t, y))
     cfg = infer_config(official_s2.state_dict())
-    assert cfg == {"input_size": 32, "patch_size": 2, "in_channels": 4, "hidden_size": 384,
-                   "depth": 12, "num_heads": 6, "learn_sigma": True, "num_classes": 1000,
-                   "class_dropout_prob": 0.1, "block": "adaln_zero"}
+    assert cfg == {
+        "input_size": 32,
+        "patch_size": 2,
+        "in_channels": 4,
+        "hidden_size": 384,
+        "depth": 12,
+        "num_heads": 6,
+        "learn_sigma": True,
+        "num_classes": 1000,
+        "class_dropout_prob": 0.1,
+        "block": "adaln_zero",
+    }
 
 
 def test_official_training_checkpoint_with_args_namespace(tmp_path, official_s2):
-    ckpt = {"model": official_s2.state_dict(), "ema": official_s2.state_dict(),
-            "opt": {"state": {}, "param_groups": []},
-            "args": argparse.Namespace(model="DiT-S/2", image_size=256, num_classes=1000)}
+    ckpt = {
+        "model": official_s2.state_dict(),
+        "ema": official_s2.state_dict(),
+        "opt": {"state": {}, "param_groups": []},
+        "args": argparse.Namespace(model="DiT-S/2", image_size=256, num_classes=1000),
+    }
     atomic_save(ckpt, tmp_path / "0400000.pt")
     loaded, _ = load_dit(tmp_path / "0400000.pt")
     assert loaded.num_classes == 1000 and loaded.input_size == 32

@@ -27,8 +27,11 @@ def test_model_xl_patch_2_composes_as_expected(compose_train):
     assert (m.depth, m.hidden_size, m.num_heads, m.patch_size) == (28, 1152, 16, 2)
     assert m.block == "adaln_zero" and m.learn_sigma is True and m.class_dropout_prob == 0.1
     assert cfg.run_name == "DiT-XL-2-digits"
-    for size, (depth, width, heads) in {"s": (12, 384, 6), "b": (12, 768, 12),
-                                        "l": (24, 1024, 16)}.items():
+    for size, (depth, width, heads) in {
+        "s": (12, 384, 6),
+        "b": (12, 768, 12),
+        "l": (24, 1024, 16),
+    }.items():
         m = compose_train(f"model={size}", "patch=4").module.model
         assert (m.depth, m.hidden_size, m.num_heads, m.patch_size) == (depth, width, heads, 4)
 
@@ -43,7 +46,12 @@ def test_every_experiment_composes(compose_train, experiment):
     if experiment == "imagenet256":
         m = cfg.module.model
         assert (m.depth, m.hidden_size, m.patch_size, m.input_size, m.num_classes) == (
-            28, 1152, 2, 32, 1000)
+            28,
+            1152,
+            2,
+            32,
+            1000,
+        )
         assert cfg.optim.lr == 1e-4 and cfg.ema_decay == 0.9999 and cfg.data.flip
         assert cfg.data.datamodule.batch_size == 256 and cfg.trainer.precision == "bf16-mixed"
     if experiment == "imagenet512":
@@ -51,14 +59,23 @@ def test_every_experiment_composes(compose_train, experiment):
 
 
 def test_command_line_overrides_win_over_the_experiment(compose_train):
-    cfg = compose_train("experiment=imagenet256", "model=b", "patch=4", "data.root=/x",
-                        "data.vae.path=/v")
+    cfg = compose_train(
+        "experiment=imagenet256", "model=b", "patch=4", "data.root=/x", "data.vae.path=/v"
+    )
     assert cfg.module.model.hidden_size == 768 and cfg.module.model.patch_size == 4
 
 
-@pytest.mark.parametrize("group,option", [("diffusion", "flow"), ("block", "in_context"),
-                                          ("logger", "csv"), ("logger", "none"),
-                                          ("trainer", "gpu"), ("data", "folder")])
+@pytest.mark.parametrize(
+    "group,option",
+    [
+        ("diffusion", "flow"),
+        ("block", "in_context"),
+        ("logger", "csv"),
+        ("logger", "none"),
+        ("trainer", "gpu"),
+        ("data", "folder"),
+    ],
+)
 def test_groups_compose_and_instantiate(compose_train, group, option):
     cfg = compose_train(f"{group}={option}", *(["data.root=/x"] if option == "folder" else []))
     if group == "diffusion":
@@ -67,7 +84,9 @@ def test_groups_compose_and_instantiate(compose_train, group, option):
         loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values()]
         assert [type(x).__name__ for x in loggers] == ([] if option == "none" else ["CSVLogger"])
     if group == "trainer":
-        assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.use_distributed_sampler is False
+        assert (
+            cfg.trainer.precision == "bf16-mixed" and cfg.trainer.use_distributed_sampler is False
+        )
 
 
 def test_trainer_and_wandb_logger_instantiate(compose_train):

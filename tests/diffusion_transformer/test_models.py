@@ -5,13 +5,21 @@ import torch
 
 from common.checkpoint import atomic_save, safe_load
 from common.flops import count_macs
-from diffusion_transformer.gflops import gflops_table, main as gflops_main
+from diffusion_transformer.gflops import gflops_table
+from diffusion_transformer.gflops import main as gflops_main
 from diffusion_transformer.models import BLOCK_TYPES, DiT, DiT_models, create_model, dit_flops
 
 
 def small_dit(**kwargs):
-    args = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4,
-                num_classes=10)
+    args = dict(
+        input_size=8,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=32,
+        depth=2,
+        num_heads=4,
+        num_classes=10,
+    )
     args.update(kwargs)
     return DiT(**args)
 
@@ -53,11 +61,16 @@ def test_xl2_state_dict_matches_the_released_checkpoint():
         "final_layer.adaLN_modulation.1.bias": (2 * d,),
     }
     per_block = {
-        "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,),
-        "attn.proj.weight": (d, d), "attn.proj.bias": (d,),
-        "mlp.fc1.weight": (4 * d, d), "mlp.fc1.bias": (4 * d,),
-        "mlp.fc2.weight": (d, 4 * d), "mlp.fc2.bias": (d,),
-        "adaLN_modulation.1.weight": (6 * d, d), "adaLN_modulation.1.bias": (6 * d,),
+        "attn.qkv.weight": (3 * d, d),
+        "attn.qkv.bias": (3 * d,),
+        "attn.proj.weight": (d, d),
+        "attn.proj.bias": (d,),
+        "mlp.fc1.weight": (4 * d, d),
+        "mlp.fc1.bias": (4 * d,),
+        "mlp.fc2.weight": (d, 4 * d),
+        "mlp.fc2.bias": (d,),
+        "adaLN_modulation.1.weight": (6 * d, d),
+        "adaLN_modulation.1.bias": (6 * d,),
     }
     for i in range(28):
         expected.update({f"blocks.{i}.{k}": v for k, v in per_block.items()})
@@ -97,8 +110,15 @@ def test_unpatchify_inverts_patchify_layout():
 
 def test_gflops_reproduce_table_2_1_and_section_2_5():
     table = dict(gflops_table(256))
-    for name, value in {"DiT-S/4": 1.4, "DiT-B/4": 5.6, "DiT-L/4": 19.7, "DiT-XL/4": 29.1,
-                        "DiT-XL/2": 118.6, "DiT-L/2": 80.7, "DiT-S/8": 0.4}.items():
+    for name, value in {
+        "DiT-S/4": 1.4,
+        "DiT-B/4": 5.6,
+        "DiT-L/4": 19.7,
+        "DiT-XL/4": 29.1,
+        "DiT-XL/2": 118.6,
+        "DiT-L/2": 80.7,
+        "DiT-S/8": 0.4,
+    }.items():
         assert round(table[name], 1) == value, name
     assert round(dict(gflops_table(512))["DiT-XL/2"], 1) == 524.6
     assert round(dit_flops(block="in_context")["total"] / 1e9, 1) == 119.4

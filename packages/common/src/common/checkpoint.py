@@ -59,7 +59,9 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (check the path, or train one first)")
+        raise FileNotFoundError(
+            f"checkpoint not found: {path} (check the path, or train one first)"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

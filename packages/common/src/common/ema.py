@@ -11,9 +11,9 @@ from torch import nn
 class EMA(nn.Module):
     """Holds ``module``, a frozen copy of a model whose weights track the model's by EMA.
 
-    Starts as an exact copy. ``update(model)`` applies ``ema <- decay * ema + (1 - decay) * param`` to
-    every parameter and copies buffers. Being an ``nn.Module``, it lives in the owner's state dict
-    (``ema.module.*``), so it is saved in and restored from checkpoints with the run.
+    Starts as an exact copy. ``update(model)`` applies ``ema <- decay * ema + (1 - decay) * param``
+    to every parameter and copies buffers. Being an ``nn.Module``, it lives in the owner's state
+    dict (``ema.module.*``), so it is saved in and restored from checkpoints with the run.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9999) -> None:
@@ -33,9 +33,9 @@ class EMA(nn.Module):
         if params and params[0].device == ema_params[0].device:
             torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)
         else:
-            for e, p in zip(ema_params, params):
+            for e, p in zip(ema_params, params, strict=True):
                 e.lerp_(p.detach().to(e.device), 1.0 - decay)
-        for e, b in zip(self.module.buffers(), model.buffers()):
+        for e, b in zip(self.module.buffers(), model.buffers(), strict=True):
             e.copy_(b)
 
     @torch.no_grad()

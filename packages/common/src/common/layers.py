@@ -80,8 +80,8 @@ class Mlp(nn.Module):
 def sinusoidal_embedding(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal features ``[cos(x * f_i), sin(x * f_i)]`` of scalars, ADM/DiT convention.
 
-    Frequencies are ``f_i = max_period ** (-i / (dim // 2))`` for ``i < dim // 2``; an odd ``dim`` is
-    zero-padded. ``x`` may be fractional.
+    Frequencies are ``f_i = max_period ** (-i / (dim // 2))`` for ``i < dim // 2``; an odd
+    ``dim`` is zero-padded. ``x`` may be fractional.
     """
     half = dim // 2
     freqs = torch.exp(
@@ -155,7 +155,7 @@ class LabelEmbedder(nn.Module):
         self.dropout_prob = dropout_prob
 
     def token_drop(self, labels: torch.Tensor, force_drop_ids: torch.Tensor | None = None):
-        """Replace labels by the null class, at random (training) or where ``force_drop_ids == 1``."""
+        """Replace labels by the null class: at random, or where ``force_drop_ids == 1``."""
         if force_drop_ids is None:
             drop_ids = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
         else:

@@ -16,8 +16,9 @@ from common.checkpoint import atomic_save, safe_load
 class InfiniteSampler(Sampler[int]):
     """Endless shuffled indices whose order is a pure function of ``(seed, position)``.
 
-    Global position ``p`` reads epoch ``p // n`` (a permutation seeded by ``seed + epoch``) at offset
-    ``p % n``. Rank ``r`` of ``world_size`` takes positions ``start + r, start + r + world_size, ...``.
+    Global position ``p`` reads epoch ``p // n`` (a permutation seeded by ``seed + epoch``) at
+    offset ``p % n``. Rank ``r`` of ``world_size`` takes positions ``start + r``,
+    ``start + r + world_size``, ...
     Restarting with ``start`` = samples already consumed by all ranks therefore continues exactly
     where an interrupted run stopped.
     """

@@ -41,7 +41,9 @@ class SampleGrid(L.Callback):
     def _fixed_inputs(self, pl_module) -> tuple[torch.Tensor, torch.Tensor]:
         m = pl_module.model
         g = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn(self.num_samples, m.in_channels, m.input_size, m.input_size, generator=g)
+        noise = torch.randn(
+            self.num_samples, m.in_channels, m.input_size, m.input_size, generator=g
+        )
         labels = torch.arange(self.num_samples) % m.num_classes
         return noise, labels
 
@@ -50,22 +52,30 @@ class SampleGrid(L.Callback):
             return None
         noise, labels = self._fixed_inputs(pl_module)
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + 1)
-        images = pl_module.generate(labels, noise=noise, sampler=self.sampler, steps=self.steps,
-                                    cfg_scale=self.cfg_scale, generator=generator)
+        images = pl_module.generate(
+            labels,
+            noise=noise,
+            sampler=self.sampler,
+            steps=self.steps,
+            cfg_scale=self.cfg_scale,
+            generator=generator,
+        )
         nrow = min(pl_module.model.num_classes, self.num_samples)
         path = save_grid(to_uint8(images), self.dirpath / f"{name}.png", nrow=nrow)
         self.last_path = path
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
-                logger.log_image(key="samples/ema_grid", images=[str(path)], step=trainer.global_step)
+                logger.log_image(
+                    key="samples/ema_grid", images=[str(path)], step=trainer.global_step
+                )
         return path
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
-            if self._last_step != step:  # once per optimizer step under gradient accumulation
-                self._last_step = step
-                self.write(trainer, pl_module, f"step_{step:07d}")
+        due = self.every_n_steps and step > 0 and step % self.every_n_steps == 0
+        if due and self._last_step != step:  # once per step under gradient accumulation
+            self._last_step = step
+            self.write(trainer, pl_module, f"step_{step:07d}")
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.write(trainer, pl_module, "final")

@@ -59,7 +59,7 @@ def infer_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def check_compatible(model: DiT, state_dict: dict[str, torch.Tensor]) -> None:
-    """Raise an error that names the setting to change when ``state_dict`` does not fit ``model``."""
+    """Raise an error naming the setting to change when ``state_dict`` does not fit ``model``."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -95,15 +95,21 @@ def read_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[dict, dict[
         raise ValueError(f"{path} does not hold a state dict")
     if "state_dict" in obj:  # Lightning checkpoint of DiTModule
         prefix = "ema.module." if use_ema else "model."
-        sd = {k[len(prefix):]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
+        sd = {k[len(prefix) :]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
         hp = obj.get("hyper_parameters", {})
-        meta = {"dit_config": obj.get("dit_config") or hp.get("model"),
-                "diffusion": hp.get("diffusion"), "vae": hp.get("vae")}
+        meta = {
+            "dit_config": obj.get("dit_config") or hp.get("model"),
+            "diffusion": hp.get("diffusion"),
+            "vae": hp.get("vae"),
+        }
         return sd, meta
     if "ema" in obj and isinstance(obj["ema"], dict):  # official training checkpoint
         args = vars(obj["args"]) if hasattr(obj.get("args"), "__dict__") else {}
-        meta = {"official_args": {k: args[k] for k in ("model", "image_size", "num_classes")
-                                  if k in args}}
+        meta = {
+            "official_args": {
+                k: args[k] for k in ("model", "image_size", "num_classes") if k in args
+            }
+        }
         return (obj["ema"] if use_ema else obj["model"]), meta
     return obj, {}
 
@@ -115,6 +121,7 @@ def load_dit(
     num_classes: int | None = None,
     use_ema: bool = True,
     cfg_channels: int | None = None,
+    num_heads: int | None = None,
 ) -> tuple[DiT, dict[str, Any]]:
     """Build a DiT and load ``path`` strictly. ``model``/``image_size``/``num_classes`` (latent
     space, 8x VAE) pin the architecture; when omitted they are read off the checkpoint."""
@@ -125,17 +132,19 @@ def load_dit(
     if model is not None:
         if model not in DiT_models:
             raise KeyError(f"unknown DiT model {model!r}; valid names: {', '.join(DiT_models)}")
-        size, patch = model[len("DiT-"):].split("/")
+        size, patch = model[len("DiT-") :].split("/")
         depth, hidden, heads = DIT_CONFIGS[size]
         config.update(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=int(patch))
     if image_size is not None:
         config["input_size"] = image_size // 8 if config.get("in_channels", 4) == 4 else image_size
     if num_classes is not None:
         config["num_classes"] = num_classes
+    if num_heads is not None:
+        config["num_heads"] = num_heads
     if config.get("num_heads") is None:
         raise ValueError(
             f"cannot tell the number of attention heads of a width-{config['hidden_size']} DiT: "
-            "pass model=<name> (e.g. model=DiT-XL/2)"
+            "pass model=<name> (e.g. model=DiT-XL/2) or num_heads=<heads>"
         )
     config["cfg_channels"] = cfg_channels
     dit = DiT(**config)

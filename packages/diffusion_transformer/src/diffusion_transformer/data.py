@@ -32,11 +32,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 # ----------------------------------------------------------------------------- transforms
 def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
     """ADM's center crop: halve with a box filter while the short side is >= 2x the target, resize
-    the short side to ``image_size`` with bicubic, then crop the center square. Returns HWC uint8."""
+    the short side to ``image_size`` with bicubic, then crop the center square (HWC uint8)."""
     while min(*pil_image.size) >= 2 * image_size:
-        pil_image = pil_image.resize(
-            tuple(x // 2 for x in pil_image.size), resample=Image.BOX
-        )
+        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
     scale = image_size / min(*pil_image.size)
     pil_image = pil_image.resize(
         tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC
@@ -54,7 +52,7 @@ def to_tensor(arr: np.ndarray) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- datasets
 def load_digits_tensors(image_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 1,797 real 8x8 handwritten digits as ``[N, 1, S, S]`` in [-1, 1] and labels."""
+    """scikit-learn's 1,797 real 8x8 handwritten digits: ``[N, 1, S, S]`` in [-1, 1], labels."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -64,9 +62,7 @@ def load_digits_tensors(image_size: int = 8) -> tuple[torch.Tensor, torch.Tensor
     return images.clamp(-1, 1), torch.from_numpy(digits.target).long()
 
 
-def digits_split(
-    num: int, holdout_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def digits_split(num: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic split of digit indices into (train, held out)."""
     order = np.random.default_rng(seed).permutation(num)
     n_holdout = int(round(num * holdout_fraction))
@@ -219,8 +215,14 @@ class DigitsDataModule(_InfiniteDataModule):
     """scikit-learn digits in pixel space, the offline default. A held-out fraction is kept out of
     training (``heldout()``), e.g. to train the digit classifier that judges samples."""
 
-    def __init__(self, image_size: int = 8, batch_size: int = 128, holdout_fraction: float = 0.2,
-                 num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        image_size: int = 8,
+        batch_size: int = 128,
+        holdout_fraction: float = 0.2,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__(batch_size, num_workers, seed)
         self.image_size = image_size
         self.holdout_fraction = holdout_fraction
@@ -242,8 +244,14 @@ class DigitsDataModule(_InfiniteDataModule):
 class ImageFolderDataModule(_InfiniteDataModule):
     """ImageNet (train folder) or any image folder, ADM center crop at ``image_size``."""
 
-    def __init__(self, root: str, image_size: int = 256, batch_size: int = 256,
-                 num_workers: int = 8, seed: int = 0) -> None:
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 256,
+        batch_size: int = 256,
+        num_workers: int = 8,
+        seed: int = 0,
+    ) -> None:
         super().__init__(batch_size, num_workers, seed)
         self.root = root
         self.image_size = image_size
@@ -255,7 +263,9 @@ class ImageFolderDataModule(_InfiniteDataModule):
 class LatentDataModule(_InfiniteDataModule):
     """Precomputed latent shards (fast-DiT style: encode once, train many times)."""
 
-    def __init__(self, root: str, batch_size: int = 256, num_workers: int = 4, seed: int = 0) -> None:
+    def __init__(
+        self, root: str, batch_size: int = 256, num_workers: int = 4, seed: int = 0
+    ) -> None:
         super().__init__(batch_size, num_workers, seed)
         self.root = root
 

@@ -87,8 +87,9 @@ def extract(cfg: DictConfig) -> Path:
             continue
         torch.manual_seed(cfg.seed + k)  # posterior samples are reproducible per shard
         subset = Subset(_TryLoad(folder), range(start, min(start + cfg.shard_size, n)))
-        loader = DataLoader(subset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                            collate_fn=_collate)
+        loader = DataLoader(
+            subset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=_collate
+        )
         latents, labels, errors = [], [], []
         for images, y, errs in tqdm(loader, desc=f"shard {k}", disable=not cfg.progress):
             errors += errs
@@ -112,9 +113,16 @@ def extract(cfg: DictConfig) -> Path:
         "vae": str(cfg.vae),
         "classes": folder.classes,
         "num": sum(s["num"] for s in shards),
-        "latent_shape": list(torch.Size([2, vae.latent_channels,
-                                         cfg.image_size // vae.downsample,
-                                         cfg.image_size // vae.downsample])),
+        "latent_shape": list(
+            torch.Size(
+                [
+                    2,
+                    vae.latent_channels,
+                    cfg.image_size // vae.downsample,
+                    cfg.image_size // vae.downsample,
+                ]
+            )
+        ),
         "shards": shards,
         "skipped": skipped,
     }

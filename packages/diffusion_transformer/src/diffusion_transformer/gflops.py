@@ -1,7 +1,7 @@
 """Print the forward Gflops of every registered DiT (Table 2.1, Fig. 2.2).
 
-    python -m diffusion_transformer.gflops                 # 256px images (32x32x4 latents)
-    python -m diffusion_transformer.gflops --image-size 512
+python -m diffusion_transformer.gflops                 # 256px images (32x32x4 latents)
+python -m diffusion_transformer.gflops --image-size 512
 """
 
 from __future__ import annotations
@@ -18,8 +18,13 @@ def gflops_table(image_size: int = 256, block: str = "adaln_zero") -> list[tuple
     rows = []
     for size, (depth, hidden, _heads) in DIT_CONFIGS.items():
         for patch in PATCH_SIZES:
-            flops = dit_flops(input_size=image_size // 8, patch_size=patch, hidden_size=hidden,
-                              depth=depth, block=block)
+            flops = dit_flops(
+                input_size=image_size // 8,
+                patch_size=patch,
+                hidden_size=hidden,
+                depth=depth,
+                block=block,
+            )
             rows.append((f"DiT-{size}/{patch}", flops["total"] / 1e9))
     return rows
 

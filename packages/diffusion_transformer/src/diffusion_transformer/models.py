@@ -37,8 +37,9 @@ class DiTBlock(nn.Module):
     scale only, no gates (parameter ``adaLN_modulation.1`` has 4d outputs instead of 6d).
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0,
-                 zero_gates: bool = True) -> None:
+    def __init__(
+        self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, zero_gates: bool = True
+    ) -> None:
         super().__init__()
         self.zero_gates = zero_gates
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
@@ -46,15 +47,19 @@ class DiTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         chunks = 6 if zero_gates else 4
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, chunks * hidden_size))
+        self.adaLN_modulation = nn.Sequential(
+            nn.SiLU(), nn.Linear(hidden_size, chunks * hidden_size)
+        )
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         if self.zero_gates:
-            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-                self.adaLN_modulation(c).chunk(6, dim=1)
-            )
+            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(
+                c
+            ).chunk(6, dim=1)
             x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-            return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+            return x + gate_mlp.unsqueeze(1) * self.mlp(
+                modulate(self.norm2(x), shift_mlp, scale_mlp)
+            )
         shift_msa, scale_msa, shift_mlp, scale_mlp = self.adaLN_modulation(c).chunk(4, dim=1)
         x = x + self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
         return x + self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
@@ -96,14 +101,17 @@ class CrossAttentionBlock(nn.Module):
 class FinalLayer(nn.Module):
     """Final (adaptive, for adaLN blocks) layer norm and linear decoder to p x p x out_channels."""
 
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int,
-                 adaptive: bool = True) -> None:
+    def __init__(
+        self, hidden_size: int, patch_size: int, out_channels: int, adaptive: bool = True
+    ) -> None:
         super().__init__()
         self.adaptive = adaptive
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=not adaptive, eps=1e-6)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         if adaptive:
-            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+            self.adaLN_modulation = nn.Sequential(
+                nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size)
+            )
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         if self.adaptive:
@@ -115,7 +123,9 @@ class FinalLayer(nn.Module):
 class PatchEmbed(nn.Module):
     """Patchify (Fig. 2.4): ``[N, C, I, I]`` -> ``[N, (I/p)^2, d]`` by a stride-p convolution."""
 
-    def __init__(self, input_size: int, patch_size: int, in_channels: int, hidden_size: int) -> None:
+    def __init__(
+        self, input_size: int, patch_size: int, in_channels: int, hidden_size: int
+    ) -> None:
         super().__init__()
         self.grid_size = input_size // patch_size
         self.num_patches = self.grid_size**2
@@ -185,8 +195,10 @@ class DiT(nn.Module):
 
         adaptive = block in ("adaln_zero", "adaln")
         if adaptive:
-            blocks = [DiTBlock(hidden_size, num_heads, mlp_ratio, zero_gates=block == "adaln_zero")
-                      for _ in range(depth)]
+            blocks = [
+                DiTBlock(hidden_size, num_heads, mlp_ratio, zero_gates=block == "adaln_zero")
+                for _ in range(depth)
+            ]
         elif block == "in_context":
             blocks = [InContextBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)]
         else:
@@ -196,7 +208,7 @@ class DiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """ViT init (xavier-uniform linears, zero biases) plus DiT's zero-inits (Sec. 2.3.2, 2.4)."""
+        """ViT init (xavier-uniform linears, zero biases) and DiT's zero-inits (Sec. 2.3.2)."""
 
         def _basic_init(module: nn.Module) -> None:
             if isinstance(module, nn.Linear):
@@ -259,8 +271,9 @@ class DiT(nn.Module):
             x = self.final_layer(x, c)
         return self.unpatchify(x)
 
-    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
-                         cfg_scale: float) -> torch.Tensor:
+    def forward_with_cfg(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float
+    ) -> torch.Tensor:
         """Classifier-free guidance in the official calling convention (Sec. 2.3.1).
 
         ``x`` is ``[x; x]`` and ``y`` is ``[labels; null]`` (2N rows); returns 2N rows whose halves
@@ -283,9 +296,14 @@ class DiT(nn.Module):
     def flops(self) -> dict[str, int]:
         """Forward flops per image in the paper's convention; see ``dit_flops``."""
         return dit_flops(
-            input_size=self.input_size, patch_size=self.patch_size, in_channels=self.in_channels,
-            hidden_size=self.hidden_size, depth=self.depth, mlp_ratio=self.mlp_ratio,
-            learn_sigma=self.learn_sigma, block=self.block,
+            input_size=self.input_size,
+            patch_size=self.patch_size,
+            in_channels=self.in_channels,
+            hidden_size=self.hidden_size,
+            depth=self.depth,
+            mlp_ratio=self.mlp_ratio,
+            learn_sigma=self.learn_sigma,
+            block=self.block,
         )
 
     def gflops(self) -> float:

@@ -45,7 +45,9 @@ class DiTModule(L.LightningModule):
         # The VAE is frozen and kept out of the state dict (see VAECodec).
         self._vae = build_vae(vae)
         # Kept outside the module tree (no duplicate state-dict entries); compiled on request.
-        object.__setattr__(self, "_train_model", torch.compile(self.model) if compile else self.model)
+        object.__setattr__(
+            self, "_train_model", torch.compile(self.model) if compile else self.model
+        )
         self._micro_step = 0
 
     # ------------------------------------------------------------------ setup
@@ -68,7 +70,9 @@ class DiTModule(L.LightningModule):
     def configure_optimizers(self):
         cfg = self.optim_cfg
         return torch.optim.AdamW(
-            self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+            self.model.parameters(),
+            lr=cfg["lr"],
+            weight_decay=cfg["weight_decay"],
             betas=tuple(cfg["betas"]),
         )
 
@@ -77,8 +81,11 @@ class DiTModule(L.LightningModule):
         """Images or two-flip latents -> model-space inputs, with random horizontal flips."""
         n = x.shape[0]
         if x.ndim == 5:  # precomputed latents [N, 2, C, h, w]: index 1 is the flipped image
-            pick = (torch.rand(n, device=x.device) < 0.5).long() if self.flip else torch.zeros(
-                n, dtype=torch.long, device=x.device)
+            pick = (
+                (torch.rand(n, device=x.device) < 0.5).long()
+                if self.flip
+                else torch.zeros(n, dtype=torch.long, device=x.device)
+            )
             return x[torch.arange(n, device=x.device), pick]
         if self.flip:
             flip = (torch.rand(n, device=x.device) < 0.5).view(-1, 1, 1, 1)
@@ -129,18 +136,33 @@ class DiTModule(L.LightningModule):
         progress: bool = False,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Sample images in [-1, 1] for ``labels`` (decoded by the VAE in latent space)."""
+        """Sample images in [-1, 1] for ``labels`` (decoded by the VAE in latent space).
+
+        Defaults: the EMA weights, the config's sampler and ``sampling_steps``."""
         model = self.ema.module if use_ema else self.model
         was_training = model.training
         model.eval()
         m = self.model
         if noise is None:
-            noise = torch.randn(len(labels), m.in_channels, m.input_size, m.input_size,
-                                device=self.device, generator=generator)
+            noise = torch.randn(
+                len(labels),
+                m.in_channels,
+                m.input_size,
+                m.input_size,
+                device=self.device,
+                generator=generator,
+            )
         latents = sample_latents(
-            model, self.diffusion_cfg, labels.to(self.device), noise.to(self.device),
-            sampler=sampler, steps=steps, cfg_scale=cfg_scale, clip_denoised=self.pixel_space,
-            progress=progress, generator=generator,
+            model,
+            self.diffusion_cfg,
+            labels.to(self.device),
+            noise.to(self.device),
+            sampler=sampler,
+            steps=steps or self.diffusion_cfg.get("sampling_steps"),
+            cfg_scale=cfg_scale,
+            clip_denoised=self.pixel_space,
+            progress=progress,
+            generator=generator,
         )
         model.train(was_training)
         return latents if self._vae is None else self._vae.decode(latents)

@@ -57,9 +57,15 @@ def sample(cfg: DictConfig) -> SampleResult:
     if not cfg.get("ckpt"):
         raise ValueError("set ckpt=<path to a .ckpt, ema.pt or official DiT .pt file>")
     device = resolve_device(cfg.device)
-    model, meta = load_dit(cfg.ckpt, model=cfg.model, image_size=cfg.image_size,
-                           num_classes=cfg.num_classes, use_ema=cfg.use_ema,
-                           cfg_channels=cfg.cfg_channels)
+    model, meta = load_dit(
+        cfg.ckpt,
+        model=cfg.model,
+        image_size=cfg.image_size,
+        num_classes=cfg.num_classes,
+        use_ema=cfg.use_ema,
+        cfg_channels=cfg.cfg_channels,
+        num_heads=cfg.num_heads,
+    )
     model.to(device)
     diffusion_cfg = dict(meta.get("diffusion") or OFFICIAL_DIFFUSION)
     vae_cfg = meta.get("vae")
@@ -84,12 +90,22 @@ def sample(cfg: DictConfig) -> SampleResult:
     batches = range(0, cfg.num_samples, cfg.batch_size)
     for start in tqdm(batches, desc="batches", disable=not cfg.progress):
         y = labels[start : start + cfg.batch_size].to(device)
-        noise = torch.randn(len(y), model.in_channels, model.input_size, model.input_size,
-                            generator=generator).to(device)
+        noise = torch.randn(
+            len(y), model.in_channels, model.input_size, model.input_size, generator=generator
+        ).to(device)
         step_gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + start)
-        x = sample_latents(model, diffusion_cfg, y, noise, sampler=cfg.sampler, steps=cfg.steps,
-                           cfg_scale=cfg.cfg_scale, clip_denoised=vae is None,
-                           autocast_dtype=autocast, generator=step_gen)
+        x = sample_latents(
+            model,
+            diffusion_cfg,
+            y,
+            noise,
+            sampler=cfg.sampler,
+            steps=cfg.steps,
+            cfg_scale=cfg.cfg_scale,
+            clip_denoised=vae is None,
+            autocast_dtype=autocast,
+            generator=step_gen,
+        )
         if vae is not None:
             x = vae.decode(x)
         images.append(to_uint8(x))

@@ -78,19 +78,35 @@ def sample_latents(
             if cfg_scale == 1.0:
                 out = model(x, t, y)
             else:
-                out = guided_prediction(model, x, t, y, model.num_classes, cfg_scale,
-                                        guided_channels=model.cfg_channels)
+                out = guided_prediction(
+                    model, x, t, y, model.num_classes, cfg_scale, guided_channels=model.cfg_channels
+                )
         return out.float()
 
     kwargs = {"y": labels}
     if is_flow:
         flow = RectifiedFlow(**{k: diffusion_cfg[k] for k in _FLOW_KEYS if k in diffusion_cfg})
-        return flow.sample_loop(model_fn, tuple(noise.shape), noise=noise, model_kwargs=kwargs,
-                                progress=progress, num_steps=steps or 50, method=sampler)
+        return flow.sample_loop(
+            model_fn,
+            tuple(noise.shape),
+            noise=noise,
+            model_kwargs=kwargs,
+            progress=progress,
+            num_steps=steps or 50,
+            method=sampler,
+        )
     steps = steps or (250 if sampler == "ddpm" else 50)
     respacing = str(steps) if sampler == "ddpm" else f"ddim{steps}"
     dkw = {k: diffusion_cfg[k] for k in _DDPM_KEYS if k in diffusion_cfg}
     diffusion = create_diffusion(respacing, learn_sigma=model.learn_sigma, **dkw)
     loop = diffusion.p_sample_loop if sampler == "ddpm" else diffusion.ddim_sample_loop
-    return loop(model_fn, tuple(noise.shape), noise=noise, clip_denoised=clip_denoised,
-                model_kwargs=kwargs, device=device, progress=progress, generator=generator)
+    return loop(
+        model_fn,
+        tuple(noise.shape),
+        noise=noise,
+        clip_denoised=clip_denoised,
+        model_kwargs=kwargs,
+        device=device,
+        progress=progress,
+        generator=generator,
+    )

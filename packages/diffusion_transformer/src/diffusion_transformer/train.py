@@ -1,4 +1,4 @@
-"""Train a DiT: ``python -m diffusion_transformer.train [model=xl patch=2 data=... experiment=...]``.
+"""Train a DiT: ``python -m diffusion_transformer.train [model=xl patch=2 experiment=...]``.
 
 With no overrides it trains a small DiT on scikit-learn's digits on the CPU and prints where the
 sample grid and the checkpoint are. ``resume=<run dir or .ckpt>`` continues a run: same step,
@@ -76,19 +76,26 @@ def train(cfg: DictConfig) -> TrainResult:
     module = hydra.utils.instantiate(cfg.module)
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    has_checkpointing = any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[SafeCheckpointIO()]
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        plugins=[SafeCheckpointIO()],
+        enable_checkpointing=has_checkpointing,
     )
     for logger in loggers:
         logger.log_hyperparams(
-            {**OmegaConf.to_container(cfg, resolve=True),
-             "gflops": module.model.gflops(),
-             "params": sum(p.numel() for p in module.model.parameters())}
+            {
+                **OmegaConf.to_container(cfg, resolve=True),
+                "gflops": module.model.gflops(),
+                "params": sum(p.numel() for p in module.model.parameters()),
+            }
         )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(checkpoint)
+    trainer.save_checkpoint(checkpoint, weights_only=False)
     ema_weights = run_dir / "checkpoints" / "ema.pt"
     if trainer.is_global_zero:
         # The EMA weights as a plain state dict with the official key names.

@@ -62,4 +62,6 @@ def build_vae(cfg: dict | None) -> VAECodec | None:
                 "(e.g. sd-vae-ft-ema), or use data.vae=null for pixel space"
             )
         return None
-    return VAECodec(cfg["path"], scale=cfg.get("scale", SD_VAE_SCALE), sample=cfg.get("sample", True))
+    return VAECodec(
+        cfg["path"], scale=cfg.get("scale", SD_VAE_SCALE), sample=cfg.get("sample", True)
+    )

@@ -1,4 +1,4 @@
-"""Diffusion processes: Gaussian diffusion with ADM's API (``create_diffusion``) and rectified flow."""
+"""Diffusion processes: Gaussian diffusion with ADM's API (``create_diffusion``), rectified flow."""
 
 from __future__ import annotations
 
@@ -38,9 +38,10 @@ def create_diffusion(
 ) -> SpacedDiffusion:
     """Build a (possibly respaced) Gaussian diffusion, DiT's and ADM's factory.
 
-    Defaults are DiT's (Sec. 2.4): linear schedule over 1000 steps, epsilon prediction, learned-range
-    variance trained by the hybrid loss. ``timestep_respacing`` is ``""``/``None`` for all steps (what
-    training uses), ``"250"`` for 250 evenly spaced DDPM steps, ``"ddim50"`` for DDIM's stride.
+    Defaults are DiT's (Sec. 2.4): linear schedule over 1000 steps, epsilon prediction,
+    learned-range variance trained by the hybrid loss. ``timestep_respacing`` is ``""``/``None``
+    for all steps (what training uses), ``"250"`` for 250 evenly spaced DDPM steps, ``"ddim50"``
+    for DDIM's stride.
     ``predict_xstart`` selects x_0 prediction (G.pt), ``predict_v`` the v parameterisation.
     """
     if predict_xstart and predict_v:

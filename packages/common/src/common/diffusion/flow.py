@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
+from common.diffusion.gaussian import _last
 from common.diffusion.likelihood import mean_flat
 
 
@@ -28,7 +29,9 @@ class RectifiedFlow:
         shift: float = 1.0,
     ) -> None:
         if time_sampling not in ("uniform", "logit_normal"):
-            raise ValueError(f"time_sampling must be 'uniform' or 'logit_normal', got {time_sampling!r}")
+            raise ValueError(
+                f"time_sampling must be 'uniform' or 'logit_normal', got {time_sampling!r}"
+            )
         if method not in ("euler", "heun"):
             raise ValueError(f"flow sampler must be 'euler' or 'heun', got {method!r}")
         self.time_sampling = time_sampling
@@ -69,7 +72,7 @@ class RectifiedFlow:
         return out[:, :channels]
 
     def training_losses(self, model, x_start, t, model_kwargs=None, noise=None) -> dict:
-        """Per-sample ``loss`` (= ``mse``) ``||v_theta(x_t, t) - (z - x_0)||^2``, averaged over dims."""
+        """Per-sample ``loss`` (= ``mse``): ``||v_theta(x_t, t) - (z - x_0)||^2`` over dims."""
         if noise is None:
             noise = torch.randn_like(x_start)
         x_t = self.q_sample(x_start, t, noise)
@@ -122,12 +125,21 @@ class RectifiedFlow:
                 x = x_next
                 yield x
 
-    def sample_loop(self, model, shape, noise=None, model_kwargs=None, device=None, progress=False,
-                    num_steps=None, method=None, generator=None) -> torch.Tensor:
+    def sample_loop(
+        self,
+        model,
+        shape,
+        noise=None,
+        model_kwargs=None,
+        device=None,
+        progress=False,
+        num_steps=None,
+        method=None,
+        generator=None,
+    ) -> torch.Tensor:
         """Integrate the learned ODE; Heun's last step falls back to Euler (t_next = 0)."""
-        x = None
-        for x in self.sample_loop_progressive(
-            model, shape, noise, model_kwargs, device, progress, num_steps, method, generator
-        ):
-            pass
-        return x
+        return _last(
+            self.sample_loop_progressive(
+                model, shape, noise, model_kwargs, device, progress, num_steps, method, generator
+            )
+        )

@@ -2,10 +2,10 @@
 
 Forward process ``q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)``; reverse process
 ``p(x_{t-1} | x_t) = N(mu_theta, Sigma_theta)``. The mean is trained with
-``L_simple = ||eps_theta(x_t) - eps||^2`` and, when the covariance is learned, ``Sigma_theta`` with the
-full variational bound on a stop-gradient mean (the hybrid objective of Nichol & Dhariwal that DiT
-keeps). The API and the numbers follow ADM (guided-diffusion) and DiT: the schedule is built in
-float64 and each constant is cast to float32 after it is indexed by ``t``.
+``L_simple = ||eps_theta(x_t) - eps||^2`` and, when the covariance is learned, ``Sigma_theta``
+with the full variational bound on a stop-gradient mean (the hybrid objective of Nichol & Dhariwal
+that DiT keeps). The API and the numbers follow ADM (guided-diffusion) and DiT: the schedule is
+built in float64 and each constant is cast to float32 after it is indexed by ``t``.
 """
 
 from __future__ import annotations
@@ -51,14 +51,12 @@ def get_named_beta_schedule(name: str, num_diffusion_timesteps: int) -> np.ndarr
     """Beta schedules in float64.
 
     ``linear``: Ho et al.'s 1e-4 .. 2e-2 for T = 1000, rescaled by 1000 / T for other lengths (the
-    DiT setting, Sec. 2.4). ``cosine``: Nichol & Dhariwal's ``abar(t) = cos^2((t + s) / (1 + s) pi/2)``
-    with s = 0.008 and betas capped at 0.999.
+    DiT setting, Sec. 2.4). ``cosine``: Nichol & Dhariwal's
+    ``abar(t) = cos^2((t + s) / (1 + s) pi/2)`` with s = 0.008 and betas capped at 0.999.
     """
     if name == "linear":
         scale = 1000 / num_diffusion_timesteps
-        return np.linspace(
-            scale * 0.0001, scale * 0.02, num_diffusion_timesteps, dtype=np.float64
-        )
+        return np.linspace(scale * 0.0001, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
     if name in ("cosine", "squaredcos_cap_v2"):
         return betas_for_alpha_bar(
             num_diffusion_timesteps,
@@ -76,6 +74,14 @@ def betas_for_alpha_bar(
         t1, t2 = i / num_diffusion_timesteps, (i + 1) / num_diffusion_timesteps
         betas.append(min(1 - alpha_bar(t2) / alpha_bar(t1), max_beta))
     return np.array(betas, dtype=np.float64)
+
+
+def _last(iterable):
+    """Last item of an iterator, keeping no other item alive (sampling loops yield every step)."""
+    item = None
+    for item in iterable:  # noqa: B007
+        pass
+    return item
 
 
 def _broadcast(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -352,12 +358,20 @@ class GaussianDiffusion:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample ``x_0`` by ancestral sampling from ``x_T ~ N(0, I)`` (``noise`` if given)."""
-        final = None
-        for final in self.p_sample_loop_progressive(
-            model, shape, noise, clip_denoised, denoised_fn, cond_fn, model_kwargs, device,
-            progress, generator,
-        ):
-            pass
+        final = _last(
+            self.p_sample_loop_progressive(
+                model,
+                shape,
+                noise,
+                clip_denoised,
+                denoised_fn,
+                cond_fn,
+                model_kwargs,
+                device,
+                progress,
+                generator,
+            )
+        )
         return final["sample"]
 
     def p_sample_loop_progressive(
@@ -423,9 +437,9 @@ class GaussianDiffusion:
         out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
         eps = self._predict_eps_from_xstart(x, t, out["pred_xstart"])
         alpha_bar_next = self._c("alphas_cumprod_next", t, x.ndim)
-        mean_pred = out["pred_xstart"] * torch.sqrt(alpha_bar_next) + torch.sqrt(
-            1 - alpha_bar_next
-        ) * eps
+        mean_pred = (
+            out["pred_xstart"] * torch.sqrt(alpha_bar_next) + torch.sqrt(1 - alpha_bar_next) * eps
+        )
         return {"sample": mean_pred, "pred_xstart": out["pred_xstart"]}
 
     def ddim_sample_loop(
@@ -443,12 +457,21 @@ class GaussianDiffusion:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample with DDIM over this diffusion's (usually respaced) timesteps."""
-        final = None
-        for final in self.ddim_sample_loop_progressive(
-            model, shape, noise, clip_denoised, denoised_fn, cond_fn, model_kwargs, device,
-            progress, eta, generator,
-        ):
-            pass
+        final = _last(
+            self.ddim_sample_loop_progressive(
+                model,
+                shape,
+                noise,
+                clip_denoised,
+                denoised_fn,
+                cond_fn,
+                model_kwargs,
+                device,
+                progress,
+                eta,
+                generator,
+            )
+        )
         return final["sample"]
 
     def ddim_sample_loop_progressive(
@@ -494,7 +517,7 @@ class GaussianDiffusion:
         return {"output": torch.where(t == 0, decoder_nll, kl), "pred_xstart": out["pred_xstart"]}
 
     def training_losses(self, model, x_start, t, model_kwargs=None, noise=None) -> dict:
-        """Per-sample losses at timesteps ``t``: keys ``loss``, ``mse`` and ``vb`` (learned variance).
+        """Per-sample losses at timesteps ``t``: ``loss``, ``mse`` and ``vb`` (learned variance).
 
         With ``LossType.MSE`` and a learned variance this is the hybrid objective of Sec. 2.3.1:
         ``L_simple`` trains the mean and the VLB term, computed on a detached mean, trains only the

@@ -27,7 +27,9 @@ def space_timesteps(num_timesteps: int, section_counts) -> set[int]:
             for stride in range(1, num_timesteps):
                 if len(range(0, num_timesteps, stride)) == desired:
                     return set(range(0, num_timesteps, stride))
-            raise ValueError(f"cannot take exactly {desired} steps of {num_timesteps} with a stride")
+            raise ValueError(
+                f"cannot take exactly {desired} steps of {num_timesteps} with a stride"
+            )
         section_counts = [int(x) for x in section_counts.split(",")]
     size_per = num_timesteps // len(section_counts)
     extra = num_timesteps % len(section_counts)

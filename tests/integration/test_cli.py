@@ -1,0 +1,229 @@
+"""The real entry points, run as users run them, on tiny configs (W&B disabled)."""
+
+import json
+import zipfile
+
+import numpy as np
+from PIL import Image
+
+from tests.integration.conftest import TINY, run_cli
+
+
+def test_train_then_sample_from_the_checkpoint(tmp_path):
+    out = run_cli(
+        "diffusion_transformer.train",
+        *TINY,
+        "trainer.max_steps=2",
+        "logger=csv",
+        "trainer.log_every_n_steps=1",
+        "diffusion.sampling_steps=2",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    ).stdout
+    assert "sample grid" in out and "checkpoint" in out
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (
+        run / "samples" / "final.png"
+    ).is_file()
+    assert (run / "csv" / "metrics.csv").is_file() and (run / ".hydra" / "config.yaml").is_file()
+
+    out = run_cli(
+        "diffusion_transformer.sample",
+        f"ckpt={run}/checkpoints/last.ckpt",
+        "num_samples=2",
+        "batch_size=2",
+        "steps=3",
+        "labels=[3,7]",
+        "progress=false",
+        "hydra.run.dir=samples",
+        cwd=tmp_path,
+    ).stdout
+    data = np.load(tmp_path / "samples" / "samples.npz")
+    assert data["arr_0"].shape == (2, 8, 8, 3) and data["arr_0"].dtype == np.uint8
+    assert data["labels"].tolist() == [3, 7]
+    assert Image.open(tmp_path / "samples" / "grid.png").size[0] >= 16
+    # The exported EMA weights (official format) sample too, with DDIM and guidance.
+    proc = run_cli(
+        "diffusion_transformer.sample",
+        f"ckpt={run}/checkpoints/ema.pt",
+        "num_samples=2",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode != 0 and "num_heads=<heads>" in proc.stderr
+    run_cli(
+        "diffusion_transformer.sample",
+        f"ckpt={run}/checkpoints/ema.pt",
+        "num_heads=2",
+        "num_samples=2",
+        "sampler=ddim",
+        "steps=2",
+        "cfg_scale=3",
+        "progress=false",
+        "hydra.run.dir=ema",
+        cwd=tmp_path,
+    )
+    assert np.load(tmp_path / "ema" / "samples.npz")["arr_0"].shape == (2, 8, 8, 3)
+
+
+def test_cli_errors_name_the_fix(tmp_path):
+    proc = run_cli("diffusion_transformer.train", *TINY, "patch=3", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "patch size 3 does not divide the input size 8" in proc.stderr
+    proc = run_cli("diffusion_transformer.train", "model=huge", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "Available options" in proc.stderr
+    proc = run_cli("diffusion_transformer.sample", "ckpt=missing.ckpt", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "checkpoint not found" in proc.stderr
+    proc = run_cli(
+        "diffusion_transformer.train",
+        "data=imagenet",
+        "data.root=/nonexistent",
+        "data.vae.path=/no/vae",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode != 0 and "no VAE at /no/vae" in proc.stderr
+    proc = run_cli(
+        "diffusion_transformer.train", *TINY, "resume=nowhere", cwd=tmp_path, check=False
+    )
+    assert proc.returncode != 0 and "cannot resume" in proc.stderr
+
+
+def test_extract_latents_train_on_them_and_decode_samples(tmp_path, image_folder, tiny_vae):
+    proc = run_cli(
+        "diffusion_transformer.extract_latents",
+        f"data_root={image_folder}",
+        f"vae={tiny_vae}",
+        "out=latents",
+        "image_size=16",
+        "shard_size=4",
+        "batch_size=3",
+        "num_workers=0",
+        "progress=false",
+        cwd=tmp_path,
+    )
+    assert "skipped unreadable image" in proc.stdout and "broken.jpg" in proc.stdout
+    manifest = json.loads((tmp_path / "latents" / "manifest.json").read_text())
+    assert manifest["num"] == 10 and len(manifest["shards"]) == 3
+    assert manifest["latent_shape"] == [2, 4, 8, 8] and len(manifest["skipped"]) == 1
+    # Re-running keeps the finished shards (resumable) and gives the same manifest.
+    run_cli(
+        "diffusion_transformer.extract_latents",
+        f"data_root={image_folder}",
+        f"vae={tiny_vae}",
+        "out=latents",
+        "image_size=16",
+        "shard_size=4",
+        "num_workers=0",
+        "progress=false",
+        cwd=tmp_path,
+    )
+    assert json.loads((tmp_path / "latents" / "manifest.json").read_text()) == manifest
+
+    latent_data = [
+        "data=imagenet_latents",
+        f"data.root={tmp_path}/latents",
+        f"data.vae.path={tiny_vae}",
+        "data.image_size=16",
+        "data.latent_size=8",
+        "data.num_classes=2",
+        "data.datamodule.num_workers=0",
+    ]
+    run_cli(
+        "diffusion_transformer.train",
+        *TINY,
+        *latent_data,
+        "trainer.max_steps=2",
+        "logger=none",
+        "diffusion.sampling_steps=2",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    )
+    assert (tmp_path / "run" / "samples" / "final.png").is_file()
+    run_cli(
+        "diffusion_transformer.sample",
+        f"ckpt={tmp_path}/run/checkpoints/last.ckpt",
+        "num_samples=2",
+        "steps=2",
+        "progress=false",
+        "hydra.run.dir=s",
+        cwd=tmp_path,
+    )
+    assert np.load(tmp_path / "s" / "samples.npz")["arr_0"].shape == (2, 16, 16, 3)
+
+
+def test_multirun_over_model_and_patch(tmp_path):
+    proc = run_cli(
+        "diffusion_transformer.train",
+        "-m",
+        "model=tiny,s",
+        "patch=2,4",
+        "data.datamodule.batch_size=2",
+        "trainer.max_steps=1",
+        "logger=none",
+        "callbacks=none",
+        "trainer.enable_progress_bar=false",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert runs == ["0_DiT-tiny-2", "1_DiT-tiny-4", "2_DiT-S-2", "3_DiT-S-4"], proc.stdout
+    for run in runs:
+        assert (tmp_path / "sweep" / run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_gflops_cli(tmp_path):
+    out = run_cli("diffusion_transformer.gflops", cwd=tmp_path).stdout
+    assert "DiT-XL/2    118.6" in out and "DiT-XL/4     29.1" in out
+
+
+def test_wheels_run_from_any_directory(tmp_path):
+    """Configs travel inside the wheels: unpack them and compose outside the repository."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "wheels"),
+            str(repo / "packages/common"),
+            str(repo / "packages/diffusion_transformer"),
+        ],
+        check=True,
+    )
+    site = tmp_path / "site"
+    for wheel in (tmp_path / "wheels").glob("*.whl"):
+        zipfile.ZipFile(wheel).extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = (
+        "import diffusion_transformer, common; print(diffusion_transformer.__file__); "
+        "print(common.__file__)"
+    )
+    env_extra = {"PYTHONPATH": str(site)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, **env_extra},
+    )
+    assert str(site) in proc.stdout
+    out = run_cli(
+        "diffusion_transformer.train",
+        "model=xl",
+        "patch=2",
+        "--cfg",
+        "job",
+        cwd=elsewhere,
+        env_extra=env_extra,
+    ).stdout
+    assert "hidden_size: 1152" in out and "_target_: lightning.pytorch.Trainer" in out
