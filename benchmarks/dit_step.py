@@ -197,6 +197,21 @@ def print_table(rows: list[Row], batch: int, fwd_flops: int, peak: float | None)
         print(f"{ratio} | {mfu} |")
 
 
+def profile_kernels(row: Row, device: torch.device, steps: int = 3, top: int = 20) -> None:
+    """Where the time of a step goes: the ``top`` device kernels of ``steps`` steps of ``row``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            row.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nprofile of '{row.name}' over {steps} steps:")
+    print(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="registry name (default: DiT-XL/2 on CUDA, DiT-S/4 on CPU)")
@@ -208,6 +223,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     p.add_argument("--baseline", choices=["official-style"], help="add the reference-style row")
     p.add_argument("--peak-tflops", type=float, help="dense bf16 peak, for MFU where not known")
+    p.add_argument("--bf16-only", action="store_true", help="skip the fp32 rows")
+    p.add_argument(
+        "--compile-mode",
+        action="append",
+        help="torch.compile mode(s) for extra compiled rows, e.g. max-autotune-no-cudagraphs",
+    )
+    p.add_argument("--fused-adam", action="store_true", help="AdamW(fused=True) for every row")
+    p.add_argument("--profile", action="store_true", help="top CUDA kernels of the last bf16 row")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -223,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     model = DiT_models[name](input_size=size, in_channels=4, num_classes=1000)
     model = model.to(device).train()
     ema = EMA(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    fused = {"fused": True} if args.fused_adam else {}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, **fused)
     x = torch.randn(batch, 4, size, size, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
     fwd_flops = 2 * count_macs(model, x[:1], torch.zeros_like(y[:1]), y[:1])
@@ -248,14 +272,24 @@ def main(argv: list[str] | None = None) -> None:
 
         return Row(label, step)
 
-    groups = [[row("fp32 eager", model, False), row("bf16 eager", model, True)]]
+    eager = [row("bf16 eager", model, True)]
+    if not args.bf16_only:
+        eager.insert(0, row("fp32 eager", model, False))
+    groups = [eager]
     if args.baseline:
         groups[0].append(row("official-style fp32 eager", model, False, official=True))
     if not args.no_compile:
         compiled = torch.compile(model)
-        groups.append([row("fp32 compile", compiled, False), row("bf16 compile", compiled, True)])
+        group = [row("bf16 compile", compiled, True)]
+        if not args.bf16_only:
+            group.insert(0, row("fp32 compile", compiled, False))
+        groups.append(group)
+        for mode in args.compile_mode or []:
+            groups.append([row(f"bf16 compile {mode}", torch.compile(model, mode=mode), True)])
     for group in groups:
         measure(group, device, args.warmup, steps)
+    if args.profile:
+        profile_kernels(groups[-1][-1], device)
 
     where = torch.cuda.get_device_name(device) if cuda else f"{torch.get_num_threads()} threads"
     memory = "max_memory_allocated" if cuda else "VmHWM growth over each step's start"

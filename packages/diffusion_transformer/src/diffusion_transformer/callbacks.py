@@ -1,12 +1,22 @@
-"""Training callbacks for DiT: a fixed-noise, fixed-label grid of EMA samples every N steps."""
+"""Training callbacks for DiT: a fixed-noise, fixed-label grid of EMA samples every N steps, the
+evaluation of the EMA model during training, and the run summary that the scaling report reads.
+
+Sampling runs on every rank (an FSDP-sharded EMA needs all ranks in each forward pass); only rank 0
+writes files and logs.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
+from common.checkpoint import atomic_write_bytes
 from common.images import save_grid, to_uint8
 
 
@@ -48,8 +58,6 @@ class SampleGrid(L.Callback):
         return noise, labels
 
     def write(self, trainer: L.Trainer, pl_module, name: str) -> Path | None:
-        if trainer.global_rank != 0:
-            return None
         noise, labels = self._fixed_inputs(pl_module)
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + 1)
         images = pl_module.generate(
@@ -60,6 +68,8 @@ class SampleGrid(L.Callback):
             cfg_scale=self.cfg_scale,
             generator=generator,
         )
+        if trainer.global_rank != 0:
+            return None
         nrow = min(pl_module.model.num_classes, self.num_samples)
         path = save_grid(to_uint8(images), self.dirpath / f"{name}.png", nrow=nrow)
         self.last_path = path
@@ -79,3 +89,223 @@ class SampleGrid(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.write(trainer, pl_module, "final")
+
+
+# ----------------------------------------------------------------------------- scaling records
+def training_compute(gflops: float, global_batch: int, steps: int) -> float:
+    """Training compute in Gflops (thesis Sec. 2.5): model Gflops x batch size x steps x 3, the
+    factor 3 counting the backward pass as twice the forward."""
+    return gflops * global_batch * steps * 3
+
+
+def sampling_compute(gflops: float, steps: int, cfg_scale: float = 1.0) -> float:
+    """Sampling compute per image in Gflops (Fig. 2.11): model Gflops x sampling steps, doubled
+    when classifier-free guidance runs the conditional and unconditional halves."""
+    return gflops * steps * (2 if cfg_scale != 1.0 else 1)
+
+
+def _global_batch(trainer: L.Trainer) -> int:
+    dm = trainer.datamodule
+    per_device = getattr(dm, "batch_size", None)
+    if per_device is None:
+        raise ValueError("the datamodule must expose batch_size to record training compute")
+    return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
+
+
+class RunSummary(L.Callback):
+    """Writes ``<run_dir>/run_summary.json``: what the FID-vs-Gflops report needs from a run.
+
+    Model name, patch size, forward Gflops per image (paper convention, Table 2.1), parameter count,
+    global batch size, steps done and training compute (Sec. 2.5). Rewritten at the start and the
+    end of training, atomically, so a killed run still has a valid summary.
+    """
+
+    def __init__(self, run_dir: str, model: str, patch: int, extra: dict | None = None) -> None:
+        self.path = Path(run_dir) / "run_summary.json"
+        self.model = model
+        self.patch = patch
+        self.extra = dict(extra or {})
+        self._static: dict[str, Any] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        # Before any strategy wraps (and possibly shards) the model.
+        net = pl_module.model
+        self._static = {
+            "model": str(self.model),
+            "patch": int(self.patch),
+            "name": f"DiT-{self.model}/{self.patch}",
+            "gflops": net.gflops(),
+            "params": sum(p.numel() for p in net.parameters()),
+            "input_size": net.input_size,
+            "in_channels": net.in_channels,
+            **self.extra,
+        }
+
+    def write(self, trainer: L.Trainer) -> None:
+        if trainer.global_rank != 0 or not self._static:
+            return
+        batch = _global_batch(trainer)
+        summary = {
+            **self._static,
+            "global_batch": batch,
+            "step": trainer.global_step,
+            "train_compute": training_compute(self._static["gflops"], batch, trainer.global_step),
+        }
+        atomic_write_bytes(json.dumps(summary, indent=2).encode(), self.path)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.write(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.write(trainer)
+
+
+class EvalMetrics(L.Callback):
+    """Evaluates the EMA model every ``every_n_steps`` steps (and at the end of training).
+
+    Draws ``num_samples`` images with fixed noise and class-balanced labels (the same at every
+    evaluation, so values are comparable along training), scores them with ``common.metrics``
+    against ``reference`` and logs ``eval/<metric>``. Each value is appended to
+    ``<run_dir>/eval.jsonl`` with the step, sampling steps and training/sampling compute: the rows
+    the scaling report (Figs. 2.8, 2.10, 2.11) is built from. At the end of training the metric is
+    also measured for every entry of ``final_sampling_steps`` (the Fig. 2.11 axis). With
+    ``reference=None`` (``eval.reference`` unset) the callback does nothing.
+    """
+
+    def __init__(
+        self,
+        run_dir: str,
+        metrics: list[str],
+        reference: str,
+        every_n_steps: int = 10_000,
+        num_samples: int = 1000,
+        batch_size: int = 250,
+        sampler: str | None = None,
+        steps: int | None = None,
+        cfg_scale: float = 1.0,
+        final_sampling_steps: list[int] | None = None,
+        inception_weights: str | None = None,
+        cache_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        if reference is not None and not metrics:
+            raise ValueError(
+                "metrics.names is empty: name at least one metric, e.g. [fd_digits] or [fid]"
+            )
+        self.path = Path(run_dir) / "eval.jsonl"
+        self.metrics = list(metrics)
+        self.reference = reference
+        self.every_n_steps = every_n_steps
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.sampler = sampler
+        self.steps = steps
+        self.cfg_scale = cfg_scale
+        self.final_sampling_steps = list(final_sampling_steps or [])
+        self.inception_weights = inception_weights
+        self.cache_dir = cache_dir
+        self.seed = seed
+        self._reference = None
+        self._last_step = -1
+        self.history: list[dict[str, Any]] = []
+
+    def _samples(self, trainer, pl_module, steps: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Every rank draws its share; the shares are gathered (on every rank, cheap at uint8)."""
+        world, rank = trainer.world_size, trainer.global_rank
+        m = pl_module.model
+        per_rank = math.ceil(self.num_samples / world)
+        labels = torch.arange(per_rank * world) % m.num_classes
+        labels = labels[rank * per_rank : (rank + 1) * per_rank]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + rank)
+        gd = torch.Generator(device=pl_module.device).manual_seed(self.seed * 1_000_033 + rank)
+        images = []
+        for start in range(0, per_rank, self.batch_size):
+            y = labels[start : start + self.batch_size]
+            noise = torch.randn(len(y), m.in_channels, m.input_size, m.input_size, generator=g)
+            x = pl_module.generate(
+                y,
+                noise=noise,
+                sampler=self.sampler,
+                steps=steps,
+                cfg_scale=self.cfg_scale,
+                generator=gd,
+            )
+            images.append(((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+        local = torch.cat(images)
+        if world > 1:
+            local = pl_module.all_gather(local.to(pl_module.device)).flatten(0, 1)
+            labels = pl_module.all_gather(labels.to(pl_module.device)).flatten(0, 1)
+        if local.shape[1] == 1:
+            local = local.repeat(1, 3, 1, 1)
+        uint8 = local.permute(0, 2, 3, 1).cpu().numpy()[: self.num_samples]
+        return uint8, labels.cpu().numpy()[: self.num_samples]
+
+    def evaluate(self, trainer, pl_module, steps: int | None, final: bool = False) -> dict:
+        from common.metrics import evaluate_images
+        from diffusion_transformer.evaluate import resolve_reference
+
+        images, labels = self._samples(trainer, pl_module, steps)
+        if trainer.global_rank != 0:
+            return {}
+        if self._reference is None:
+            self._reference = resolve_reference(self.reference)
+        values = evaluate_images(
+            images,
+            self._reference,
+            self.metrics,
+            labels=labels,
+            inception_weights=self.inception_weights,
+            device=pl_module.device,
+            cache_dir=self.cache_dir,
+        )
+        summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
+        gflops = pl_module.model.gflops()
+        batch = _global_batch(trainer)
+        step = trainer.global_step
+        n_steps = steps or pl_module.diffusion_cfg.get("sampling_steps")
+        rows = []
+        for name, value in values.items():
+            row = {
+                "step": step,
+                "metric": name,
+                "value": float(value),
+                "sampler": self.sampler or pl_module.diffusion_cfg.get("sampler"),
+                "sampling_steps": n_steps,
+                "cfg_scale": self.cfg_scale,
+                "num_samples": len(images),
+                "final": final,
+                "gflops": gflops,
+                "train_compute": training_compute(gflops, batch, step),
+                "sampling_compute": sampling_compute(gflops, n_steps, self.cfg_scale),
+            }
+            if summary is not None:
+                row.update(model=summary.model, patch=summary.patch)
+            rows.append(row)
+        self.history.extend(rows)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        suffix = "" if steps == self.steps else f"@{n_steps}steps"
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {f"eval/{k}{suffix}": float(v) for k, v in values.items()}, step=step
+            )
+        return values
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        due = self.every_n_steps and step > 0 and step % self.every_n_steps == 0
+        if due and self._last_step != step and self.reference is not None:
+            self._last_step = step
+            last = trainer.max_steps is not None and 0 < trainer.max_steps <= step
+            self.evaluate(trainer, pl_module, self.steps, final=last)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.reference is None:
+            return
+        if self._last_step != trainer.global_step:
+            self.evaluate(trainer, pl_module, self.steps, final=True)
+        for steps in self.final_sampling_steps:
+            if steps != (self.steps or pl_module.diffusion_cfg.get("sampling_steps")):
+                self.evaluate(trainer, pl_module, steps, final=True)

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 
 from common.ema import EMA
+from common.flops import count_macs
 from common.training import step_seed
 from diffusion_transformer.models import DiT
 from diffusion_transformer.sampling import build_training_process, sample_latents
@@ -44,10 +45,8 @@ class DiTModule(L.LightningModule):
         self.seed = seed
         # The VAE is frozen and kept out of the state dict (see VAECodec).
         self._vae = build_vae(vae)
-        # Kept outside the module tree (no duplicate state-dict entries); compiled on request.
-        object.__setattr__(
-            self, "_train_model", torch.compile(self.model) if compile else self.model
-        )
+        self._compile = compile
+        self._train_model: tuple[torch.nn.Module, torch.nn.Module] | None = None
         self._micro_step = 0
 
     # ------------------------------------------------------------------ setup
@@ -58,6 +57,31 @@ class DiTModule(L.LightningModule):
     @property
     def pixel_space(self) -> bool:
         return self._vae is None
+
+    @property
+    def train_model(self) -> torch.nn.Module:
+        """The network the loss is computed with: ``self.model``, compiled when ``compile=True``.
+
+        Resolved on first use from the current ``self.model``: a strategy may have replaced it by
+        then (FSDP wraps it in place), and a reference taken earlier would bypass the wrapper.
+        Kept outside the module tree (in a tuple), so there are no duplicate state-dict entries.
+        """
+        model = self.model
+        if self._train_model is None or self._train_model[0] is not model:
+            self._train_model = (model, torch.compile(model) if self._compile else model)
+        return self._train_model[1]
+
+    def flops_per_sample(self) -> int:
+        """Training flops of one image, for MFU (``common.throughput``): 3 x the forward pass
+        (the backward pass costs twice the forward), in real flops, i.e. 2 per multiply-add of
+        ``common.flops.count_macs`` (twice the DiT paper's Gflops, Sec. 2.3.2). Counted on a
+        meta-device copy of the network, so it costs no memory and works under any strategy."""
+        with torch.device("meta"):
+            net = DiT(**self.model_config()).eval()
+            x = torch.zeros(1, net.in_channels, net.input_size, net.input_size)
+            t = torch.zeros(1)
+            y = torch.zeros(1, dtype=torch.long)
+        return 3 * 2 * count_macs(net, x, t, y)
 
     def setup(self, stage: str) -> None:
         if self._vae is not None:
@@ -101,7 +125,7 @@ class DiTModule(L.LightningModule):
         self._micro_step += 1
         x = self._prepare(x)
         t = self.process.sample_timesteps(x.shape[0], x.device)
-        terms = self.process.training_losses(self._train_model, x, t, {"y": y})
+        terms = self.process.training_losses(self.train_model, x, t, {"y": y})
         loss = terms["loss"].mean()
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mse", terms["mse"].mean())

@@ -2,12 +2,17 @@
 
 With no overrides it trains a small DiT on scikit-learn's digits on the CPU and prints where the
 sample grid and the checkpoint are. ``resume=<run dir or .ckpt>`` continues a run: same step,
-optimizer, EMA, data order, logs and W&B run.
+optimizer, EMA, data order, logs and W&B run. ``strategy=ddp|fsdp`` (``conf/strategy`` in
+``common``) trains on several devices or nodes; ``tf32=false`` turns TF32 matmuls off on GPUs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.checkpoint import atomic_save
+from common.strategies import full_state_dict
 from common.training import SafeCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -32,11 +38,18 @@ class TrainResult:
     module: L.LightningModule
 
 
+def _is_sharded_checkpoint(path: Path) -> bool:
+    """A FSDP ``state_dict_type=sharded`` checkpoint: a folder of shards and Lightning's meta.pt."""
+    return path.is_dir() and (path / "meta.pt").is_file()
+
+
 def resolve_resume(resume: str) -> tuple[Path, Path]:
-    """``resume`` (a run directory or a ``.ckpt`` file) -> (checkpoint, run directory)."""
+    """``resume`` (a run directory, a ``.ckpt`` file or sharded folder) -> (checkpoint, run dir)."""
     path = Path(resume).expanduser()
-    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
-    if not ckpt.is_file():
+    ckpt = path
+    if path.is_dir() and not _is_sharded_checkpoint(path):
+        ckpt = path / "checkpoints" / "last.ckpt"
+    if not (ckpt.is_file() or _is_sharded_checkpoint(ckpt)):
         raise FileNotFoundError(
             f"cannot resume: no checkpoint at {ckpt}. Pass resume=<run dir> (containing "
             "checkpoints/last.ckpt) or resume=<path to a .ckpt file>"
@@ -45,14 +58,37 @@ def resolve_resume(resume: str) -> tuple[Path, Path]:
     return ckpt, run_dir
 
 
-def _run_id(run_dir: Path) -> str:
-    """The W&B run id of this run directory, created on first use."""
+def _run_id(run_dir: Path, timeout_s: float = 60.0) -> str:
+    """The W&B run id of this run directory (``run_id.txt``), created on first use.
+
+    Every process of a run calls this and must get the same id. Lightning's DDP and FSDP launchers
+    start the other ranks from rank 0 after it has created the file, but processes started
+    together (SLURM, torchrun, several nodes on a shared file system) may race: the id is written
+    to a temporary file and published with ``os.link``, which fails when the file exists, so the
+    first process wins and every process reads the winner's id (``logger/wandb.yaml`` passes it
+    as ``id`` with ``resume: allow``, so a resumed run continues the same W&B run).
+    """
     path = run_dir / "run_id.txt"
-    if path.is_file():
-        return path.read_text().strip()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run_id = uuid.uuid4().hex[:12]
-    path.write_text(run_id + "\n")
+    if not path.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        new_id = uuid.uuid4().hex[:12] + "\n"
+        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".run_id.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(new_id)
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links on this file system: exclusive create, then write
+            with contextlib.suppress(FileExistsError), open(path, "x") as f:
+                f.write(new_id)
+        finally:
+            os.unlink(tmp)
+    deadline = time.monotonic() + timeout_s
+    while not (run_id := path.read_text().strip()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} is empty: delete it to start a new W&B run")
+        time.sleep(0.1)
     return run_id
 
 
@@ -68,8 +104,9 @@ def train(cfg: DictConfig) -> TrainResult:
             cfg.run_id = _run_id(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        tf32 = bool(cfg.get("tf32", True))
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
 
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data.datamodule)
@@ -77,8 +114,10 @@ def train(cfg: DictConfig) -> TrainResult:
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     has_checkpointing = any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
+    strategy = hydra.utils.instantiate(cfg.strategy) if cfg.get("strategy") else "auto"
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
+        strategy=strategy,
         logger=loggers or False,
         callbacks=callbacks,
         plugins=[SafeCheckpointIO()],
@@ -97,9 +136,12 @@ def train(cfg: DictConfig) -> TrainResult:
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(checkpoint, weights_only=False)
     ema_weights = run_dir / "checkpoints" / "ema.pt"
+    state = full_state_dict(trainer)  # every rank takes part: FSDP gathers the shards
     if trainer.is_global_zero:
         # The EMA weights as a plain state dict with the official key names.
-        atomic_save(module.ema.module.state_dict(), ema_weights)
+        prefix = "ema.module."
+        ema = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        atomic_save(ema, ema_weights)
     grids = [c.last_path for c in callbacks if getattr(c, "last_path", None) is not None]
     result = TrainResult(run_dir, checkpoint, ema_weights, grids[-1] if grids else None, module)
     if trainer.is_global_zero:
@@ -116,4 +158,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Call ``main`` through the imported module, not this ``__main__`` copy: submitit pickles the
+    # task function by reference only when it lives in an importable module (by value it drags in
+    # ``torch.backends.cudnn``, which cannot be pickled), so ``python -m ... -m`` sweeps launch.
+    from diffusion_transformer.train import main as _main
+
+    _main()

@@ -1,0 +1,297 @@
+"""Gather a sweep into the thesis' scaling figures: ``python -m diffusion_transformer.report DIR``.
+
+Reads every ``run_summary.json`` / ``eval.jsonl`` pair under ``DIR`` (a Hydra multirun directory
+of ``diffusion_transformer.train``) and writes to ``DIR/report`` (or ``--out``):
+
+- ``fid_vs_gflops.csv``: one row per (run, metric, step, sampling steps) with ``model``, ``patch``,
+  ``gflops``, ``train_compute``, ``metric``, ``value``, ``step``, ``sampling_steps``,
+  ``sampling_compute``;
+- ``metric_vs_gflops.png`` (Fig. 2.8): the final value of each run against model Gflops, with the
+  Pearson correlation (against log Gflops) and Spearman rank correlation printed and in the title;
+- ``metric_vs_train_compute.png`` (Fig. 2.10): values over training against training compute;
+- ``metric_vs_sampling_compute.png`` (Fig. 2.11): final values over sampling steps against
+  sampling compute per image;
+- ``correlations.json``.
+
+The same table and figures go to W&B (``wandb.Table``, ``wandb.plot.scatter``) unless
+``--wandb disabled``; the default follows ``WANDB_MODE`` and is ``offline`` (no account needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COLUMNS = (
+    "name",
+    "model",
+    "patch",
+    "gflops",
+    "params",
+    "global_batch",
+    "train_compute",
+    "metric",
+    "value",
+    "step",
+    "sampler",
+    "sampling_steps",
+    "sampling_compute",
+    "cfg_scale",
+    "num_samples",
+    "run_dir",
+)
+MODEL_ORDER = {"S": 0, "B": 1, "L": 2, "XL": 3}
+
+
+def collect(root: str | Path) -> list[dict[str, Any]]:
+    """All evaluation rows under ``root``, each joined with its run's summary; a re-evaluated
+    (run, metric, step, sampling steps) after a resume keeps its latest value."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory: pass a multirun directory of train")
+    rows: dict[tuple, dict[str, Any]] = {}
+    summaries = sorted(root.rglob("run_summary.json"))
+    if not summaries:
+        raise FileNotFoundError(
+            f"no run_summary.json under {root}: run the sweep with callbacks=default (the "
+            "RunSummary callback writes it) and eval.reference set"
+        )
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        evals = path.parent / "eval.jsonl"
+        if not evals.is_file():
+            continue
+        for line in evals.read_text().splitlines():
+            if not line.strip():
+                continue
+            e = json.loads(line)
+            row = {**summary, **e, "run_dir": str(path.parent)}
+            row["model"], row["patch"] = summary["model"], summary["patch"]
+            row["train_compute"] = summary["gflops"] * summary["global_batch"] * e["step"] * 3
+            rows[(row["run_dir"], e["metric"], e["step"], e["sampling_steps"])] = row
+    if not rows:
+        raise FileNotFoundError(f"runs under {root} have no eval.jsonl: set eval.reference")
+    return sorted(rows.values(), key=lambda r: (r["run_dir"], r["metric"], r["step"]))
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _main_steps(run_rows: list[dict[str, Any]]) -> int:
+    """The sampling steps of the periodic evaluations: those of the earliest row of a run."""
+    return min(run_rows, key=lambda r: (r["step"], r.get("final", False)))["sampling_steps"]
+
+
+def final_values(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Per run: the row of ``metric`` at the last step with the run's main sampling steps."""
+    by_run: dict[str, list] = defaultdict(list)
+    for r in rows:
+        if r["metric"] == metric:
+            by_run[r["run_dir"]].append(r)
+    out = []
+    for run_rows in by_run.values():
+        main = _main_steps(run_rows)
+        out.append(
+            max((r for r in run_rows if r["sampling_steps"] == main), key=lambda r: r["step"])
+        )
+    return sorted(out, key=lambda r: r["gflops"])
+
+
+def correlations(points: list[dict[str, Any]]) -> dict[str, float]:
+    """Pearson (value vs log10 Gflops) and Spearman (ranks) correlation over runs."""
+    from scipy.stats import pearsonr, spearmanr
+
+    if len(points) < 3:
+        return {"pearson_log_gflops": math.nan, "spearman": math.nan, "runs": len(points)}
+    x = np.log10([p["gflops"] for p in points])
+    y = np.array([p["value"] for p in points])
+    return {
+        "pearson_log_gflops": float(pearsonr(x, y).statistic),
+        "spearman": float(spearmanr(x, y).statistic),
+        "runs": len(points),
+    }
+
+
+def _style(row: dict[str, Any]) -> dict[str, Any]:
+    import matplotlib.pyplot as plt
+
+    colors = plt.get_cmap("viridis")
+    idx = MODEL_ORDER.get(str(row["model"]), 0)
+    markers = {2: "o", 4: "s", 8: "^"}
+    return {"color": colors(idx / 3), "marker": markers.get(int(row["patch"]), "D")}
+
+
+def _label(row: dict[str, Any]) -> str:
+    return f"DiT-{row['model']}/{row['patch']}"
+
+
+def plot_all(rows: list[dict[str, Any]], metric: str, out: Path) -> tuple[list[Path], dict]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    points = final_values(rows, metric)
+    corr = correlations(points)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for p in points:
+        ax.scatter(p["gflops"], p["value"], s=60, **_style(p))
+        ax.annotate(
+            _label(p),
+            (p["gflops"], p["value"]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("Transformer Gflops (forward, per image)")
+    ax.set_ylabel(metric)
+    ax.set_title(
+        f"{metric} vs Gflops  (Pearson r={corr['pearson_log_gflops']:.2f}, "
+        f"Spearman={corr['spearman']:.2f})",
+        fontsize=9,
+    )
+    paths.append(_save(fig, out / "metric_vs_gflops.png"))
+
+    by_run: dict[str, list] = defaultdict(list)
+    for r in rows:
+        if r["metric"] == metric:
+            by_run[r["run_dir"]].append(r)
+    runs = sorted(by_run.values(), key=lambda rr: rr[0]["gflops"])
+
+    def over_training(run_rows):  # Fig. 2.10: the periodic evaluations of each run
+        main = _main_steps(run_rows)
+        return sorted(
+            (r for r in run_rows if r["sampling_steps"] == main and r["step"] > 0),
+            key=lambda r: r["step"],
+        )
+
+    def over_sampling_steps(run_rows):  # Fig. 2.11: the final model at each sampling-step count
+        last = max(r["step"] for r in run_rows)
+        return sorted((r for r in run_rows if r["step"] == last), key=lambda r: r["sampling_steps"])
+
+    for curve_of, x_key, x_label, title, name in (
+        (over_training, "train_compute", "Training compute (Gflops)", "training compute",
+         "metric_vs_train_compute.png"),
+        (over_sampling_steps, "sampling_compute", "Sampling compute per image (Gflops)",
+         "sampling compute (sampling steps varied)", "metric_vs_sampling_compute.png"),
+    ):  # fmt: skip
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for run_rows in runs:
+            curve = curve_of(run_rows)
+            ax.plot(
+                [r[x_key] for r in curve],
+                [r["value"] for r in curve],
+                label=_label(run_rows[0]),
+                **(_style(curve[0]) if curve else {}),
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7)
+        ax.set_title(f"{metric} vs {title}", fontsize=9)
+        paths.append(_save(fig, out / name))
+    return paths, corr
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def log_wandb(rows, metric: str, pngs: list[Path], corr: dict, mode: str, project: str) -> None:
+    """The table, a scatter of the metric against Gflops and the PNGs, as one W&B run."""
+    import wandb
+
+    run = wandb.init(project=project, job_type="report", mode=mode, config={"metric": metric})
+    table = wandb.Table(columns=list(COLUMNS), data=[[r.get(c) for c in COLUMNS] for r in rows])
+    points = final_values(rows, metric)
+    final = wandb.Table(
+        columns=["name", "gflops", metric],
+        data=[[_label(p), p["gflops"], p["value"]] for p in points],
+    )
+    run.log(
+        {
+            "fid_vs_gflops": table,
+            f"{metric}_vs_gflops": wandb.plot.scatter(
+                final, "gflops", metric, title=f"{metric} vs Gflops"
+            ),
+            **{f"figures/{p.stem}": wandb.Image(str(p)) for p in pngs},
+            **{f"correlation/{k}": v for k, v in corr.items()},
+        }
+    )
+    run.finish()
+
+
+def report(
+    root: str | Path,
+    out: str | Path | None = None,
+    metric: str | None = None,
+    wandb_mode: str | None = None,
+    project: str = "dit",
+) -> dict[str, Any]:
+    rows = collect(root)
+    metrics = sorted({r["metric"] for r in rows})
+    if metric is None:
+        metric = next((m for m in ("fid", "fd_digits") if m in metrics), metrics[0])
+    if metric not in metrics:
+        raise ValueError(f"metric {metric!r} was not evaluated in these runs; found {metrics}")
+    out = Path(out) if out else Path(root) / "report"
+    csv_path = write_csv(rows, out / "fid_vs_gflops.csv")
+    pngs, corr = plot_all(rows, metric, out)
+    (out / "correlations.json").write_text(json.dumps({"metric": metric, **corr}, indent=2))
+    print(f"{'run':<12s} {'Gflops':>9s} {metric:>12s}")
+    for p in final_values(rows, metric):
+        print(f"{_label(p):<12s} {p['gflops']:9.4f} {p['value']:12.4f}")
+    print(
+        f"Pearson r({metric}, log Gflops) = {corr['pearson_log_gflops']:.3f}; "
+        f"Spearman = {corr['spearman']:.3f} over {corr['runs']} runs"
+    )
+    print(f"table   : {csv_path}")
+    for p in pngs:
+        print(f"figure  : {p}")
+    mode = wandb_mode or os.environ.get("WANDB_MODE", "offline")
+    if mode != "disabled":
+        log_wandb(rows, metric, pngs, corr, mode, project)
+    return {"csv": csv_path, "figures": pngs, "correlations": corr, "metric": metric}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("root", help="multirun directory of diffusion_transformer.train")
+    parser.add_argument("--out", default=None, help="output folder (default ROOT/report)")
+    parser.add_argument("--metric", default=None, help="metric to plot (default fid or fd_digits)")
+    parser.add_argument(
+        "--wandb",
+        default=None,
+        choices=["offline", "online", "disabled"],
+        help="W&B mode (default $WANDB_MODE or offline)",
+    )
+    parser.add_argument("--project", default="dit")
+    args = parser.parse_args(argv)
+    report(args.root, args.out, args.metric, args.wandb, args.project)
+
+
+if __name__ == "__main__":
+    main()
