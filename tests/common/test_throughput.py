@@ -11,18 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from common.throughput import ThroughputMonitor, peak_flops, precision_dtype
 from diffusion_transformer.train import train
-
-TINY = [
-    "model.depth=1",
-    "model.hidden_size=32",
-    "model.num_heads=2",
-    "data.datamodule.batch_size=8",
-    "logger=csv",
-    "callbacks=none",
-    "trainer.log_every_n_steps=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-]
+from tests.diffusion_transformer.test_train import TINY  # the tiny CPU run of the wiring tests
 
 
 def compose_train(*overrides: str):
