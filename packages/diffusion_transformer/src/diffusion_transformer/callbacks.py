@@ -22,7 +22,8 @@ from common.images import save_grid, to_uint8
 
 class SampleGrid(L.Callback):
     """Every ``every_n_steps`` optimizer steps (and at the end of training) sample the EMA model
-    from the same noise and labels and write ``<dirpath>/step_XXXXXXX.png`` (plus ``final.png``).
+    from the same noise and labels and write ``<dirpath>/step_<step, 7 digits>.png`` (e.g.
+    ``step_0001000.png``) plus ``final.png``.
 
     Labels cycle through the classes so each row shows the classes in order. The grid goes to
     W&B as well when a W&B logger is attached.
@@ -230,15 +231,16 @@ class EvalMetrics(L.Callback):
                 cfg_scale=self.cfg_scale,
                 generator=gd,
             )
-            images.append(((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+            images.append(torch.from_numpy(to_uint8(x)))  # [n, H, W, 3] uint8
         local = torch.cat(images)
         if world > 1:
             local = pl_module.all_gather(local.to(pl_module.device)).flatten(0, 1)
             labels = pl_module.all_gather(labels.to(pl_module.device)).flatten(0, 1)
-        if local.shape[1] == 1:
-            local = local.repeat(1, 3, 1, 1)
-        uint8 = local.permute(0, 2, 3, 1).cpu().numpy()[: self.num_samples]
-        return uint8, labels.cpu().numpy()[: self.num_samples]
+        return local.cpu().numpy()[: self.num_samples], labels.cpu().numpy()[: self.num_samples]
+
+    def _sampling_steps(self, pl_module, steps: int | None) -> int:
+        """``steps``, or this callback's, or the diffusion config's default."""
+        return steps or self.steps or pl_module.diffusion_cfg.get("sampling_steps")
 
     def evaluate(self, trainer, pl_module, steps: int | None, final: bool = False) -> dict:
         from common.metrics import evaluate_images
@@ -262,7 +264,7 @@ class EvalMetrics(L.Callback):
         gflops = pl_module.model.gflops()
         batch = _global_batch(trainer)
         step = trainer.global_step
-        n_steps = steps or pl_module.diffusion_cfg.get("sampling_steps")
+        n_steps = self._sampling_steps(pl_module, steps)
         rows = []
         for name, value in values.items():
             row = {
@@ -307,5 +309,5 @@ class EvalMetrics(L.Callback):
         if self._last_step != trainer.global_step:
             self.evaluate(trainer, pl_module, self.steps, final=True)
         for steps in self.final_sampling_steps:
-            if steps != (self.steps or pl_module.diffusion_cfg.get("sampling_steps")):
+            if steps != self._sampling_steps(pl_module, None):
                 self.evaluate(trainer, pl_module, steps, final=True)

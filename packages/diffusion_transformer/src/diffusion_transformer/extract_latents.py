@@ -4,10 +4,11 @@
         vae=/models/sd-vae-ft-ema out=/datasets/imagenet256_latents image_size=256
 
 Each image is ADM-center-cropped, encoded together with its horizontal flip, and stored as
-``latents [n, 2, C, h, w]`` + ``labels [n]`` in ``shard_XXXXX.safetensors`` files of ``shard_size``
-images, written atomically; ``manifest.json`` is written last. A killed job restarted with the
-same command keeps the finished shards and continues. Unreadable images are skipped and listed in
-the manifest. Train on the result with ``data=imagenet_latents data.root=<out>``.
+``latents [n, 2, C, h, w]`` + ``labels [n]`` in shards of ``shard_size`` images
+(``shard_00000.safetensors``, ``shard_00001.safetensors``, ...), written atomically;
+``manifest.json`` is written last. A killed job restarted with the same command keeps the
+finished shards and continues. Unreadable images are skipped and listed in the manifest. Train
+on the result with ``data=imagenet_latents data.root=<out>``.
 """
 
 from __future__ import annotations
