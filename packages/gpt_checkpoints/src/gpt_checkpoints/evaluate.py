@@ -1,0 +1,197 @@
+"""Evaluate a trained G.pt: ``python -m gpt_checkpoints.evaluate gpt=<run dir>``.
+
+Writes ``results.json`` and PNG plots to the output folder (and to W&B when ``wandb=true``):
+one G.pt step vs one tuned step of hand-designed optimizers (Fig. 3.3; keys ``one_step_gpt``,
+``one_step_best_sgd``, ``one_step_best_adam``, ...), SGD/Adam optimisation curves vs one G.pt step
+(Fig. 3.4), prompt alignment R^2 (Sec. 3.4.4; ``prompt_alignment_r2``), recursive prompting from
+out-of-distribution initialisations (Fig. 3.6) and the nearest-neighbour memorisation score
+(Sec. 3.5, Fig. 3.9; needs ``dataset=`` for the training and test runs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from gpt_checkpoints import evaluation as ev  # noqa: E402
+from gpt_checkpoints.module import load_gpt  # noqa: E402
+from gpt_checkpoints.prompt import load_task  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def _plot_one_step(res: dict, path: Path) -> None:
+    names = ["G.pt", *res["optimizers"]]
+    values = [res["one_step_gpt"], *(v["value"] for v in res["optimizers"].values())]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(names, values, color=["tab:red"] + ["tab:gray"] * (len(names) - 1))
+    ax.axhline(res["initial"], ls="--", c="k", lw=1, label="initial")
+    ax.set_ylabel(res["metric"])
+    ax.set_title("one step: G.pt vs tuned optimizers (Fig. 3.3)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_curves(res: dict, gpt_value: float, metric: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, curve in res["curves"].items():
+        steps = [max(int(s), 1) for s in curve]
+        ax.plot(steps, list(curve.values()), marker="o", ms=3, label=name)
+    ax.axhline(gpt_value, c="tab:red", label="G.pt, one step")
+    ax.set_xscale("log")
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel(metric)
+    ax.set_title("optimization curves (Fig. 3.4)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_alignment(res: dict, metric: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    prompts = res["prompts"]
+    for achieved in res["achieved"]:
+        ax.plot(prompts, achieved, c="tab:blue", alpha=0.4, lw=1)
+    ax.plot(prompts, prompts, "k--", lw=1, label="ideal")
+    ax.set_xlabel(f"prompted {metric}")
+    ax.set_ylabel(f"achieved {metric}")
+    ax.set_title(f"prompt alignment R^2 = {res['prompt_alignment_r2']:.3f}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_recursive(res: dict, metric: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for scheme, trace in res.items():
+        ax.plot(range(len(trace)), trace, marker="o", ms=3, label=scheme)
+    ax.set_xlabel("G.pt steps (recursive prompting)")
+    ax.set_ylabel(metric)
+    ax.set_title("out-of-distribution initialisations (Fig. 3.6)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(cfg: DictConfig) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    module = load_gpt(cfg.gpt)
+    if torch.cuda.is_available():
+        module.cuda()
+    task = load_task(module, cfg.get("data_root"))
+    metric = module.hparams["metric"]
+    sampler, steps, better = cfg.sampler, cfg.steps, cfg.better
+    results: dict = {
+        "task": task.name,
+        "metric": metric,
+        "sampler": sampler or "ddpm",
+        "steps": steps,
+    }
+    plots = {}
+    analyses = set(cfg.analyses)
+    if "one_step" in analyses:
+        res = ev.one_step_comparison(module, task, better, cfg.num_nets, cfg.prompt, sampler, steps)
+        results.update({k: v for k, v in res.items() if k.startswith("one_step") or k == "initial"})
+        results["optimizers"] = res["optimizers"]
+        _plot_one_step(res, plots.setdefault("one_step", out / "one_step.png"))
+        if "curves" in analyses:
+            curves = ev.optimization_curves(
+                module,
+                task,
+                res["optimizers"],
+                better,
+                cfg.num_nets,
+                cfg.curve_steps,
+                res["one_step_gpt"],
+            )
+            results["optimization_curves"] = curves
+            _plot_curves(
+                curves, res["one_step_gpt"], metric, plots.setdefault("curves", out / "curves.png")
+            )
+    if "alignment" in analyses:
+        res = ev.prompt_alignment(
+            module, task, cfg.alignment_nets, cfg.alignment_prompts, sampler, steps
+        )
+        results["prompt_alignment_r2"] = res["prompt_alignment_r2"]
+        results["prompt_alignment"] = res
+        _plot_alignment(res, metric, plots.setdefault("alignment", out / "alignment.png"))
+    if "recursive" in analyses:
+        res = ev.recursive_prompting(
+            module,
+            task,
+            better=better,
+            num_nets=cfg.num_nets,
+            num_steps=cfg.recursive_steps,
+            prompt=cfg.prompt,
+            sampler=sampler,
+            steps=steps,
+        )
+        results["recursive_prompting"] = res
+        _plot_recursive(res, metric, plots.setdefault("recursive", out / "recursive.png"))
+    if "memorization" in analyses:
+        if not cfg.get("dataset"):
+            raise ValueError("the memorization analysis needs dataset=<checkpoint dataset folder>")
+        from gpt_checkpoints.data import CheckpointDataModule
+
+        dm = CheckpointDataModule(
+            cfg.dataset, metric, test_fraction=cfg.test_fraction, seed=cfg.split_seed
+        )
+        low, high = module.metric_normalizer.low, module.metric_normalizer.high
+        prompts = torch.linspace(low, high, cfg.memorization_prompts).tolist()
+        results["nearest_neighbour_score"] = ev.nearest_neighbour_score(
+            module,
+            task,
+            dm.train_runs,
+            dm.test_runs,
+            prompts,
+            cfg.memorization_runs,
+            sampler,
+            steps,
+        )
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=2))
+    if cfg.wandb:
+        _log_wandb(cfg, results, plots)
+    print(f"results : {path}")
+    for key in ("one_step_gpt", "one_step_best_sgd", "one_step_best_adam", "prompt_alignment_r2"):
+        if key in results:
+            print(f"{key:<20}: {results[key]:.4f}")
+    print(f"plots   : {', '.join(str(p) for p in plots.values())}")
+    return results
+
+
+def _log_wandb(cfg: DictConfig, results: dict, plots: dict) -> None:
+    import wandb
+
+    run = wandb.init(
+        project=cfg.project, dir=str(cfg.out), job_type="evaluate", mode=cfg.wandb_mode
+    )
+    run.log({k: v for k, v in results.items() if isinstance(v, (int, float))})
+    run.log({f"plots/{k}": wandb.Image(str(p)) for k, p in plots.items()})
+    run.finish()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    from gpt_checkpoints.evaluate import main as _main
+
+    _main()

@@ -1,0 +1,195 @@
+"""Analyses of a trained G.pt (thesis Sec. 3.4 and 3.5), used by ``gpt_checkpoints.evaluate``.
+
+Every analysis feeds G.pt *unseen* networks: fresh initialisations from seeds outside the dataset
+(``UNSEEN_SEED``) or the initial checkpoints of held-out test runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gpt_checkpoints import baselines
+from gpt_checkpoints.module import GptModule
+from gpt_checkpoints.store import RunData
+from gpt_checkpoints.tasks import Task
+
+UNSEEN_SEED = 10**9  # datasets use seeds 0 .. runs-1; evaluation networks start here
+
+
+def unseen_inits(task: Task, n: int, scheme: str = "fan_in_uniform", seed: int = 0) -> torch.Tensor:
+    return task.init(n, torch.Generator().manual_seed(UNSEEN_SEED + seed), scheme)
+
+
+def gpt_step(
+    module: GptModule,
+    task: Task,
+    theta: torch.Tensor,
+    prompt: torch.Tensor | float,
+    sampler: str | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    current: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One G.pt update: theta, its metric (computed unless given) and a prompt -> theta*."""
+    metric = module.hparams["metric"]
+    if current is None:
+        current = task.evaluate(theta)[metric]
+    g = torch.Generator(device=module.pos_device).manual_seed(seed)
+    return module.generate(theta, current, prompt, sampler, steps, generator=g).cpu()
+
+
+def best_prompt(module: GptModule, better: str) -> float:
+    """The best metric value of the training data (Sec. 3.4.1 prompts near it)."""
+    low, high = module.metric_normalizer.low, module.metric_normalizer.high
+    return low if better == "min" else high
+
+
+def one_step_comparison(
+    module: GptModule,
+    task: Task,
+    better: str = "min",
+    num_nets: int = 5,
+    prompt: float | None = None,
+    sampler: str | None = None,
+    steps: int | None = None,
+) -> dict:
+    """Fig. 3.3: one G.pt step against one tuned step of each hand-designed optimizer."""
+    metric = module.hparams["metric"]
+    theta0 = unseen_inits(task, num_nets)
+    prompt = best_prompt(module, better) if prompt is None else prompt
+    achieved = task.evaluate(gpt_step(module, task, theta0, prompt, sampler, steps))[metric]
+    out = {
+        "metric": metric,
+        "prompt": prompt,
+        "initial": float(task.evaluate(theta0)[metric].mean()),
+        "one_step_gpt": float(achieved.mean()),
+        "one_step_gpt_std": float(achieved.std()) if num_nets > 1 else 0.0,
+        "optimizers": baselines.best_one_step(task, theta0, metric, better),
+    }
+    for name, best in out["optimizers"].items():
+        out[f"one_step_best_{name}"] = best["value"]
+    return out
+
+
+def optimization_curves(
+    module: GptModule,
+    task: Task,
+    optimizers: dict,
+    better: str = "min",
+    num_nets: int = 5,
+    max_steps: int = 2048,
+    gpt_value: float | None = None,
+) -> dict:
+    """Fig. 3.4: SGD and Adam (their tuned one-step settings) over many steps vs one G.pt step."""
+    metric = module.hparams["metric"]
+    theta0 = unseen_inits(task, num_nets)
+    curves = {}
+    for name in ("sgd", "adam"):
+        best = optimizers[name]
+        curves[name] = baselines.optimization_curve(
+            task, theta0, name, best["lr"], best["weight_decay"], max_steps, metric
+        )
+    out = {"curves": {k: {str(s): v for s, v in c.items()} for k, c in curves.items()}}
+    if gpt_value is not None:
+        is_better = (lambda a, b: a <= b) if better == "min" else (lambda a, b: a >= b)
+        for name, curve in curves.items():
+            reach = [s for s, v in sorted(curve.items()) if is_better(v, gpt_value)]
+            out[f"steps_for_{name}_to_match_gpt"] = reach[0] if reach else None
+    return out
+
+
+def r2_score(target: torch.Tensor, achieved: torch.Tensor) -> float:
+    """Coefficient of determination of ``achieved`` as a prediction of ``target`` (Sec. 3.4.4)."""
+    ss_res = ((target - achieved) ** 2).sum()
+    ss_tot = ((target - target.mean()) ** 2).sum()
+    return float(1.0 - ss_res / ss_tot)
+
+
+def prompt_alignment(
+    module: GptModule,
+    task: Task,
+    num_nets: int = 16,
+    num_prompts: int = 20,
+    sampler: str | None = None,
+    steps: int | None = None,
+    seed: int = 1,
+) -> dict:
+    """Sec. 3.4.4: R^2 between 20 regularly spaced prompts (over the training range of the
+    metric) and the metric G.pt's one-step outputs achieve, averaged over unseen networks."""
+    metric = module.hparams["metric"]
+    low, high = module.metric_normalizer.low, module.metric_normalizer.high
+    prompts = torch.linspace(low, high, num_prompts)
+    theta0 = unseen_inits(task, num_nets, seed=seed)
+    current = task.evaluate(theta0)[metric]
+    theta = theta0.repeat_interleave(num_prompts, 0)
+    targets = prompts.repeat(num_nets)
+    out = gpt_step(
+        module, task, theta, targets, sampler, steps, current=current.repeat_interleave(num_prompts)
+    )
+    achieved = task.evaluate(out)[metric].view(num_nets, num_prompts)
+    scores = [r2_score(prompts, a) for a in achieved]
+    return {
+        "prompt_alignment_r2": float(torch.tensor(scores).mean()),
+        "r2_per_network": scores,
+        "prompts": prompts.tolist(),
+        "achieved": achieved.tolist(),
+    }
+
+
+def recursive_prompting(
+    module: GptModule,
+    task: Task,
+    schemes=("fan_in_uniform", "kaiming", "xavier", "normal"),
+    better: str = "min",
+    num_nets: int = 5,
+    num_steps: int = 10,
+    prompt: float | None = None,
+    sampler: str | None = None,
+    steps: int | None = None,
+) -> dict:
+    """Fig. 3.6: feed G.pt's output back as its input, from in- and out-of-distribution inits."""
+    metric = module.hparams["metric"]
+    prompt = best_prompt(module, better) if prompt is None else prompt
+    out = {}
+    for scheme in schemes:
+        theta = unseen_inits(task, num_nets, scheme, seed=2)
+        values = task.evaluate(theta)[metric]
+        trace = [float(values.mean())]
+        for k in range(num_steps):
+            theta = gpt_step(module, task, theta, prompt, sampler, steps, seed=k, current=values)
+            values = task.evaluate(theta)[metric]
+            trace.append(float(values.mean()))
+        out[scheme] = trace
+    return out
+
+
+def nearest_neighbour_score(
+    module: GptModule,
+    task: Task,
+    train_runs: RunData,
+    test_runs: RunData,
+    prompts,
+    max_test_runs: int = 64,
+    sampler: str | None = None,
+    steps: int | None = None,
+    chunk: int = 65536,
+) -> dict:
+    """Sec. 3.5, Fig. 3.9: the percentage of test runs for which G.pt's sample from the run's
+    initial parameters is closer (Euclidean) to one of that run's own checkpoints than to every
+    checkpoint of the training split."""
+    if len(test_runs.seeds) == 0:
+        raise ValueError("the nearest-neighbour score needs held-out test runs (test_fraction > 0)")
+    metric = module.hparams["metric"]
+    runs = test_runs.select(torch.arange(min(max_test_runs, len(test_runs.seeds))))
+    theta0 = runs.params[:, 0]
+    current = runs.metrics[metric][:, 0]
+    train_flat = train_runs.params.flatten(0, 1)
+    scores = {}
+    for prompt in prompts:
+        sample = gpt_step(module, task, theta0, float(prompt), sampler, steps, current=current)
+        own = torch.cdist(sample[:, None], runs.params).squeeze(1).min(1).values
+        nearest_train = torch.full_like(own, float("inf"))
+        for part in train_flat.split(chunk):
+            nearest_train = torch.minimum(nearest_train, torch.cdist(sample, part).min(1).values)
+        scores[f"{float(prompt):.4g}"] = float((own < nearest_train).float().mean() * 100)
+    return scores

@@ -1,0 +1,202 @@
+"""The G.pt transformer (thesis Sec. 3.2.2, Fig. 3.2).
+
+Inputs: a starting parameter vector theta, the noised future parameters theta*_j, the starting
+metric l, the prompted metric l* and the diffusion step j. Each layer's parameters (each weight and
+each bias separately) form a token, and layers larger than ``max_token_size`` (M) are chunked into
+several tokens of at most M values (layer-by-layer tokenisation with chunking). Every token has its
+own linear encoder; l, l* and j are frequency-embedded scalar tokens. A stack of non-causal GPT-2
+blocks (``common.layers.GPT2Block``) with learned positional embeddings initialised to zero mixes
+them; per-token linear decoders, zero-initialised, map the theta*_j output tokens back to parameter
+chunks; a global residual connection adds theta, so a fresh model returns its input theta and the
+network learns the update theta* - theta. With x0 (signal) prediction the output is the denoised
+theta* of Eq. 3.1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from common.layers import FrequencyEmbedder, GPT2Block
+
+# ------------------------------------------------------------------------------- tokenizer
+
+
+class ParameterTokenizer:
+    """Split flat parameter vectors ``[N, P]`` into per-layer tokens of at most ``M`` values.
+
+    ``layer_sizes`` are the sizes of the parameter tensors in flattening order. A layer of size
+    ``s > M`` becomes ``ceil(s / M)`` tokens: ``floor(s / M)`` of M values and one with the rest
+    (Sec. 3.2.2: a 10 x 768 weight with M = 1000 gives seven tokens of 1000 and one of 680).
+    Tokens are returned zero-padded to the longest token, ``[N, K, max_len]``.
+    """
+
+    def __init__(self, layer_sizes: Sequence[int], max_token_size: int | None = None) -> None:
+        if max_token_size is not None and max_token_size <= 0:
+            raise ValueError(f"max_token_size must be positive, got {max_token_size}")
+        self.layer_sizes = [int(s) for s in layer_sizes]
+        self.max_token_size = max_token_size
+        sizes = []
+        for s in self.layer_sizes:
+            m = max_token_size or s
+            sizes += [m] * (s // m) + ([s % m] if s % m else [])
+        self.token_sizes = sizes
+        self.num_params = sum(self.layer_sizes)
+        self.max_len = max(sizes)
+        starts = torch.tensor([0, *sizes[:-1]]).cumsum(0)
+        # index[k, i]: position in the flat vector of value i of token k (num_params = padding)
+        index = torch.full((len(sizes), self.max_len), self.num_params, dtype=torch.long)
+        for k, (start, size) in enumerate(zip(starts.tolist(), sizes, strict=True)):
+            index[k, :size] = torch.arange(start, start + size)
+        self.index = index
+        self.mask = index < self.num_params
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_sizes)
+
+    def tokenize(self, flat: torch.Tensor) -> torch.Tensor:
+        if flat.shape[-1] != self.num_params:
+            raise ValueError(
+                f"parameter vectors of length {flat.shape[-1]} given to a tokenizer for "
+                f"{self.num_params} parameters; the G.pt checkpoint and the task do not match"
+            )
+        padded = torch.cat([flat, flat.new_zeros(*flat.shape[:-1], 1)], dim=-1)
+        return padded[..., self.index.to(flat.device)]
+
+    def detokenize(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = self.mask.to(tokens.device)
+        return tokens[..., mask].reshape(*tokens.shape[:-2], self.num_params)
+
+
+class PerTokenLinear(nn.Module):
+    """K independent linear maps, one per token (Sec. 3.2.2: encoders and decoders share no
+    weights), evaluated together on zero-padded tokens ``[N, K, in_max] -> [N, K, out_max]``.
+
+    ``in_sizes``/``out_sizes`` are the true sizes; weights outside them are masked to zero so the
+    padded layout computes exactly ``K`` separate ``nn.Linear`` layers of those sizes.
+    """
+
+    def __init__(self, in_sizes: Sequence[int], out_sizes: Sequence[int], zero_init: bool = False):
+        super().__init__()
+        k = len(in_sizes)
+        in_max, out_max = max(in_sizes), max(out_sizes)
+        mask = torch.zeros(k, in_max, out_max)
+        for i, (a, b) in enumerate(zip(in_sizes, out_sizes, strict=True)):
+            mask[i, :a, :b] = 1
+        self.register_buffer("mask", mask, persistent=False)
+        self.weight = nn.Parameter(torch.zeros(k, in_max, out_max))
+        self.bias = nn.Parameter(torch.zeros(k, out_max))
+        out_mask = torch.zeros(k, out_max)
+        for i, b in enumerate(out_sizes):
+            out_mask[i, :b] = 1
+        self.register_buffer("out_mask", out_mask, persistent=False)
+        if not zero_init:  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) per token
+            with torch.no_grad():
+                for i, a in enumerate(in_sizes):
+                    bound = 1.0 / math.sqrt(a)
+                    self.weight[i].uniform_(-bound, bound)
+                    self.bias[i].uniform_(-bound, bound)
+                self.weight.mul_(mask)
+                self.bias.mul_(out_mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nki,kio->nko", x, self.weight * self.mask) + self.bias * self.out_mask
+
+
+# ------------------------------------------------------------------------------- model
+
+
+class Gpt(nn.Module):
+    """G.pt: ``G(theta*_j, theta, l*, l, j) -> theta*`` (Eq. 3.1, Fig. 3.2).
+
+    Token order: ``[l, l*, j, theta tokens..., theta*_j tokens...]``. Metrics are expected
+    normalised to about [0, 1] (``metric_scale`` spreads them over the sinusoid frequencies).
+    """
+
+    def __init__(
+        self,
+        layer_sizes: Sequence[int],
+        hidden_size: int = 256,
+        depth: int = 6,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        max_token_size: int | None = None,
+        frequency_embedding_size: int = 256,
+        metric_scale: float = 1000.0,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = ParameterTokenizer(layer_sizes, max_token_size)
+        self.hidden_size = hidden_size
+        sizes = self.tokenizer.token_sizes
+        k = len(sizes)
+        self.theta_encoder = PerTokenLinear(sizes, [hidden_size] * k)
+        self.future_encoder = PerTokenLinear(sizes, [hidden_size] * k)
+        self.loss_embedder = FrequencyEmbedder(
+            hidden_size, frequency_embedding_size, scale=metric_scale
+        )
+        self.target_embedder = FrequencyEmbedder(
+            hidden_size, frequency_embedding_size, scale=metric_scale
+        )
+        self.step_embedder = FrequencyEmbedder(hidden_size, frequency_embedding_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 3 + 2 * k, hidden_size))  # zero-init
+        self.blocks = nn.ModuleList(
+            GPT2Block(hidden_size, num_heads, mlp_ratio) for _ in range(depth)
+        )
+        self.ln_f = nn.LayerNorm(hidden_size)
+        self.decoder = PerTokenLinear([hidden_size] * k, sizes, zero_init=True)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """GPT-2 style: normal(0, 0.02) linear weights in the blocks and embedders, zero biases;
+        encoders keep their per-token fan-in init, decoders stay at zero (identity at init)."""
+        for module in [*self.blocks, self.loss_embedder, self.target_embedder, self.step_embedder]:
+            for m in module.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+                    nn.init.zeros_(m.bias)
+
+    @property
+    def num_params_modelled(self) -> int:
+        return self.tokenizer.num_params
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        theta: torch.Tensor,
+        loss: torch.Tensor,
+        loss_target: torch.Tensor,
+    ) -> torch.Tensor:
+        """``x``: noised theta*_j ``[N, P]``; ``t``: steps ``[N]``; ``theta [N, P]``; ``loss``,
+        ``loss_target``: normalised metrics ``[N]``. Returns the predicted theta* ``[N, P]``."""
+        tok = self.tokenizer
+        scalars = torch.stack(
+            [self.loss_embedder(loss), self.target_embedder(loss_target), self.step_embedder(t)],
+            dim=1,
+        )
+        h = torch.cat(
+            [
+                scalars,
+                self.theta_encoder(tok.tokenize(theta)),
+                self.future_encoder(tok.tokenize(x)),
+            ],
+            dim=1,
+        )
+        h = h + self.pos_embed
+        for block in self.blocks:
+            h = block(h)
+        h = self.ln_f(h[:, 3 + tok.num_tokens :])
+        return theta + tok.detokenize(self.decoder(h))
+
+
+GPT_CONFIGS = {
+    # CPU-sized: trains on the digits tasks in minutes.
+    "small": {"hidden_size": 256, "depth": 4, "num_heads": 4},
+    # Paper-sized (Sec. 3.3: hidden 1536-2048, 12 layers, 12-16 heads) for GPUs.
+    "paper": {"hidden_size": 1536, "depth": 12, "num_heads": 12},
+    "paper_2048": {"hidden_size": 2048, "depth": 12, "num_heads": 16},
+}

@@ -1,0 +1,246 @@
+"""The G.pt LightningModule: pre-training from checkpoints (thesis Algorithm 2, Sec. 3.2.2, 3.3).
+
+Each step draws pairs ``(theta, theta*, l, l*)`` from the same runs, applies one random
+permutation augmentation to both members of a pair (Sec. 3.2.1), normalises parameters
+(Sec. 3.3) and metrics, noises theta* to a uniform diffusion step j and regresses the clean theta*
+(signal prediction, fixed variances, linear schedule; the loss of Eq. 3.1). AdamW, an EMA of the
+weights, and DDPM sampling (Sec. 3.2.2) or DDIM as a faster option.
+Everything needed to use a trained model (task, layout, normalisation, metric range) is in its
+hyper-parameters, so ``load_gpt(path)`` restores a working model from the file alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from common.checkpoint import safe_load
+from common.diffusion import create_diffusion
+from common.ema import EMA
+from common.training import step_seed
+from gpt_checkpoints.data import MetricNormalizer, ParameterNormalizer
+from gpt_checkpoints.layout import ParamLayout
+from gpt_checkpoints.models import GPT_CONFIGS, Gpt
+from gpt_checkpoints.permutation import permute_pair
+
+DEFAULT_DIFFUSION = {
+    "steps": 1000,
+    "noise_schedule": "linear",
+    "sigma_small": False,  # fixed variances (Sec. 3.2.2): beta_t
+    "sampler": "ddpm",
+    "sampling_steps": None,  # all steps for DDPM; e.g. 50 for ddim
+}
+
+
+class GptModule(L.LightningModule):
+    def __init__(
+        self,
+        model: dict[str, Any],
+        layout: list,
+        task: dict[str, Any],
+        metric: str,
+        metric_range: list[float],
+        layer_scales: list[float],
+        permutation_groups: list | None = None,
+        diffusion: dict[str, Any] | None = None,
+        optim: dict[str, Any] | None = None,
+        ema_decay: float = 0.9999,
+        augment: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.layout = ParamLayout.from_list(layout)
+        model = dict(model)
+        size = model.pop("size", None)
+        config = {**GPT_CONFIGS.get(size, {}), **model} if size else model
+        self.model = Gpt(self.layout.sizes, **config)
+        self.ema = EMA(self.model, decay=ema_decay)
+        self.normalizer = ParameterNormalizer(self.layout, layer_scales)
+        self.metric_normalizer = MetricNormalizer(*metric_range, name=metric)
+        self.groups = [
+            (int(s), tuple((n, int(a)) for n, a in m)) for s, m in permutation_groups or []
+        ]
+        self.diffusion_cfg = {**DEFAULT_DIFFUSION, **(diffusion or {})}
+        self.process = self.build_diffusion(None)
+        self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.1, "betas": (0.9, 0.999), **(optim or {})}
+        self.augment, self.seed = augment, seed
+
+    def build_diffusion(self, respacing: str | None):
+        d = self.diffusion_cfg
+        return create_diffusion(
+            respacing or "",
+            noise_schedule=d["noise_schedule"],
+            predict_xstart=True,  # signal prediction (Sec. 3.2.2)
+            learn_sigma=False,
+            sigma_small=d["sigma_small"],
+            diffusion_steps=d["steps"],
+        )
+
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        decay = [
+            p for n, p in self.model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n
+        ]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2 or "pos_embed" in n]
+        return torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg["weight_decay"]},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg["lr"],
+            betas=tuple(cfg["betas"]),
+        )
+
+    # ------------------------------------------------------------------ training
+    def model_inputs(self, theta, loss, loss_target) -> dict[str, torch.Tensor]:
+        return {
+            "theta": self.normalizer.normalize(theta),
+            "loss": self.metric_normalizer.normalize(loss),
+            "loss_target": self.metric_normalizer.normalize(loss_target),
+        }
+
+    def diffusion_loss(self, batch: dict[str, torch.Tensor], augment: bool) -> torch.Tensor:
+        theta, theta_star = batch["theta"], batch["theta_star"]
+        if augment and self.groups:
+            theta, theta_star = permute_pair([theta, theta_star], self.layout, self.groups)
+        x0 = self.normalizer.normalize(theta_star)
+        t = self.process.sample_timesteps(x0.shape[0], x0.device)
+        kwargs = self.model_inputs(theta, batch["loss"], batch["loss_target"])
+        return self.process.training_losses(self.model, x0, t, kwargs)["loss"].mean()
+
+    def training_step(self, batch, batch_idx: int):
+        torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank))
+        loss = self.diffusion_loss(batch, self.augment)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int):
+        torch.manual_seed(step_seed(self.seed + 1, batch_idx))
+        self.log("val/loss", self.diffusion_loss(batch, augment=False), prog_bar=True)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update(self.model)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["hyper_parameters"] = _plain(dict(self.hparams))
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(
+        self,
+        theta: torch.Tensor,
+        loss: torch.Tensor | float,
+        loss_target: torch.Tensor | float,
+        sampler: str | None = None,
+        steps: int | None = None,
+        use_ema: bool = True,
+        generator: torch.Generator | None = None,
+        check_prompt: bool = True,
+    ) -> torch.Tensor:
+        """Sample updated parameters theta* ``[N, P]`` for inputs theta, their metric and a
+        prompted metric (Sec. 3.2.2: start from noise as theta*, denoise with DDPM)."""
+        self.layout.check_flat(theta)
+        n = theta.shape[0]
+        device = self.pos_device
+        theta = theta.to(device).float()
+        loss = torch.as_tensor(loss, dtype=torch.float32, device=device).expand(n)
+        loss_target = torch.as_tensor(loss_target, dtype=torch.float32, device=device).expand(n)
+        if check_prompt:
+            self.metric_normalizer.check_prompt(loss_target)
+        sampler = sampler or self.diffusion_cfg["sampler"]
+        steps = steps or self.diffusion_cfg["sampling_steps"]
+        net = self.ema.module if use_ema else self.model
+        was_training = net.training
+        net.eval()
+        kwargs = self.model_inputs(theta, loss, loss_target)
+        shape = (n, self.layout.num_params)
+        if sampler == "ddpm":
+            process = self.build_diffusion(str(steps) if steps else None)
+            out = process.p_sample_loop(
+                net,
+                shape,
+                clip_denoised=False,
+                model_kwargs=kwargs,
+                device=device,
+                generator=generator,
+            )
+        elif sampler == "ddim":
+            process = self.build_diffusion(f"ddim{steps or 50}")
+            out = process.ddim_sample_loop(
+                net,
+                shape,
+                clip_denoised=False,
+                model_kwargs=kwargs,
+                device=device,
+                generator=generator,
+            )
+        else:
+            raise ValueError(f"unknown sampler {sampler!r}; choose ddpm or ddim")
+        net.train(was_training)
+        return self.normalizer.denormalize(out)
+
+    @property
+    def pos_device(self) -> torch.device:
+        return self.model.pos_embed.device
+
+    # ------------------------------------------------------------------ export
+    def export(self, path: str | Path) -> Path:
+        """Write the EMA weights and the hyper-parameters to one safetensors file."""
+        from safetensors.torch import save
+
+        from common.checkpoint import atomic_write_bytes
+
+        state = {k: v.contiguous().cpu() for k, v in self.ema.module.state_dict().items()}
+        meta = {"hyper_parameters": json.dumps(_plain(dict(self.hparams))), "format": "gpt/1"}
+        atomic_write_bytes(save(state, metadata=meta), path)
+        return Path(path)
+
+
+def load_gpt(path: str | Path, map_location: str = "cpu") -> GptModule:
+    """A trained G.pt from a Lightning ``.ckpt`` (EMA and raw weights) or an exported
+    ``.safetensors`` file (EMA weights); neither is unpickled."""
+    path = Path(path)
+    if path.is_dir():
+        export = path / "gpt.safetensors"
+        path = export if export.is_file() else path / "checkpoints" / "last.ckpt"
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        if not path.is_file():
+            raise FileNotFoundError(f"G.pt weights not found: {path}")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if "hyper_parameters" not in meta:
+            raise ValueError(f"{path} is not a G.pt export (no hyper_parameters metadata)")
+        module = GptModule(**json.loads(meta["hyper_parameters"]))
+        state = safe_load(path, map_location)
+        module.model.load_state_dict(state)
+        module.ema.module.load_state_dict(state)
+        return module.eval()
+    ckpt = safe_load(path, map_location)
+    if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a G.pt training checkpoint (hyper_parameters/state_dict)")
+    module = GptModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval()
+
+
+def _plain(obj):
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

@@ -1,0 +1,116 @@
+"""Prompt G.pt: ``python -m gpt_checkpoints.prompt gpt=<run dir or .safetensors> prompt=0.2``.
+
+Takes a task network's parameters, either a file (``params=net.safetensors``: a state dict of
+the task network, or a flat vector under the key ``params``) or fresh ones (``init=kaiming``,
+``init_seed=...``), asks G.pt for the prompted metric in one step, or ``recursive=K`` steps that
+feed each output back in (Sec. 3.4.1, 3.4.3), and reports the metric the result achieves. The
+updated parameters are written as a state dict of the task network (``out=``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from common.checkpoint import safe_load
+from gpt_checkpoints.evaluation import UNSEEN_SEED, gpt_step
+from gpt_checkpoints.module import GptModule, load_gpt
+from gpt_checkpoints.tasks import Task, task_from_recipe
+
+
+def load_task(module: GptModule, data_root: str | None = None) -> Task:
+    spec = module.hparams["task"]
+    task = task_from_recipe(spec["name"], data_root or spec.get("data_root"), spec.get("recipe"))
+    if task.layout.to_list() != module.layout.to_list():
+        raise ValueError(
+            f"G.pt was trained on a {module.layout.describe()} network but task {task.name} builds "
+            f"{task.layout.describe()}"
+        )
+    return task
+
+
+def load_params(path: str | Path, task: Task) -> torch.Tensor:
+    """A task network's parameters from a file -> ``[1, P]`` (or ``[N, P]``), checked."""
+    state = safe_load(path)
+    if isinstance(state, dict) and "params" in state and torch.is_tensor(state["params"]):
+        flat = state["params"].float()
+        flat = flat[None] if flat.ndim == 1 else flat
+        task.layout.check_flat(flat)
+        return flat
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict or 'params' vector")
+    batched = {
+        k: v.float()[None] if v.ndim == len(dict(task.layout.entries).get(k, ())) else v.float()
+        for k, v in state.items()
+    }
+    return task.layout.flatten(batched)
+
+
+def run(cfg: DictConfig) -> dict:
+    module = load_gpt(cfg.gpt)
+    task = load_task(module, cfg.get("data_root"))
+    metric = module.hparams["metric"]
+    if cfg.get("params"):
+        theta = load_params(cfg.params, task)
+    else:
+        g = torch.Generator().manual_seed(UNSEEN_SEED + int(cfg.init_seed))
+        theta = task.init(int(cfg.num_nets), g, cfg.init)
+    start = task.evaluate(theta)[metric]
+    prompt = (
+        float(cfg.prompt)
+        if cfg.get("prompt") is not None
+        else (
+            module.metric_normalizer.low if cfg.better == "min" else module.metric_normalizer.high
+        )
+    )
+    trace = [start.tolist()]
+    current = start
+    for k in range(int(cfg.recursive)):
+        theta = gpt_step(
+            module, task, theta, prompt, cfg.sampler, cfg.steps, seed=cfg.seed + k, current=current
+        )
+        current = task.evaluate(theta)[metric]
+        trace.append(current.tolist())
+    out = Path(cfg.out)
+    from common.checkpoint import atomic_save
+
+    params = {
+        k: v[0] if theta.shape[0] == 1 else v for k, v in task.layout.unflatten(theta).items()
+    }
+    atomic_save({k: v.contiguous() for k, v in params.items()}, out)
+    report = {
+        "metric": metric,
+        "prompt": prompt,
+        "start": trace[0],
+        "achieved": trace[-1],
+        "trace": trace,
+        "params": str(out),
+    }
+    print(f"task          : {task.name} ({task.layout.num_params} parameters)")
+    steps = f"prompt {prompt:.4g}, {cfg.recursive} G.pt step(s)"
+    print(f"{metric:<14}: {_fmt(trace[0])} -> {_fmt(trace[-1])} ({steps})")
+    print(f"parameters    : {out}")
+    return report
+
+
+def _fmt(values) -> str:
+    return ", ".join(f"{v:.4g}" for v in values)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="prompt")
+def main(cfg: DictConfig) -> None:
+    report = run(cfg)
+    if cfg.get("report"):
+        Path(cfg.report).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    from gpt_checkpoints.prompt import main as _main
+
+    _main()

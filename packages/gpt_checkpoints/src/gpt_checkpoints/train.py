@@ -1,0 +1,118 @@
+"""Pre-train G.pt: ``python -m gpt_checkpoints.train task=mlp_digits metric=test_loss``.
+
+Reads a checkpoint dataset built by ``gpt_checkpoints.collect`` (``dataset=`` defaults to
+``checkpoints/<task>``), fits the parameter normalisation and metric range on its training split,
+trains with AdamW and an EMA, and writes ``checkpoints/last.ckpt`` (resumable with
+``resume=<run dir>``) and ``gpt.safetensors`` (EMA weights + everything needed to prompt).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from common.training import SafeCheckpointIO
+from gpt_checkpoints.data import CheckpointDataModule
+from gpt_checkpoints.module import GptModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    export: Path
+    module: GptModule
+
+
+def resolve_resume(resume: str) -> tuple[Path, Path]:
+    path = Path(resume).expanduser()
+    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise FileNotFoundError(
+            f"cannot resume: no checkpoint at {ckpt}; pass resume=<run dir> (holding "
+            "checkpoints/last.ckpt) or resume=<.ckpt file>"
+        )
+    return ckpt, ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    ckpt_path = None
+    with open_dict(cfg):
+        if cfg.get("resume"):
+            ckpt_path, run_dir = resolve_resume(cfg.resume)
+            cfg.run_dir = str(run_dir)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = CheckpointDataModule(
+        cfg.dataset,
+        cfg.metric.name,
+        batch_size=cfg.batch_size,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+        max_runs=cfg.get("max_runs"),
+    )
+    manifest = datamodule.manifest
+    if manifest["task"] != cfg.task.name:
+        raise ValueError(
+            f"the dataset at {cfg.dataset} holds task {manifest['task']!r} but task="
+            f"{cfg.task.name}; pass the matching task= or dataset="
+        )
+    normalizer = datamodule.normalizer(per_layer=cfg.normalization == "per_layer")
+    module = GptModule(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        layout=datamodule.layout.to_list(),
+        task={
+            "name": cfg.task.name,
+            "data_root": cfg.task.get("data_root"),
+            "recipe": manifest["recipe"],
+        },
+        metric=cfg.metric.name,
+        metric_range=list(datamodule.metric_range()),
+        layer_scales=normalizer.layer_scales,
+        permutation_groups=datamodule.permutation_groups,
+        diffusion=OmegaConf.to_container(cfg.diffusion, resolve=True),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        ema_decay=cfg.ema_decay,
+        augment=cfg.augment,
+        seed=cfg.seed,
+    )
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    has_ckpt = any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        plugins=[SafeCheckpointIO()],
+        enable_checkpointing=has_ckpt,
+    )
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(checkpoint, weights_only=False)
+    export = module.export(run_dir / "gpt.safetensors")
+    if trainer.is_global_zero:
+        print(f"run directory : {run_dir}")
+        print(f"checkpoint    : {checkpoint}")
+        print(f"G.pt weights  : {export}")
+    return TrainResult(run_dir, checkpoint, export, module)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    from gpt_checkpoints.train import main as _main
+
+    _main()

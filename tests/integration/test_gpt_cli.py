@@ -1,0 +1,125 @@
+"""G.pt end to end through its entry points: collect -> train (and resume) -> prompt -> evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from common.checkpoint import safe_load
+from tests.integration.conftest import run_cli
+
+TINY_TRAIN = [
+    "model=tiny",
+    "batch_size=16",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.val_check_interval=3",
+    "checkpoint_every=3",
+]
+FAST_SAMPLER = ["sampler=ddim", "steps=4"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpt")
+    out = root / "ds"
+    proc = run_cli(
+        "gpt_checkpoints.collect",
+        "runs=8",
+        "checkpoints_per_run=10",
+        "batch_runs=4",
+        "task.recipe.epochs=1",
+        f"out={out}",
+        f"hydra.run.dir={root / 'h'}",
+        cwd=root,
+    )
+    assert "8 stored, 0 filtered" in proc.stdout
+    return out
+
+
+def test_collect_train_resume_prompt_evaluate(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    common = [f"dataset={dataset}", f"hydra.run.dir={run_dir}", *TINY_TRAIN]
+    out = run_cli("gpt_checkpoints.train", *common, "trainer.max_steps=3", cwd=tmp_path).stdout
+    assert "gpt.safetensors" in out
+    out = run_cli(
+        "gpt_checkpoints.train", *common, "trainer.max_steps=6", f"resume={run_dir}", cwd=tmp_path
+    ).stdout
+    ckpt = safe_load(run_dir / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 6
+    assert ckpt["hyper_parameters"]["metric"] == "test_loss"
+
+    params = tmp_path / "prompted.safetensors"
+    out = run_cli(
+        "gpt_checkpoints.prompt",
+        f"gpt={run_dir}",
+        "init=kaiming",
+        "recursive=2",
+        "prompt=0.5",
+        f"out={params}",
+        f"report={tmp_path / 'prompt.json'}",
+        *FAST_SAMPLER,
+        cwd=tmp_path,
+    ).stdout
+    assert "test_loss" in out and "2 G.pt step(s)" in out
+    state = safe_load(params)
+    assert state["fc1.weight"].shape == (10, 64)
+    report = json.loads((tmp_path / "prompt.json").read_text())
+    assert len(report["trace"]) == 3 and report["prompt"] == 0.5
+
+    eval_dir = tmp_path / "eval"
+    run_cli(
+        "gpt_checkpoints.evaluate",
+        f"gpt={run_dir / 'gpt.safetensors'}",
+        f"dataset={dataset}",
+        f"out={eval_dir}",
+        "num_nets=2",
+        "curve_steps=4",
+        "alignment_nets=2",
+        "alignment_prompts=4",
+        "recursive_steps=2",
+        "memorization_runs=1",
+        "memorization_prompts=2",
+        "test_fraction=0.25",
+        *FAST_SAMPLER,
+        cwd=tmp_path,
+    )
+    results = json.loads((eval_dir / "results.json").read_text())
+    for key in ("one_step_gpt", "one_step_best_sgd", "one_step_best_adam", "prompt_alignment_r2"):
+        assert isinstance(results[key], float), key
+    assert set(results["recursive_prompting"]) == {"fan_in_uniform", "kaiming", "xavier", "normal"}
+    assert len(results["nearest_neighbour_score"]) == 2
+    assert results["optimization_curves"]["curves"]["sgd"].keys() >= {"0", "4"}
+    for png in ("one_step.png", "curves.png", "alignment.png", "recursive.png"):
+        assert (eval_dir / png).stat().st_size > 0
+
+
+def test_gpt_cli_errors_name_the_fix(dataset, tmp_path):
+    proc = run_cli(
+        "gpt_checkpoints.train",
+        f"dataset={tmp_path / 'none'}",
+        *TINY_TRAIN,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode != 0 and "gpt_checkpoints.collect" in proc.stderr
+    proc = run_cli(
+        "gpt_checkpoints.train",
+        f"dataset={dataset}",
+        "task=cnn_digits",
+        *TINY_TRAIN,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert "holds task 'mlp_digits' but task=cnn_digits" in proc.stderr
+    proc = run_cli(
+        "gpt_checkpoints.train",
+        f"dataset={dataset}",
+        "metric=return",
+        *TINY_TRAIN,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert "metric 'return' is not recorded" in proc.stderr
