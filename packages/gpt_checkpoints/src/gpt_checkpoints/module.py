@@ -87,7 +87,7 @@ class GptModule(L.LightningModule):
             p for n, p in self.model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n
         ]
         no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2 or "pos_embed" in n]
-        return torch.optim.AdamW(
+        opt = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": cfg["weight_decay"]},
                 {"params": no_decay, "weight_decay": 0.0},
@@ -95,6 +95,11 @@ class GptModule(L.LightningModule):
             lr=cfg["lr"],
             betas=tuple(cfg["betas"]),
         )
+        warmup = int(cfg.get("warmup_steps") or 0)
+        if not warmup:
+            return opt
+        ramp = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": ramp, "interval": "step"}}
 
     # ------------------------------------------------------------------ training
     def model_inputs(self, theta, loss, loss_target) -> dict[str, torch.Tensor]:

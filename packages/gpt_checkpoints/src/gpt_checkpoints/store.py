@@ -80,7 +80,7 @@ class CheckpointStore:
 
     def init_manifest(self, manifest: dict) -> None:
         """Write the manifest, or check that an existing one describes the same collection."""
-        manifest = {"format": FORMAT, **manifest}
+        manifest = json.loads(json.dumps({"format": FORMAT, **manifest}))  # tuples -> lists
         if self.manifest_path.is_file():
             old = json.loads(self.manifest_path.read_text())
             keys = ("format", "task", "recipe", "layout", "metrics", "checkpoints_per_run")
