@@ -70,3 +70,14 @@ def test_prompt_outside_training_range_warns():
     m.check_prompt(0.2)  # inside: silent
     with pytest.raises(ValueError, match="no spread"):
         MetricNormalizer(1.0, 1.0)
+
+
+def test_initial_fraction_starts_pairs_at_the_initial_checkpoint():
+    pairs = CheckpointPairs(_runs(), "test_loss", batch_size=4000, seed=0, initial_fraction=0.5)
+    b = pairs[0]
+    ids, ids_star = b["theta"][:, 0].long(), b["theta_star"][:, 0].long()
+    assert torch.equal(ids // 5, ids_star // 5) and (ids % 5 < ids_star % 5).all()
+    from_init = (ids % 5 == 0).float().mean().item()
+    assert 0.5 + 0.5 * 2 / 5 - 0.03 < from_init < 0.5 + 0.5 * 2 / 5 + 0.03  # forced + uniform share
+    with pytest.raises(ValueError, match="initial_fraction"):
+        CheckpointPairs(_runs(), "test_loss", batch_size=4, initial_fraction=1.5)

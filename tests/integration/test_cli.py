@@ -196,6 +196,7 @@ def test_wheels_run_from_any_directory(tmp_path):
             str(tmp_path / "wheels"),
             str(repo / "packages/common"),
             str(repo / "packages/diffusion_transformer"),
+            str(repo / "packages/gpt_checkpoints"),
         ],
         check=True,
     )
@@ -227,3 +228,16 @@ def test_wheels_run_from_any_directory(tmp_path):
         env_extra=env_extra,
     ).stdout
     assert "hidden_size: 1152" in out and "_target_: lightning.pytorch.Trainer" in out
+    out = run_cli(
+        "gpt_checkpoints.train", "model=paper", "--cfg", "job", cwd=elsewhere, env_extra=env_extra
+    ).stdout
+    assert "hidden_size: 1536" in out and "name: mlp_digits" in out
+    out = run_cli(
+        "gpt_checkpoints.collect",
+        "task=cartpole",
+        "--cfg",
+        "job",
+        cwd=elsewhere,
+        env_extra=env_extra,
+    ).stdout
+    assert "iterations: 500" in out

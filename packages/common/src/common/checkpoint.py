@@ -78,3 +78,20 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         ) from err
     except RuntimeError as err:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({err})") from err
+
+
+def plain_container(obj: Any) -> Any:
+    """OmegaConf containers, dicts, lists and tuples -> nested dicts/lists of primitives, which
+    ``torch.load(weights_only=True)`` and JSON accept (hyper-parameters stored in checkpoints)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, dict):
+        return {str(k): plain_container(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_container(v) for v in obj]
+    return obj

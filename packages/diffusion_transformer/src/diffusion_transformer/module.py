@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from common.checkpoint import plain_container
 from common.ema import EMA
 from common.flops import count_macs
 from common.training import step_seed
@@ -141,8 +142,8 @@ class DiTModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain containers only: the checkpoint must load with torch.load(weights_only=True).
-        checkpoint["hyper_parameters"] = _plain(dict(self.hparams))
-        checkpoint["dit_config"] = _plain(self.model_config())
+        checkpoint["hyper_parameters"] = plain_container(dict(self.hparams))
+        checkpoint["dit_config"] = plain_container(self.model_config())
 
     def model_config(self) -> dict[str, Any]:
         return dict(self.hparams["model"])
@@ -190,19 +191,3 @@ class DiTModule(L.LightningModule):
         )
         model.train(was_training)
         return latents if self._vae is None else self._vae.decode(latents)
-
-
-def _plain(obj):
-    """OmegaConf containers and tuples -> dicts/lists of primitives."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj

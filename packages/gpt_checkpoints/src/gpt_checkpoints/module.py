@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from common.checkpoint import safe_load
+from common.checkpoint import plain_container, safe_load
 from common.diffusion import create_diffusion
 from common.ema import EMA
 from common.training import step_seed
@@ -133,7 +133,7 @@ class GptModule(L.LightningModule):
         self.ema.update(self.model)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["hyper_parameters"] = _plain(dict(self.hparams))
+        checkpoint["hyper_parameters"] = plain_container(dict(self.hparams))
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -202,7 +202,8 @@ class GptModule(L.LightningModule):
         from common.checkpoint import atomic_write_bytes
 
         state = {k: v.contiguous().cpu() for k, v in self.ema.module.state_dict().items()}
-        meta = {"hyper_parameters": json.dumps(_plain(dict(self.hparams))), "format": "gpt/1"}
+        hparams = json.dumps(plain_container(dict(self.hparams)))
+        meta = {"hyper_parameters": hparams, "format": "gpt/1"}
         atomic_write_bytes(save(state, metadata=meta), path)
         return Path(path)
 
@@ -234,18 +235,3 @@ def load_gpt(path: str | Path, map_location: str = "cpu") -> GptModule:
     module = GptModule(**ckpt["hyper_parameters"])
     module.load_state_dict(ckpt["state_dict"])
     return module.eval()
-
-
-def _plain(obj):
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj

@@ -58,6 +58,7 @@ def train(cfg: DictConfig) -> TrainResult:
         test_fraction=cfg.test_fraction,
         seed=cfg.seed,
         max_runs=cfg.get("max_runs"),
+        initial_fraction=cfg.get("initial_fraction", 0.0),
     )
     manifest = datamodule.manifest
     if manifest["task"] != cfg.task.name:
