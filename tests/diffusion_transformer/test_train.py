@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from common.checkpoint import safe_load
-from diffusion_transformer.train import resolve_resume, train
+from common.training import resolve_resume
+from diffusion_transformer.train import train
 
 TINY = [
     "model.depth=1",

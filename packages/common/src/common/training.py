@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,3 +80,23 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):
             return super().load_checkpoint(path, map_location, weights_only=True)
         return safe_load(os.fspath(path), map_location=map_location or "cpu")
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    """A FSDP ``state_dict_type=sharded`` checkpoint: a folder of shards and Lightning's meta.pt."""
+    return path.is_dir() and (path / "meta.pt").is_file()
+
+
+def resolve_resume(resume: str | os.PathLike) -> tuple[Path, Path]:
+    """``resume=`` (run directory, ``.ckpt`` file or sharded folder) -> (checkpoint, run dir)."""
+    path = Path(resume).expanduser()
+    ckpt = path
+    if path.is_dir() and not is_sharded_checkpoint(path):
+        ckpt = path / "checkpoints" / "last.ckpt"
+    if not (ckpt.is_file() or is_sharded_checkpoint(ckpt)):
+        raise FileNotFoundError(
+            f"cannot resume: no checkpoint at {ckpt}. Pass resume=<run dir> (containing "
+            "checkpoints/last.ckpt) or resume=<path to a .ckpt file>"
+        )
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return ckpt, run_dir

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.checkpoint import atomic_save
 from common.strategies import full_state_dict
-from common.training import SafeCheckpointIO
+from common.training import SafeCheckpointIO, resolve_resume
 
 log = logging.getLogger(__name__)
 
@@ -36,26 +36,6 @@ class TrainResult:
     ema_weights: Path
     samples: Path | None
     module: L.LightningModule
-
-
-def _is_sharded_checkpoint(path: Path) -> bool:
-    """A FSDP ``state_dict_type=sharded`` checkpoint: a folder of shards and Lightning's meta.pt."""
-    return path.is_dir() and (path / "meta.pt").is_file()
-
-
-def resolve_resume(resume: str) -> tuple[Path, Path]:
-    """``resume`` (a run directory, a ``.ckpt`` file or sharded folder) -> (checkpoint, run dir)."""
-    path = Path(resume).expanduser()
-    ckpt = path
-    if path.is_dir() and not _is_sharded_checkpoint(path):
-        ckpt = path / "checkpoints" / "last.ckpt"
-    if not (ckpt.is_file() or _is_sharded_checkpoint(ckpt)):
-        raise FileNotFoundError(
-            f"cannot resume: no checkpoint at {ckpt}. Pass resume=<run dir> (containing "
-            "checkpoints/last.ckpt) or resume=<path to a .ckpt file>"
-        )
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    return ckpt, run_dir
 
 
 def _run_id(run_dir: Path, timeout_s: float = 60.0) -> str:

@@ -16,7 +16,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from common.training import SafeCheckpointIO
+from common.training import SafeCheckpointIO, resolve_resume
 from gpt_checkpoints.data import CheckpointDataModule
 from gpt_checkpoints.module import GptModule
 
@@ -29,17 +29,6 @@ class TrainResult:
     checkpoint: Path
     export: Path
     module: GptModule
-
-
-def resolve_resume(resume: str) -> tuple[Path, Path]:
-    path = Path(resume).expanduser()
-    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise FileNotFoundError(
-            f"cannot resume: no checkpoint at {ckpt}; pass resume=<run dir> (holding "
-            "checkpoints/last.ckpt) or resume=<.ckpt file>"
-        )
-    return ckpt, ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
 def train(cfg: DictConfig) -> TrainResult:
