@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-PACKAGES := packages/common packages/diffusion_transformer packages/gpt_checkpoints
+PACKAGES := packages/common packages/diffusion_transformer packages/gpt_checkpoints packages/gangealing
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-all bench lint clean
