@@ -70,6 +70,13 @@ def load_rgb(
     image.load()
     if image.mode == "RGB":
         return image
+    bands = len(image.getbands())
+    if bands not in (1, 3, 4):
+        raise ValueError(
+            f"{path} has {bands} channels (PIL mode {image.mode}); images must have 1 (grayscale), "
+            "3 (RGB) or 4 (RGBA) channels. Convert it, e.g. "
+            "PIL.Image.open(p).convert('RGB').save(p), or remove it from the folder"
+        )
     if strict_channels:
         raise ValueError(
             f"expected RGB images with 3 channels, got {_mode_description(image)} in {path}; "

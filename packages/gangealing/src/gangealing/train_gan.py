@@ -1,0 +1,124 @@
+"""Train a StyleGAN2 generator for GANgealing: ``python -m gangealing.train_gan data=<folder>``.
+
+GANgealing (thesis Ch. 4) aligns a category with a StyleGAN2 generator G trained on it (256x256
+center crops in Sec. 4.4.2). With no overrides this trains a tiny 32x32 StyleGAN2 on the offline
+``data=astronaut`` set on the CPU. ``gan=paper resolution=256 trainer=gpu`` is the published
+configuration; ``augment=[color,translation,cutout]`` adds DiffAugment for small datasets.
+``resume=<run dir>`` continues a run (same step, optimizers, EMA, path-length mean, data order).
+At the end it writes ``checkpoints/last.ckpt`` and ``stylegan2.pt`` (rosinality format), which
+the GANgealing stage loads with ``generator=<run dir>/stylegan2.pt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from common.training import SafeCheckpointIO, resolve_resume
+from gangealing.gan_module import StyleGAN2Module
+from gangealing.image_data import ImageDataModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    export: Path
+    samples: Path
+    module: StyleGAN2Module
+
+
+def _run_id(run_dir: Path) -> str:
+    """The W&B run id kept in ``<run_dir>/run_id.txt`` (created once), so resumes continue it."""
+    path = run_dir / "run_id.txt"
+    if not path.is_file():
+        path.write_text(uuid.uuid4().hex[:8])
+    return path.read_text().strip()
+
+
+def build_module(cfg: DictConfig) -> StyleGAN2Module:
+    """The StyleGAN2 LightningModule described by a ``train_gan`` config."""
+    return StyleGAN2Module(
+        resolution=cfg.resolution,
+        network=OmegaConf.to_container(cfg.gan, resolve=True),
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.betas),
+        regularization=OmegaConf.to_container(cfg.regularization, resolve=True),
+        mixing=cfg.mixing,
+        augment=OmegaConf.to_container(cfg.augment)
+        if OmegaConf.is_list(cfg.augment)
+        else cfg.augment,
+        ema_decay=cfg.ema_decay,
+        num_samples=cfg.num_samples,
+        sample_every=cfg.sample_every,
+        export_every=cfg.export_every,
+        seed=cfg.seed,
+    )
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    ckpt_path = None
+    with open_dict(cfg):
+        if cfg.get("resume"):
+            ckpt_path, run_dir = resolve_resume(cfg.resume)
+            cfg.run_dir = str(run_dir)
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        if cfg.get("run_id") is None:
+            cfg.run_id = _run_id(Path(cfg.run_dir))
+    run_dir = Path(cfg.run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = ImageDataModule(
+        cfg.data,
+        cfg.resolution,
+        batch_size=cfg.batch_size,
+        hflip=cfg.hflip,
+        num_workers=cfg.num_workers,
+        synthetic_size=cfg.synthetic_size,
+        seed=cfg.seed,
+    )
+    datamodule.setup()  # fail early on a bad data= (missing/empty folder)
+    module = build_module(cfg)
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    has_ckpt = any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        plugins=[SafeCheckpointIO()],
+        enable_checkpointing=has_ckpt,
+    )
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(checkpoint, weights_only=False)
+    export = run_dir / "stylegan2.pt"
+    samples = run_dir / "samples" / f"step{trainer.global_step:07d}.png"
+    if trainer.is_global_zero:
+        module.export(export)
+        module.save_samples(samples)
+        print(f"run directory : {run_dir}")
+        print(f"checkpoint    : {checkpoint} (step {trainer.global_step})")
+        print(f"samples       : {samples}")
+        print(f"StyleGAN2     : {export} (rosinality format; GANgealing: generator={export})")
+    return TrainResult(run_dir, checkpoint, export, samples, module)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train_gan")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    from gangealing.train_gan import main as _main
+
+    _main()
