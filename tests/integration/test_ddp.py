@@ -17,9 +17,8 @@ import pytest
 import torch
 
 from common.checkpoint import safe_load
-from common.training import InfiniteSampler
+from common.training import InfiniteSampler, wandb_run_id
 from diffusion_transformer.data import DigitsDataModule
-from diffusion_transformer.train import _run_id
 from tests.integration.conftest import TINY, run_cli
 
 PROBE = """
@@ -191,7 +190,7 @@ def test_ddp_on_two_processes_then_resume(tmp_path):
 
 def _call_run_id(run_dir: str, barrier, queue) -> None:
     barrier.wait()
-    queue.put(_run_id(Path(run_dir)))
+    queue.put(wandb_run_id(Path(run_dir)))
 
 
 def test_run_id_is_created_once_when_processes_start_together(tmp_path):
@@ -209,7 +208,7 @@ def test_run_id_is_created_once_when_processes_start_together(tmp_path):
             p.join(timeout=60)
         assert len(set(ids)) == 1 and ids[0] == (run_dir / "run_id.txt").read_text().strip()
         assert [p.name for p in run_dir.iterdir()] == ["run_id.txt"]  # no temporary files left
-    assert _run_id(run_dir) == ids[0]
+    assert wandb_run_id(run_dir) == ids[0]
 
 
 FSDP = ["strategy=fsdp", "strategy._target_=dist_probe.CPUFSDPStrategy", "model.depth=2"]

@@ -44,11 +44,13 @@ def test_collect_train_resume_prompt_evaluate(dataset, tmp_path):
     common = [f"dataset={dataset}", f"hydra.run.dir={run_dir}", *TINY_TRAIN]
     out = run_cli("gpt_checkpoints.train", *common, "trainer.max_steps=3", cwd=tmp_path).stdout
     assert "gpt.safetensors" in out
+    run_id = (run_dir / "run_id.txt").read_text()  # the W&B run a resume continues
     out = run_cli(
         "gpt_checkpoints.train", *common, "trainer.max_steps=6", f"resume={run_dir}", cwd=tmp_path
     ).stdout
     ckpt = safe_load(run_dir / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 6
+    assert (run_dir / "run_id.txt").read_text() == run_id
     assert ckpt["hyper_parameters"]["metric"] == "test_loss"
 
     params = tmp_path / "prompted.safetensors"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,3 +104,37 @@ def resolve_resume(resume: str | os.PathLike) -> tuple[Path, Path]:
         )
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     return ckpt, run_dir
+
+
+def wandb_run_id(run_dir: Path, timeout_s: float = 60.0) -> str:
+    """The W&B run id of this run directory (``run_id.txt``), created on first use.
+
+    Every process of a run calls this and must get the same id. Lightning's DDP and FSDP launchers
+    start the other ranks from rank 0 after it has created the file, but processes started
+    together (SLURM, torchrun, several nodes on a shared file system) may race: the id is written
+    to a temporary file and published with ``os.link``, which fails when the file exists, so the
+    first process wins and every process reads the winner's id (``logger/wandb.yaml`` passes it
+    as ``id`` with ``resume: allow``, so a resumed run continues the same W&B run).
+    """
+    path = run_dir / "run_id.txt"
+    if not path.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        new_id = uuid.uuid4().hex[:12] + "\n"
+        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".run_id.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(new_id)
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links on this file system: exclusive create, then write
+            with contextlib.suppress(FileExistsError), open(path, "x") as f:
+                f.write(new_id)
+        finally:
+            os.unlink(tmp)
+    deadline = time.monotonic() + timeout_s
+    while not (run_id := path.read_text().strip()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} is empty: delete it to start a new W&B run")
+        time.sleep(0.1)
+    return run_id

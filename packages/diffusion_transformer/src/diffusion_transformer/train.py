@@ -8,12 +8,7 @@ optimizer, EMA, data order, logs and W&B run. ``strategy=ddp|fsdp`` (``conf/stra
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.checkpoint import atomic_save
 from common.strategies import full_state_dict
-from common.training import SafeCheckpointIO, resolve_resume
+from common.training import SafeCheckpointIO, resolve_resume, wandb_run_id
 
 log = logging.getLogger(__name__)
 
@@ -38,40 +33,6 @@ class TrainResult:
     module: L.LightningModule
 
 
-def _run_id(run_dir: Path, timeout_s: float = 60.0) -> str:
-    """The W&B run id of this run directory (``run_id.txt``), created on first use.
-
-    Every process of a run calls this and must get the same id. Lightning's DDP and FSDP launchers
-    start the other ranks from rank 0 after it has created the file, but processes started
-    together (SLURM, torchrun, several nodes on a shared file system) may race: the id is written
-    to a temporary file and published with ``os.link``, which fails when the file exists, so the
-    first process wins and every process reads the winner's id (``logger/wandb.yaml`` passes it
-    as ``id`` with ``resume: allow``, so a resumed run continues the same W&B run).
-    """
-    path = run_dir / "run_id.txt"
-    if not path.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        new_id = uuid.uuid4().hex[:12] + "\n"
-        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".run_id.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(new_id)
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        except OSError:  # no hard links on this file system: exclusive create, then write
-            with contextlib.suppress(FileExistsError), open(path, "x") as f:
-                f.write(new_id)
-        finally:
-            os.unlink(tmp)
-    deadline = time.monotonic() + timeout_s
-    while not (run_id := path.read_text().strip()):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{path} is empty: delete it to start a new W&B run")
-        time.sleep(0.1)
-    return run_id
-
-
 def train(cfg: DictConfig) -> TrainResult:
     """Compose-level entry point (used by ``main`` and by tests)."""
     ckpt_path = None
@@ -81,7 +42,7 @@ def train(cfg: DictConfig) -> TrainResult:
             cfg.run_dir = str(run_dir)
         run_dir = Path(cfg.run_dir)
         if cfg.get("run_id") is None:
-            cfg.run_id = _run_id(run_dir)
+            cfg.run_id = wandb_run_id(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if torch.cuda.is_available():
         tf32 = bool(cfg.get("tf32", True))

@@ -12,7 +12,6 @@ the GANgealing stage loads with ``generator=<run dir>/stylegan2.pt``.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from common.training import SafeCheckpointIO, resolve_resume
+from common.training import SafeCheckpointIO, resolve_resume, wandb_run_id
 from gangealing.gan_module import StyleGAN2Module
 from gangealing.image_data import ImageDataModule
 
@@ -34,14 +33,6 @@ class TrainResult:
     export: Path
     samples: Path
     module: StyleGAN2Module
-
-
-def _run_id(run_dir: Path) -> str:
-    """The W&B run id kept in ``<run_dir>/run_id.txt`` (created once), so resumes continue it."""
-    path = run_dir / "run_id.txt"
-    if not path.is_file():
-        path.write_text(uuid.uuid4().hex[:8])
-    return path.read_text().strip()
 
 
 def build_module(cfg: DictConfig) -> StyleGAN2Module:
@@ -72,7 +63,7 @@ def train(cfg: DictConfig) -> TrainResult:
             cfg.run_dir = str(run_dir)
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         if cfg.get("run_id") is None:
-            cfg.run_id = _run_id(Path(cfg.run_dir))
+            cfg.run_id = wandb_run_id(Path(cfg.run_dir))
     run_dir = Path(cfg.run_dir)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = ImageDataModule(

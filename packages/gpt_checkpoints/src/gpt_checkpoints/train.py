@@ -16,7 +16,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from common.training import SafeCheckpointIO, resolve_resume
+from common.training import SafeCheckpointIO, resolve_resume, wandb_run_id
 from gpt_checkpoints.data import CheckpointDataModule
 from gpt_checkpoints.module import GptModule
 
@@ -37,6 +37,8 @@ def train(cfg: DictConfig) -> TrainResult:
         if cfg.get("resume"):
             ckpt_path, run_dir = resolve_resume(cfg.resume)
             cfg.run_dir = str(run_dir)
+        if cfg.get("run_id") is None:
+            cfg.run_id = wandb_run_id(Path(cfg.run_dir))
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
