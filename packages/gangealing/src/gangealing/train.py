@@ -1,0 +1,83 @@
+"""GANgealing: ``python -m gangealing.train generator=<stylegan2.pt>`` (thesis Sec. 4.3).
+
+Trains the Spatial Transformers and the target mode on GAN-supervised pairs from a frozen
+StyleGAN2 (``module.GangealingModule``). ``resume=<run dir>`` continues a run; the generator must
+be the same file (checked by fingerprint). At the end it writes ``checkpoints/last.ckpt`` and
+``congealer.pt`` (EMA transformers, modes, test-time config), which ``gangealing.congeal``,
+``gangealing.propagate`` and ``gangealing.pck`` read.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from common.checkpoint import atomic_save
+from common.training import SafeCheckpointIO, resolve_resume, wandb_run_id
+from gangealing.module import GangealingModule
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    congealer: Path
+    module: GangealingModule
+
+
+def build_module(cfg: DictConfig) -> GangealingModule:
+    """The GANgealing LightningModule described by a ``train`` config."""
+    kwargs = OmegaConf.to_container(cfg, resolve=True)
+    names = list(inspect.signature(GangealingModule.__init__).parameters)[1:]
+    return GangealingModule(**{k: kwargs[k] for k in names})
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    ckpt_path = None
+    with open_dict(cfg):
+        if cfg.get("resume"):
+            ckpt_path, run_dir = resolve_resume(cfg.resume)
+            cfg.run_dir = str(run_dir)
+        if cfg.get("run_id") is None:
+            cfg.run_id = wandb_run_id(Path(cfg.run_dir))
+    run_dir = Path(cfg.run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    module = build_module(cfg)
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    has_ckpt = any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        plugins=[SafeCheckpointIO()],
+        enable_checkpointing=has_ckpt,
+    )
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(checkpoint, weights_only=False)
+    congealer = run_dir / "congealer.pt"
+    if trainer.is_global_zero:
+        atomic_save(module.export(), congealer)
+        print(f"run directory : {run_dir}")
+        print(f"checkpoint    : {checkpoint} (step {trainer.global_step})")
+        print(f"congealer     : {congealer} (python -m gangealing.congeal congealer={congealer})")
+    return TrainResult(run_dir, checkpoint, congealer, module)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    from gangealing.train import main as _main
+
+    _main()

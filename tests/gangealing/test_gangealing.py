@@ -1,0 +1,138 @@
+"""GANgealing training (thesis Sec. 4.3, Eqs. 4.3-4.6) on a tiny random StyleGAN2."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from common.checkpoint import safe_load
+from gangealing.module import GangealingModule, build_transformer, generator_fingerprint
+from gangealing.stylegan2 import Generator, save_generator
+from tests.integration.conftest import run_cli
+
+TINY_G = {"size": 16, "style_dim": 16, "n_mlp": 2, "channels": {4: 16, 8: 16, 16: 8}}
+TINY = {
+    "resolution": 16,
+    "stn": {"widths": [8, 8], "flow_size": 4},
+    "cutoff": 3,
+    "pca_samples": 512,
+    "loss": {"name": "pyramid_l1"},
+    "psi_anneal_steps": 2,
+    "batch_size": 4,
+}
+CLI_TINY = [
+    "resolution=16",
+    "stn.widths=[8,8]",
+    "stn.flow_size=4",
+    "cutoff=3",
+    "pca_samples=512",
+    "loss.name=pyramid_l1",
+    "psi_anneal_steps=2",
+    "batch_size=4",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def _generator_file(path, seed: int = 0):
+    torch.manual_seed(seed)
+    save_generator(path, Generator(**TINY_G))
+    return path
+
+
+@pytest.fixture
+def generator_path(tmp_path):
+    return _generator_file(tmp_path / "g.pt")
+
+
+def _trainer(steps: int) -> L.Trainer:
+    return L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
+def test_unknown_transform_names_the_choices():
+    with pytest.raises(ValueError, match="similarity"):
+        build_transformer("affine", 16, {})
+
+
+def test_fresh_transformers_are_the_identity_and_pairs_have_the_right_shapes(generator_path):
+    module = GangealingModule(str(generator_path), num_modes=2, **TINY)
+    x, y = module.pairs(4, psi=0.0)
+    assert x.shape == (4, 3, 16, 16) and y.shape == (4, 2, 3, 16, 16)
+    for stn in module.stns:
+        torch.testing.assert_close(stn(x).image, x, atol=1e-5, rtol=0)
+    # the generator is frozen; only the transformers and the mode coefficients learn
+    trainable = {n.split(".")[0] for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable == {"target", "stns"}
+
+
+def test_alignment_loss_takes_the_min_over_modes_and_flips(generator_path):
+    """Eq. 4.6: per sample, the candidate (mode k, optionally the mirrored input) with the
+    smallest distance is the one trained."""
+    torch.manual_seed(0)
+    module = GangealingModule(str(generator_path), num_modes=2, flips=True, **TINY)
+    module.on_fit_start()  # PCA of W and K-means++ modes
+    assert not torch.allclose(module.target.modes()[0], module.target.modes()[1])
+    x, y = module.pairs(4, psi=0.0)
+    out = module.alignment_losses(module.stns, x, y)
+    candidates = torch.stack(
+        [module.distance(img, y[:, k]) for img in (x, x.flip(-1)) for k in range(2)], 1
+    )  # fresh transformers are the identity and have no flow penalty
+    torch.testing.assert_close(out["distance"], candidates.min(1).values.mean())
+    assert torch.equal(out["assignment"], candidates.argmin(1))
+    out["loss"].backward()
+    assert module.target.coefficients.grad.abs().sum() > 0
+    head = module.stns[0].flow.head[-1].weight.grad
+    assert head is not None and head.abs().sum() > 0
+
+
+def test_training_learns_mode_and_transformers_and_resumes_without_refitting(generator_path):
+    module = GangealingModule(str(generator_path), **TINY)
+    _trainer(3).fit(module)
+    assert bool(module.target_initialised) and module.target.w_mean.abs().sum() > 0
+    assert module.target.coefficients.abs().sum() > 0
+    sim_head = module.stns[0].similarity.head[-1].weight
+    assert sim_head.abs().sum() > 0
+    ema_head = module.stn_ema.module[0].similarity.head[-1].weight
+    assert not torch.equal(ema_head, sim_head) and ema_head.abs().sum() > 0
+    export = module.export()
+    assert export["generator"]["fingerprint"] == generator_fingerprint(module.generator)
+    assert set(export["target"]) == {"w_mean", "directions", "coefficients"}
+
+
+def test_cli_trains_exports_and_refuses_to_resume_with_another_generator(tmp_path):
+    g = _generator_file(tmp_path / "g.pt")
+    run_dir = tmp_path / "run"
+    args = [f"generator={g}", *CLI_TINY, f"hydra.run.dir={run_dir}"]
+    out = run_cli("gangealing.train", *args, "trainer.max_steps=2", cwd=tmp_path).stdout
+    assert "congealer.pt" in out
+    congealer = safe_load(run_dir / "congealer.pt")
+    assert congealer["format"] == "gangealing-congealer-v1"
+    assert congealer["config"]["resolution"] == 16
+    first = safe_load(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    run_cli("gangealing.train", *args, "trainer.max_steps=3", f"resume={run_dir}", cwd=tmp_path)
+    ckpt = safe_load(run_dir / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 3
+    # the PCA of W was fitted once: resuming keeps it
+    torch.testing.assert_close(ckpt["state_dict"]["target.w_mean"], first["target.w_mean"])
+
+    other = _generator_file(tmp_path / "other.pt", seed=1)
+    proc = run_cli(
+        "gangealing.train",
+        f"generator={other}",
+        *CLI_TINY,
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_steps=4",
+        f"resume={run_dir}",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "trained with another generator" in proc.stderr and "generator= file" in proc.stderr
