@@ -1,0 +1,119 @@
+"""A trained GANgealing aligner applied to real images (thesis Sec. 4.4).
+
+``congealer.pt`` (written by ``python -m gangealing.train``) holds the EMA Spatial Transformers,
+the learned modes and the test-time configuration; the generator is not needed to align real
+images. :class:`Congealer` loads it and aligns images of any size: the transformers see the
+images at their training resolution and the warp samples the original pixels (one resampling),
+at ``output_size``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.checkpoint import safe_load
+from gangealing.module import build_transformer
+from gangealing.stn import STNOutput
+from gangealing.target import TargetMode
+
+FORMAT = "gangealing-congealer-v1"
+
+
+class Congealer(nn.Module):
+    """K Spatial Transformers T_k and the target modes c_k of a GANgealing run."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = dict(config)
+        stn_cfg = dict(config.get("stn") or {})
+        stn_cfg.setdefault("input_size", config["resolution"])
+        self.resolution = int(config["resolution"])
+        self.num_modes = int(config["num_modes"])
+        stns = [
+            build_transformer(config["transform"], self.resolution, stn_cfg)
+            for _ in range(self.num_modes)
+        ]
+        for stn in stns:  # output at the size of the image sampled, not the training size
+            for module in stn.modules():
+                if hasattr(module, "output_size"):
+                    module.output_size = None
+        self.stns = nn.ModuleList(stns)
+        self.target = TargetMode(
+            int(config["style_dim"]),
+            int(config["num_components"]),
+            num_modes=self.num_modes,
+            cutoff=int(config["cutoff"]),
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Congealer:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "congealer.pt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no congealer at {path}: pass congealer=<run dir of python -m gangealing.train> "
+                "or the congealer.pt file it wrote"
+            )
+        blob = safe_load(path, map_location=map_location)
+        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+            hint = ""
+            if isinstance(blob, dict) and "state_dict" in blob:
+                hint = " (this is a Lightning training checkpoint)"
+            elif isinstance(blob, dict) and "g_ema" in blob:
+                hint = " (this is a StyleGAN2 generator)"
+            raise ValueError(
+                f"{path} is not a GANgealing congealer{hint}: pass the congealer.pt that "
+                "`python -m gangealing.train` writes in its run directory"
+            )
+        congealer = cls(blob["config"])
+        congealer.stns.load_state_dict(blob["stn"])
+        congealer.target.load_state_dict(blob["target"])
+        congealer.generator_info = dict(blob.get("generator") or {})
+        return congealer.eval()
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"expected RGB images [N, 3, H, W] in [-1, 1], got shape {tuple(images.shape)}; "
+                "convert grayscale or RGBA images to RGB first"
+            )
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        cluster: int | None = None,
+        output_size: int | None = None,
+        iters: int = 1,
+        flips: bool = False,
+    ) -> STNOutput:
+        """Congeal ``images [N, 3, H, W]``: the output is ``output_size`` square (default: the
+        training resolution), sampled from the original pixels; ``grid`` maps it into ``images``
+        in normalised coordinates, which do not depend on the images' resolution.
+
+        With K > 1 modes pass ``cluster=k`` to use T_k (real images need a cluster assignment,
+        Sec. 4.3.2). ``iters`` re-applies the similarity stage, ``flips`` also tries the mirrored
+        image and keeps the smoother warp per image.
+        """
+        self._check_images(images)
+        if cluster is None:
+            if self.num_modes > 1:
+                raise ValueError(
+                    f"this congealer has {self.num_modes} modes (K > 1, Eq. 4.6): pass "
+                    f"cluster=<0..{self.num_modes - 1}> to align with that mode's transformer"
+                )
+            cluster = 0
+        if not 0 <= cluster < self.num_modes:
+            raise ValueError(f"cluster={cluster} out of range: this congealer has {self.num_modes}")
+        size = output_size or self.resolution
+        small = F.interpolate(images, size=(self.resolution,) * 2, mode="bilinear", antialias=True)
+        source = images
+        if tuple(images.shape[-2:]) != (size, size):
+            source = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+        return self.stns[cluster](small, source, iters=iters, flips=flips)

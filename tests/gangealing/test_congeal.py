@@ -1,0 +1,88 @@
+"""Aligning real images with a trained congealer (thesis Sec. 4.4.1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common.checkpoint import atomic_save, safe_load
+from gangealing.congeal import congeal_folder
+from gangealing.congealer import Congealer
+from gangealing.module import GangealingModule
+from gangealing.stylegan2 import Generator, save_generator
+from gangealing.synthetic import SimilarityWarpDataset, write_image_folder
+from tests.gangealing.test_gangealing import TINY, TINY_G
+from tests.integration.conftest import run_cli
+
+
+def _congealer_file(tmp_path, num_modes: int = 1, shift: float = 0.0):
+    torch.manual_seed(0)
+    save_generator(tmp_path / "g.pt", Generator(**TINY_G))
+    module = GangealingModule(str(tmp_path / "g.pt"), num_modes=num_modes, **TINY)
+    with torch.no_grad():  # a known warp: the EMA similarity head shifts by `shift` (normalised)
+        for stn in module.stn_ema.module:
+            stn.similarity.head[-1].bias.copy_(torch.tensor([0.0, 0.0, shift, 0.0]))
+    atomic_save(module.export(), tmp_path / "run" / "congealer.pt")
+    return tmp_path / "run"
+
+
+def test_fresh_congealer_is_the_identity_at_any_output_size(tmp_path):
+    congealer = Congealer.load(_congealer_file(tmp_path))
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = congealer(images, output_size=32)
+    torch.testing.assert_close(out.image, images, atol=1e-5, rtol=0)
+    assert out.image.shape == (2, 3, 32, 32) and out.grid.shape == (2, 32, 32, 2)
+    assert congealer(images).image.shape == (2, 3, 16, 16)  # default: training resolution
+
+
+def test_known_shift_moves_the_content(tmp_path):
+    congealer = Congealer.load(_congealer_file(tmp_path, shift=0.25))
+    images = torch.zeros(1, 3, 32, 32) - 1
+    images[..., 16] = 1.0  # a bright column at x = 16
+    out = congealer(images, output_size=32).image
+    # the reverse grid samples x + 0.25 * 16 px: the column appears 4 px to the left
+    assert out[0, 0, 10].argmax() == 12
+
+
+def test_congeal_folder_writes_aligned_images_average_and_warps(tmp_path):
+    congealer = Congealer.load(_congealer_file(tmp_path))
+    folder = write_image_folder(SimilarityWarpDataset("astronaut", 16, 5), tmp_path / "data")
+    paths = congeal_folder(congealer, folder, tmp_path / "out", size=16, batch_size=2)
+    aligned = sorted(paths["aligned"].glob("*.png"))
+    assert len(aligned) == 5
+    stack = np.stack([np.asarray(Image.open(p), dtype=np.float64) for p in aligned])
+    average = np.asarray(Image.open(paths["average"]), dtype=np.float64)
+    assert np.abs(stack.mean(0) - average).max() <= 1.0  # uint8 rounding
+    warps = safe_load(paths["warps"])
+    assert warps["grids"].shape == (5, 16, 16, 2) and len(warps["files"]) == 5
+
+
+def test_cli_and_errors(tmp_path):
+    run = _congealer_file(tmp_path)
+    folder = write_image_folder(SimilarityWarpDataset("astronaut", 16, 3), tmp_path / "data")
+    out = run_cli(
+        "gangealing.congeal",
+        f"congealer={run}",
+        f"images={folder}",
+        "size=16",
+        f"out={tmp_path / 'out'}",
+        cwd=tmp_path,
+    ).stdout
+    assert "average.png" in out and (tmp_path / "out" / "average.png").is_file()
+
+    with pytest.raises(FileNotFoundError, match="congealer.pt file it wrote"):
+        Congealer.load(tmp_path / "missing")
+    with pytest.raises(ValueError, match="StyleGAN2 generator"):
+        Congealer.load(tmp_path / "g.pt")
+    atomic_save({"state_dict": {}}, tmp_path / "x.ckpt")
+    with pytest.raises(ValueError, match="Lightning training checkpoint"):
+        Congealer.load(tmp_path / "x.ckpt")
+    congealer = Congealer.load(run)
+    with pytest.raises(ValueError, match="convert grayscale or RGBA"):
+        congealer(torch.zeros(1, 4, 16, 16))
+    two = Congealer.load(_congealer_file(tmp_path / "k2", num_modes=2))
+    with pytest.raises(ValueError, match="pass cluster="):
+        two(torch.zeros(1, 3, 16, 16))
+    assert two(torch.zeros(1, 3, 16, 16), cluster=1).image.shape == (1, 3, 16, 16)
