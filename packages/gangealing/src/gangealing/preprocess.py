@@ -1,0 +1,145 @@
+"""Automated GAN dataset pre-processing (thesis Sec. 4.4.3, Fig. 4.6).
+
+``python -m gangealing.preprocess congealer=<run> images=<folder> out=<dir> keep=0.9 size=256``
+
+1. Score every image by how smoothly the congealer warps it
+   (:func:`gangealing.applications.flow_smoothness_scores` on the residual flow ``STNOutput.flow``,
+   the official ``flow_scores``; lower is better): rough flows flag images the aligner cannot
+   explain (occlusions, several objects, wrong category).
+   A congealer with only a similarity stage has no flow; its images are ranked by the similarity
+   scale instead, ``score = -log s`` with ``s`` the scale of the reverse similarity matrix: the
+   smaller the object in the image, the more its aligned crop is upsampled and blurred.
+2. Keep the best ``keep`` fraction (at least one image) and write them *similarity-aligned* (the
+   thesis aligns datasets with the similarity Spatial Transformer, so objects keep their shape),
+   sampled once from the original pixels at ``size`` x ``size``. A flow-only congealer has no
+   similarity stage: its full warp is written instead.
+
+Outputs: ``ranking.csv`` (``file,score,kept``, best first) and ``aligned/<file>.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import hydra
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+
+from common.checkpoint import atomic_write_bytes
+from gangealing.applications import flow_smoothness_scores, rank_by_smoothness
+from gangealing.congeal import pick_device, save_png
+from gangealing.congealer import Congealer
+from gangealing.datasets import ImageFolder
+from gangealing.stn import STNOutput, warp
+
+
+def warp_scores(result: STNOutput) -> tuple[Tensor, str]:
+    """Per-image score ``[N]`` (lower = better) and its name: flow smoothness where the
+    congealer has a flow stage, else ``-log`` of the similarity scale (see module docstring)."""
+    if result.flow is not None:
+        return flow_smoothness_scores(result.flow, kind="flow"), "flow_tv"
+    linear = result.similarity_matrix[:, :, :2]
+    scale = torch.linalg.det(linear).abs().sqrt()
+    return -torch.log(scale), "neg_log_similarity_scale"
+
+
+def _names(dataset: ImageFolder, indices: list[int]) -> list[Path]:
+    return [dataset.files[i].relative_to(dataset.root).with_suffix(".png") for i in indices]
+
+
+@torch.no_grad()
+def preprocess_folder(
+    congealer: Congealer,
+    images: str | Path,
+    out: str | Path,
+    keep: float = 0.9,
+    size: int = 256,
+    load_size: int | None = None,
+    batch_size: int = 32,
+    cluster: int | None = None,
+    flips: bool = False,
+    iters: int = 1,
+    padding_mode: str = "reflection",
+    device: torch.device | str = "cpu",
+) -> dict[str, Path]:
+    """Rank ``images`` by warp quality, write ``ranking.csv`` and the kept images aligned.
+
+    Two passes: the first scores every image and keeps only its similarity matrix; the second
+    reloads the kept images and warps them (re-running the congealer only when it has no
+    similarity stage), so memory does not grow with the dataset.
+    """
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep is the fraction of images to keep, in (0, 1]; got {keep}")
+    dataset = ImageFolder(images, load_size or size)
+    out = Path(out)
+    congealer = congealer.to(device)
+
+    def run(batch: Tensor) -> STNOutput:
+        return congealer(batch, cluster=cluster, output_size=size, iters=iters, flips=flips)
+
+    scores, matrices, score_name = [], [], ""
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        result = run(batch.to(device))
+        batch_scores, score_name = warp_scores(result)
+        scores.append(batch_scores.cpu())
+        if result.similarity_matrix is not None:
+            matrices.append(result.similarity_matrix.cpu())
+    scores_all = torch.cat(scores)
+    order = rank_by_smoothness(scores_all).tolist()
+    num_kept = max(1, round(keep * len(dataset)))
+    kept = sorted(order[:num_kept])
+    matrix_all = torch.cat(matrices) if matrices else None
+
+    subset = DataLoader(Subset(dataset, kept), batch_size=batch_size, shuffle=False)
+    for start, batch in zip(range(0, len(kept), batch_size), subset, strict=True):
+        batch = batch.to(device)
+        indices = kept[start : start + batch.shape[0]]
+        if matrix_all is None:
+            aligned = run(batch).image
+        else:
+            theta = matrix_all[indices].to(batch)
+            grid = F.affine_grid(theta, [batch.shape[0], 3, size, size], align_corners=False)
+            aligned = warp(batch, grid, padding_mode)
+        for name, image in zip(_names(dataset, indices), aligned.cpu(), strict=True):
+            save_png(image, out / "aligned" / name)
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file", f"score_{score_name}", "kept"])
+    kept_set = set(kept)
+    for index in order:
+        name = dataset.files[index].relative_to(dataset.root).as_posix()
+        writer.writerow([name, f"{scores_all[index].item():.6g}", int(index in kept_set)])
+    atomic_write_bytes(buffer.getvalue().encode(), out / "ranking.csv")
+    return {"ranking": out / "ranking.csv", "aligned": out / "aligned"}
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="preprocess")
+def main(cfg: DictConfig) -> None:
+    paths = preprocess_folder(
+        Congealer.load(cfg.congealer),
+        cfg.images,
+        cfg.out,
+        keep=cfg.keep,
+        size=cfg.size,
+        load_size=cfg.load_size,
+        batch_size=cfg.batch_size,
+        cluster=cfg.cluster,
+        flips=cfg.flips,
+        iters=cfg.iters,
+        padding_mode=cfg.padding_mode,
+        device=pick_device(cfg.device),
+    )
+    print(f"ranking        : {paths['ranking']}")
+    print(f"aligned images : {paths['aligned']} (train a GAN on this folder)")
+
+
+if __name__ == "__main__":
+    from gangealing.preprocess import main as _main
+
+    _main()
