@@ -185,3 +185,9 @@ def write_pck_json(path: str | os.PathLike, results: dict[str, Any]) -> None:
     """Write PCK results as JSON atomically (NaN becomes ``null``; tensors become lists)."""
     text = json.dumps(_to_json_value(results), indent=2, sort_keys=True, allow_nan=False)
     atomic_write_bytes((text + "\n").encode("utf-8"), path)
+
+
+if __name__ == "__main__":  # `python -m gangealing.pck ...` runs the PCK-Transfer CLI
+    from gangealing.evaluate_pck import main
+
+    main()

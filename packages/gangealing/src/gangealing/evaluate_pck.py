@@ -1,0 +1,348 @@
+"""PCK-Transfer evaluation: ``python -m gangealing.evaluate_pck congealer=... dataset=...``.
+
+Thesis Sec. 4.4.2 ("Quantitative Results"): keypoints of a source image x_A are transferred to a
+target image x_B through congealed space, *forward* with A's warp and *reverse* with B's warp
+(:func:`gangealing.stn.image_to_image_points`), and PCK-Transfer@alpha counts the transfers that
+land within ``alpha * threshold`` of B's ground truth (``alpha_bbox`` for SPair-71k, ``max(H, W)``
+for CUB and the synthetic benchmark). When the Spatial Transformer flips exactly one image of a
+pair, keypoints with a left/right distinction are swapped by the dataset's permutation (the last
+sentence of Sec. 4.4.2).
+
+Methods: ``gangealing`` (a trained ``congealer.pt``), ``congealing`` (classic least-squares pixel
+congealing of the evaluation images themselves, Sec. 4.2) and ``none`` (identity transfer).
+Writes ``<out>/pck.json`` with ``pck@<alpha>`` (percent), counts, method, dataset and config.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from gangealing.congealer import Congealer
+from gangealing.congealing_baseline import (
+    congeal,
+    no_alignment_transfer,
+    transfer_keypoints_via_congealing,
+)
+from gangealing.datasets import (
+    CUB_FLIP_PERMUTATION,
+    CUBPairs,
+    SPairPairs,
+    load_rgb,
+    map_points_to_window,
+    resample_window,
+    square_window,
+)
+from gangealing.pck import DEFAULT_ALPHAS, combine_pck, image_threshold, pck, write_pck_json
+from gangealing.stn import image_to_image_points
+from gangealing.synthetic import all_pairs, read_keypoints_json
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("spair", "cub", "synthetic")
+METHODS = ("gangealing", "congealing", "none")
+MISSING_CONGEALER = (
+    "method=gangealing needs congealer=<run dir of python -m gangealing.train or its "
+    "congealer.pt>; or use method=congealing / method=none for the baselines"
+)
+
+
+# ---------------------------------------------------------------------------- benchmarks
+
+
+class SyntheticPairs(Dataset):
+    """Ordered pairs of a folder written by :func:`gangealing.synthetic.write_image_folder`.
+
+    Images are resampled to ``size`` (None: as written; keypoints follow exactly); the threshold
+    is ``max(H, W)`` (:func:`gangealing.pck.image_threshold`). All ordered pairs, or
+    ``max_pairs`` of them drawn with ``seed``.
+    """
+
+    def __init__(
+        self, root: str | Path, size: int | None, max_pairs: int | None = None, seed: int = 0
+    ) -> None:
+        self.root = Path(root)
+        record = read_keypoints_json(self.root / "keypoints.json")
+        self.files = [self.root / f for f in record["files"]]
+        self.keypoints, self.visible = record["keypoints"], record["visible"]
+        self.size = int(size or record["size"])
+        pairs = all_pairs(len(self.files))
+        if max_pairs is not None and max_pairs < len(pairs):
+            order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
+            pairs = [pairs[i] for i in order[:max_pairs].sort().values.tolist()]
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> dict[str, torch.Tensor]:
+        image = load_rgb(self.files[index])
+        window = (0.0, 0.0, float(image.size[0]), float(image.size[1]))
+        return {
+            "image": resample_window(image, window, self.size),
+            "keypoints": map_points_to_window(self.keypoints[index], window, self.size),
+            "visible": self.visible[index],
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        a, b = self.pairs[index]
+        source, target = self.load(a), self.load(b)
+        item: dict[str, Any] = {f"source_{k}": v for k, v in source.items()}
+        item.update({f"target_{k}": v for k, v in target.items()})
+        item["visible"] = source["visible"] & target["visible"]
+        item["threshold"] = image_threshold((self.size, self.size))
+        return item
+
+
+@dataclass
+class Benchmark:
+    """Pairs to evaluate plus what the pixel-congealing baseline needs: the identity of each
+    pair's two images (``image_keys``) and a loader of one image by key."""
+
+    name: str
+    pairs: Dataset
+    image_keys: list[tuple[Hashable, Hashable]]
+    load_image: Callable[[Hashable], torch.Tensor]
+    permutation: Sequence[int] | None
+
+
+def build_benchmark(cfg: DictConfig) -> Benchmark:
+    """The SPair-71k, CUB or synthetic pairs described by ``cfg`` (see ``conf/pck.yaml``)."""
+    name = str(cfg.dataset).lower()
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset={cfg.dataset!r}: use one of {', '.join(DATASETS)}")
+    if cfg.get("root") is None:
+        raise ValueError(f"dataset={name} needs root=<folder of the dataset>")
+    permutation = list(cfg.permutation) if cfg.get("permutation") is not None else None
+    if name == "spair":
+        if cfg.get("category") is None:
+            raise ValueError("dataset=spair needs category=<name>, e.g. category=cat")
+        pairs = SPairPairs(cfg.root, cfg.category, split=cfg.split, size=cfg.size)
+        if cfg.flips and permutation is None and cfg.method == "gangealing":
+            raise ValueError(
+                "flips=true on SPair-71k needs the category's left/right keypoint permutation "
+                "(none ships with this package): pass permutation=[...] (one index per keypoint "
+                "id) or flips=false"
+            )
+        keys = [(p["src_imname"], p["trg_imname"]) for p in pairs.pairs]
+
+        def load_spair(key: Hashable) -> torch.Tensor:
+            image = load_rgb(pairs.image_dir / str(key))
+            return resample_window(image, square_window(*image.size, pairs.resize), pairs.size)
+
+        return Benchmark(name, pairs, keys, load_spair, permutation)
+    if name == "cub":
+        cub_split = "test" if cfg.split is None else str(cfg.split)
+        pairs = CUBPairs(cfg.root, cub_split, size=cfg.size, num_pairs=cfg.num_pairs, seed=cfg.seed)
+        return Benchmark(
+            name,
+            pairs,
+            list(pairs.pairs),
+            lambda key: pairs.load(int(key))["image"],
+            permutation or list(CUB_FLIP_PERMUTATION),
+        )
+    pairs = SyntheticPairs(cfg.root, cfg.size, cfg.get("max_pairs"), cfg.seed)
+    return Benchmark(name, pairs, list(pairs.pairs), lambda k: pairs.load(int(k))["image"], None)
+
+
+# ---------------------------------------------------------------------------- transfer
+
+
+def permute_flipped(
+    pred: torch.Tensor,
+    visible_source: torch.Tensor,
+    flipped_a: torch.Tensor,
+    flipped_b: torch.Tensor,
+    permutation: Sequence[int] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Swap left/right keypoints of pairs where exactly one image was flipped (Sec. 4.4.2).
+
+    A's keypoint ``k`` lands on B's mirrored part, so the prediction for B's keypoint ``k`` is the
+    transfer of A's keypoint ``permutation[k]`` (with its visibility). Identity without a
+    permutation.
+    """
+    if permutation is None:
+        return pred, visible_source
+    index = torch.as_tensor(list(permutation), dtype=torch.long)
+    if sorted(index.tolist()) != list(range(pred.shape[1])):
+        raise ValueError(
+            f"permutation must reorder 0..{pred.shape[1] - 1} (one entry per keypoint), got "
+            f"{index.tolist()}; pass permutation=[...] with one index per keypoint"
+        )
+    swap = (flipped_a.bool() ^ flipped_b.bool()).to(pred.device)
+    pred = torch.where(swap[:, None, None], pred[:, index], pred)
+    visible_source = torch.where(swap[:, None], visible_source[:, index], visible_source)
+    return pred, visible_source
+
+
+def gangealing_transfer(
+    points_a: torch.Tensor,
+    visible_a: torch.Tensor,
+    out_a: Any,
+    out_b: Any,
+    size_a: int | tuple[int, int],
+    size_b: int | tuple[int, int],
+    permutation: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transfer A's keypoints ``[N, K, 2]`` to B with the congealer outputs of A and B
+    (``STNOutput``: reverse ``grid`` into the original image, ``flipped``): forward warp with A's
+    grid, reverse warp with B's grid, then :func:`permute_flipped`. Returns ``(pred, visible)``
+    where ``visible`` is A's visibility in B's keypoint order."""
+    pred = image_to_image_points(points_a.float(), out_a.grid, out_b.grid, size_a, size_b)
+    flipped_a = out_a.flipped if out_a.flipped is not None else torch.zeros(len(pred), dtype=bool)
+    flipped_b = out_b.flipped if out_b.flipped is not None else torch.zeros(len(pred), dtype=bool)
+    return permute_flipped(pred, visible_a, flipped_a, flipped_b, permutation)
+
+
+def congealing_thetas(
+    benchmark: Benchmark, size: int, **congeal_kwargs: Any
+) -> dict[Hashable, torch.Tensor]:
+    """Classic least-squares congealing (Sec. 4.2) of every image used by the pairs, at ``size``
+    pixels (the similarity warps are in normalised coordinates, valid at any resolution)."""
+    keys = sorted({k for pair in benchmark.image_keys for k in pair}, key=str)
+    images = torch.stack(
+        [
+            F.interpolate(benchmark.load_image(k)[None], size=(size, size), mode="bilinear")[0]
+            for k in keys
+        ]
+    )
+    with torch.enable_grad():  # congealing optimises the warps by gradient descent
+        result = congeal(images, **congeal_kwargs)
+    return dict(zip(keys, result.thetas, strict=True))
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def _align(congealer: Congealer, images: torch.Tensor, device, options: dict) -> Any:
+    """Congeal a batch and bring the reverse grids and flip flags back to the CPU."""
+    out = congealer(images.to(device), **options)
+    out.grid, out.flipped = out.grid.cpu(), out.flipped.cpu()
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    benchmark: Benchmark,
+    method: str = "gangealing",
+    congealer: Congealer | None = None,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    batch_size: int = 32,
+    cluster: int | None = None,
+    flips: bool = False,
+    iters: int = 1,
+    congealing: dict[str, Any] | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """PCK-Transfer of ``method`` on ``benchmark`` (thesis Sec. 4.4.2); :func:`combine_pck` keys."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method={method!r}: use one of {', '.join(METHODS)}")
+    if method == "gangealing":
+        if congealer is None:
+            raise ValueError(MISSING_CONGEALER)
+        if congealer.num_modes > 1 and cluster is None:
+            raise ValueError(
+                f"the congealer has {congealer.num_modes} modes (K > 1, Eq. 4.6): pass "
+                f"cluster=<0..{congealer.num_modes - 1}>, the mode that aligns this category"
+            )
+        congealer = congealer.to(device)
+    thetas = None
+    if method == "congealing":
+        options = dict(congealing or {})
+        thetas = congealing_thetas(benchmark, int(options.pop("size", 64)), **options)
+    results = []
+    loader = DataLoader(benchmark.pairs, batch_size=batch_size, shuffle=False)
+    start = 0
+    for batch in loader:
+        n = batch["source_keypoints"].shape[0]
+        points_a, points_b = batch["source_keypoints"].float(), batch["target_keypoints"].float()
+        size_a = tuple(batch["source_image"].shape[-2:])
+        size_b = tuple(batch["target_image"].shape[-2:])
+        visible_a = batch["source_visible"].bool()
+        if method == "gangealing":
+            options = {"cluster": cluster, "output_size": size_a[0], "iters": iters, "flips": flips}
+            out_a = _align(congealer, batch["source_image"], device, options)
+            out_b = _align(congealer, batch["target_image"], device, options)
+            pred, visible_a = gangealing_transfer(
+                points_a, visible_a, out_a, out_b, size_a, size_b, benchmark.permutation
+            )
+        elif method == "congealing":
+            keys = benchmark.image_keys[start : start + n]
+            theta_a = torch.stack([thetas[a] for a, _ in keys])
+            theta_b = torch.stack([thetas[b] for _, b in keys])
+            pred = transfer_keypoints_via_congealing(points_a, theta_a, theta_b, size_a, size_b)
+        else:
+            pred = no_alignment_transfer(points_a, size_a, size_b)
+        visible = batch["target_visible"].bool() & visible_a
+        results.append(pck(pred, points_b, visible, batch["threshold"].float(), alphas))
+        start += n
+    return combine_pck(results)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate the config's method and write ``<out>/pck.json``; returns what it wrote."""
+    method = str(cfg.method)
+    if method not in METHODS:
+        raise ValueError(f"unknown method={method!r}: use one of {', '.join(METHODS)}")
+    if method == "gangealing" and cfg.get("congealer") is None:
+        raise ValueError(MISSING_CONGEALER)
+    benchmark = build_benchmark(cfg)
+    congealer = Congealer.load(cfg.congealer) if method == "gangealing" else None
+    began = time.perf_counter()
+    results = evaluate(
+        benchmark,
+        method,
+        congealer,
+        alphas=list(cfg.alphas),
+        batch_size=cfg.batch_size,
+        cluster=cfg.cluster,
+        flips=cfg.flips,
+        iters=cfg.iters,
+        congealing=OmegaConf.to_container(cfg.congealing, resolve=True),
+        device=_device(cfg.device),
+    )
+    record = {
+        **results,
+        "method": method,
+        "dataset": benchmark.name,
+        "seconds": round(time.perf_counter() - began, 2),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_pck_json(out / "pck.json", record)
+    return record
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="pck")
+def main(cfg: DictConfig) -> None:
+    record = run(cfg)
+    for alpha in cfg.alphas:
+        value = record[f"pck@{alpha:g}"]
+        shown = "n/a" if value is None or math.isnan(value) else f"{value:.2f}%"
+        print(f"PCK-Transfer@{alpha:g} ({record['method']}, {record['dataset']}): {shown}")
+    print(f"pairs: {record['num_pairs']}, keypoints: {record['num_visible']}")
+    print(f"results: {Path(cfg.out) / 'pck.json'}")
+
+
+if __name__ == "__main__":
+    from gangealing.evaluate_pck import main as _main
+
+    _main()

@@ -1,0 +1,165 @@
+"""PCK-Transfer evaluation (thesis Sec. 4.4.2): exact transfers, flips, the CLI and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+import gangealing
+from gangealing.congealer import Congealer
+from gangealing.evaluate_pck import (
+    Benchmark,
+    SyntheticPairs,
+    evaluate,
+    gangealing_transfer,
+    permute_flipped,
+    run,
+)
+from gangealing.pck import flip_keypoints, pck
+from gangealing.stn import STNOutput
+from gangealing.synthetic import SimilarityWarpDataset, all_pairs, write_image_folder
+from tests.gangealing.test_congeal import _congealer_file
+from tests.integration.conftest import run_cli
+
+CONF = Path(gangealing.__file__).parent / "conf" / "pck.yaml"
+
+
+def _config(**overrides):
+    cfg = OmegaConf.load(CONF)
+    cfg.pop("hydra")  # what @hydra.main hands the entry point
+    return OmegaConf.merge(cfg, OmegaConf.create(overrides))
+
+
+def _grids(thetas: torch.Tensor, size: int) -> torch.Tensor:
+    return F.affine_grid(thetas, [thetas.shape[0], 3, size, size], align_corners=False)
+
+
+class OracleCongealer(nn.Module):
+    """A perfect Spatial Transformer: looks each image up among known ones and returns the
+    ground-truth reverse warp from the canonical frame into it (``alignment_thetas``)."""
+
+    num_modes = 1
+
+    def __init__(self, images: torch.Tensor, thetas: torch.Tensor) -> None:
+        super().__init__()
+        self.images, self.thetas = images, thetas
+
+    def forward(self, images, cluster=None, output_size=None, iters=1, flips=False) -> STNOutput:
+        distance = torch.cdist(images.flatten(1), self.images.flatten(1))
+        index = distance.argmin(1)
+        size = output_size or images.shape[-1]
+        grid = _grids(self.thetas[index], size)
+        flipped = torch.zeros(len(images), dtype=torch.bool)
+        return STNOutput(image=images, grid=grid, flipped=flipped)
+
+
+@pytest.fixture
+def warps():
+    return SimilarityWarpDataset("astronaut", size=32, num_images=6, max_rotation_deg=30, seed=3)
+
+
+def test_ground_truth_warps_transfer_every_keypoint_exactly(warps):
+    pairs = all_pairs(len(warps))
+    a, b = (torch.tensor(i) for i in zip(*pairs, strict=True))
+    grids = _grids(warps.alignment_thetas, 32)
+    none = torch.zeros(len(pairs), dtype=torch.bool)
+    out_a = STNOutput(image=warps.images[a], grid=grids[a], flipped=none)
+    out_b = STNOutput(image=warps.images[b], grid=grids[b], flipped=none)
+    pred, visible = gangealing_transfer(warps.keypoints[a], warps.visible[a], out_a, out_b, 32, 32)
+    torch.testing.assert_close(pred, warps.ground_truth_transfer(a, b), atol=1e-3, rtol=0)
+    result = pck(pred, warps.keypoints[b], visible & warps.visible[b], 32.0, alpha=[0.01])
+    assert result["pck@0.01"] == 100.0 and result["num_visible"] > 0.8 * len(pairs) * 12
+
+
+def test_oracle_congealer_scores_100_through_the_cli_code_path(warps, tmp_path):
+    write_image_folder(warps, tmp_path / "data")
+    pairs = SyntheticPairs(tmp_path / "data", size=None)
+    loaded = torch.stack([pairs.load(i)["image"] for i in range(len(warps))])
+    bench = Benchmark("synthetic", pairs, list(pairs.pairs), lambda k: loaded[k], None)
+    oracle = OracleCongealer(loaded, warps.alignment_thetas)
+    ours = evaluate(bench, "gangealing", oracle, alphas=[0.01], batch_size=7)
+    assert ours["pck@0.01"] == 100.0 and ours["num_pairs"] == 30
+    identity = evaluate(bench, "none", alphas=[0.01])
+    assert identity["num_visible"] == ours["num_visible"] and identity["pck@0.01"] < 50
+
+
+def test_flipped_target_needs_the_left_right_permutation(warps):
+    """Image B' is B mirrored, its keypoints relabelled by ``perm`` (left <-> right). A perfect
+    STN aligns B' through the mirror (grid with negated x, ``flipped=True``); transfers land on
+    the mirrored parts and only the permutation of Sec. 4.4.2 makes them correct."""
+    perm = [1, 0, 3, 2, 5, 4, 6, 7, 8, 9, 11, 10]
+    n = len(warps) - 1
+    a, b = torch.arange(n), torch.arange(1, n + 1)
+    grids = _grids(warps.alignment_thetas, 32)
+    mirrored_kps, mirrored_vis = flip_keypoints(warps.keypoints[b], warps.visible[b], 32, perm)
+    out_a = STNOutput(image=warps.images[a], grid=grids[a], flipped=torch.zeros(n, dtype=bool))
+    mirrored_grid = grids[b] * torch.tensor([-1.0, 1.0])
+    out_b = STNOutput(image=warps.images[b].flip(-1), grid=mirrored_grid, flipped=torch.ones(n) > 0)
+    scores = {}
+    for name, permutation in (("with", perm), ("without", None)):
+        pred, vis_a = gangealing_transfer(
+            warps.keypoints[a], warps.visible[a], out_a, out_b, 32, 32, permutation
+        )
+        scores[name] = pck(pred, mirrored_kps, vis_a & mirrored_vis, 32.0, alpha=[0.01])
+    assert scores["with"]["pck@0.01"] == 100.0
+    assert scores["without"]["pck@0.01"] < 60.0
+    # both flipped (or neither): no permutation
+    same = torch.ones(n, dtype=torch.bool)
+    pred, _ = permute_flipped(mirrored_kps, mirrored_vis, same, same, perm)
+    assert torch.equal(pred, mirrored_kps)
+    with pytest.raises(ValueError, match="one entry per keypoint"):
+        permute_flipped(mirrored_kps, mirrored_vis, same, ~same, [0, 1])
+
+
+def test_cli_writes_pck_json_for_every_method(tmp_path):
+    congealer = _congealer_file(tmp_path)
+    data = tmp_path / "data"
+    write_image_folder(SimilarityWarpDataset("astronaut", 16, 4, seed=1), data)
+    run_cli(
+        "gangealing.evaluate_pck",
+        "-m",
+        "method=gangealing,congealing,none",
+        f"congealer={congealer}",
+        "dataset=synthetic",
+        f"root={data}",
+        "size=16",
+        "max_pairs=5",
+        "congealing.steps_per_stage=3",
+        "congealing.size=16",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
+    for job, method in enumerate(("gangealing", "congealing", "none")):
+        record = json.loads((tmp_path / "sweep" / str(job) / "pck.json").read_text())
+        assert record["method"] == method and record["dataset"] == "synthetic"
+        assert {"pck@0.1", "pck@0.05", "pck@0.01", "num_visible"} <= set(record)
+        assert record["num_pairs"] == 5 and record["config"]["max_pairs"] == 5
+        assert 0.0 <= record["pck@0.1"] <= 100.0
+
+
+def test_errors_name_the_problem_and_the_fix(tmp_path):
+    data = tmp_path / "data"
+    write_image_folder(SimilarityWarpDataset("astronaut", 16, 3), data)
+    base = {"dataset": "synthetic", "root": str(data), "size": 16, "out": str(tmp_path / "o")}
+    with pytest.raises(ValueError, match="needs congealer=<run dir"):
+        run(_config(**base))
+    with pytest.raises(ValueError, match="unknown dataset='pascal': use one of spair, cub"):
+        run(_config(**{**base, "dataset": "pascal", "method": "none"}))
+    with pytest.raises(ValueError, match="unknown method='sift'"):
+        run(_config(**{**base, "method": "sift"}))
+    with pytest.raises(ValueError, match="needs category=<name>"):
+        run(_config(**{**base, "dataset": "spair", "method": "none"}))
+    with pytest.raises(FileNotFoundError, match="congealer.pt file it wrote"):
+        run(_config(**{**base, "congealer": str(tmp_path / "missing")}))
+    two_modes = _congealer_file(tmp_path / "k2", num_modes=2)
+    with pytest.raises(ValueError, match="pass cluster=<0..1>"):
+        run(_config(**{**base, "congealer": str(two_modes)}))
+    record = run(_config(**{**base, "congealer": str(two_modes), "cluster": 1}))
+    assert record["num_pairs"] == 6 and (tmp_path / "o" / "pck.json").is_file()
+    assert isinstance(Congealer.load(two_modes), Congealer)
