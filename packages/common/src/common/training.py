@@ -138,3 +138,30 @@ def wandb_run_id(run_dir: Path, timeout_s: float = 60.0) -> str:
             raise RuntimeError(f"{path} is empty: delete it to start a new W&B run")
         time.sleep(0.1)
     return run_id
+
+
+def build_trainer(cfg: Any, extra_hparams: dict[str, Any] | None = None) -> Any:
+    """The ``lightning.Trainer`` of a training config: ``cfg.trainer`` with the loggers of
+    ``cfg.logger``, the callbacks of ``cfg.callbacks``, ``cfg.strategy`` when present, safe
+    checkpoint I/O, checkpointing on when a ``ModelCheckpoint`` is configured; every logger gets
+    the resolved config (plus ``extra_hparams``) as hyper-parameters."""
+    import hydra
+    import lightning as L
+    from omegaconf import OmegaConf
+
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    has_ckpt = any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
+    extra = {"strategy": hydra.utils.instantiate(cfg.strategy)} if cfg.get("strategy") else {}
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        plugins=[SafeCheckpointIO()],
+        enable_checkpointing=has_ckpt,
+        **extra,
+    )
+    hparams = {**OmegaConf.to_container(cfg, resolve=True), **(extra_hparams or {})}
+    for logger in loggers:
+        logger.log_hyperparams(hparams)
+    return trainer

@@ -15,11 +15,11 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from common.checkpoint import atomic_save
 from common.strategies import full_state_dict
-from common.training import SafeCheckpointIO, resolve_resume, wandb_run_id
+from common.training import build_trainer, resolve_resume, wandb_run_id
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +52,13 @@ def train(cfg: DictConfig) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data.datamodule)
     module = hydra.utils.instantiate(cfg.module)
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    has_checkpointing = any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
-    strategy = hydra.utils.instantiate(cfg.strategy) if cfg.get("strategy") else "auto"
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        strategy=strategy,
-        logger=loggers or False,
-        callbacks=callbacks,
-        plugins=[SafeCheckpointIO()],
-        enable_checkpointing=has_checkpointing,
+    trainer: L.Trainer = build_trainer(
+        cfg,
+        {
+            "gflops": module.model.gflops(),
+            "params": sum(p.numel() for p in module.model.parameters()),
+        },
     )
-    for logger in loggers:
-        logger.log_hyperparams(
-            {
-                **OmegaConf.to_container(cfg, resolve=True),
-                "gflops": module.model.gflops(),
-                "params": sum(p.numel() for p in module.model.parameters()),
-            }
-        )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
@@ -83,7 +70,7 @@ def train(cfg: DictConfig) -> TrainResult:
         prefix = "ema.module."
         ema = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         atomic_save(ema, ema_weights)
-    grids = [c.last_path for c in callbacks if getattr(c, "last_path", None) is not None]
+    grids = [c.last_path for c in trainer.callbacks if getattr(c, "last_path", None) is not None]
     result = TrainResult(run_dir, checkpoint, ema_weights, grids[-1] if grids else None, module)
     if trainer.is_global_zero:
         print(f"run directory : {run_dir}")

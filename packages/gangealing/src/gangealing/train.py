@@ -18,7 +18,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.checkpoint import atomic_save
-from common.training import SafeCheckpointIO, resolve_resume, wandb_run_id
+from common.training import build_trainer, resolve_resume, wandb_run_id
 from gangealing.module import GangealingModule
 
 
@@ -48,18 +48,7 @@ def train(cfg: DictConfig) -> TrainResult:
     run_dir = Path(cfg.run_dir)
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    has_ckpt = any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        logger=loggers or False,
-        callbacks=callbacks,
-        plugins=[SafeCheckpointIO()],
-        enable_checkpointing=has_ckpt,
-    )
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer: L.Trainer = build_trainer(cfg)
     trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(checkpoint, weights_only=False)
