@@ -197,6 +197,7 @@ def test_wheels_run_from_any_directory(tmp_path):
             str(repo / "packages/common"),
             str(repo / "packages/diffusion_transformer"),
             str(repo / "packages/gpt_checkpoints"),
+            str(repo / "packages/gangealing"),
         ],
         check=True,
     )
@@ -241,3 +242,16 @@ def test_wheels_run_from_any_directory(tmp_path):
         env_extra=env_extra,
     ).stdout
     assert "iterations: 500" in out
+    out = run_cli(
+        "gangealing.train_gan", "gan=paper", "--cfg", "job", cwd=elsewhere, env_extra=env_extra
+    ).stdout
+    assert "style_dim: 512" in out and "r1_gamma: 10.0" in out
+    out = run_cli(
+        "gangealing.train",
+        "generator=g.pt",
+        "--cfg",
+        "job",
+        cwd=elsewhere,
+        env_extra=env_extra,
+    ).stdout
+    assert "tv_weight: 1000.0" in out and "cutoff: 5" in out
