@@ -10,6 +10,7 @@ at ``output_size``.
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ class Congealer(nn.Module):
                 if hasattr(module, "output_size"):
                     module.output_size = None
         self.stns = nn.ModuleList(stns)
+        self.classifier: nn.Module | None = None
         self.target = TargetMode(
             int(config["style_dim"]),
             int(config["num_components"]),
@@ -76,6 +78,14 @@ class Congealer(nn.Module):
         congealer.stns.load_state_dict(blob["stn"])
         congealer.target.load_state_dict(blob["target"])
         congealer.generator_info = dict(blob.get("generator") or {})
+        if blob.get("classifier") is not None:
+            from gangealing.cluster_classifier import ClusterClassifier
+
+            record = blob["classifier"]
+            congealer.classifier = ClusterClassifier(
+                record["num_modes"], record["input_size"], record["widths"]
+            )
+            congealer.classifier.load_state_dict(record["state"])
         return congealer.eval()
 
     def _check_images(self, images: torch.Tensor) -> None:
@@ -102,18 +112,44 @@ class Congealer(nn.Module):
         image and keeps the smoother warp per image.
         """
         self._check_images(images)
-        if cluster is None:
-            if self.num_modes > 1:
+        if cluster is None and self.num_modes > 1:
+            if self.classifier is None:
                 raise ValueError(
                     f"this congealer has {self.num_modes} modes (K > 1, Eq. 4.6): pass "
-                    f"cluster=<0..{self.num_modes - 1}> to align with that mode's transformer"
+                    f"cluster=<0..{self.num_modes - 1}> to align with that mode's transformer, or "
+                    "train its cluster classifier: python -m gangealing.cluster_classifier <run>"
                 )
-            cluster = 0
-        if not 0 <= cluster < self.num_modes:
-            raise ValueError(f"cluster={cluster} out of range: this congealer has {self.num_modes}")
+            clusters = self.classify(images)
+            parts = {
+                k: self(images[clusters == k], k, output_size, iters, flips)
+                for k in clusters.unique().tolist()
+            }
+            return _merge(parts, clusters)
+        cluster = 0 if cluster is None else cluster
         size = output_size or self.resolution
         small = F.interpolate(images, size=(self.resolution,) * 2, mode="bilinear", antialias=True)
         source = images
         if tuple(images.shape[-2:]) != (size, size):
             source = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
         return self.stns[cluster](small, source, iters=iters, flips=flips)
+
+    @torch.no_grad()
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """Cluster of each image [N] from the classifier trained on generated images."""
+        small = F.interpolate(images, size=(self.resolution,) * 2, mode="bilinear", antialias=True)
+        return self.classifier(small).argmax(1)
+
+
+def _merge(parts: dict[int, STNOutput], clusters: torch.Tensor) -> STNOutput:
+    """Reassemble per-cluster outputs in the original image order."""
+    merged = {}
+    for field in fields(STNOutput):
+        values = [getattr(parts[k], field.name) for k in parts]
+        if any(v is None for v in values):
+            merged[field.name] = None
+            continue
+        out = values[0].new_empty((clusters.shape[0], *values[0].shape[1:]))
+        for k, value in zip(parts, values, strict=True):
+            out[clusters == k] = value
+        merged[field.name] = out
+    return STNOutput(**merged)

@@ -1,0 +1,69 @@
+"""Cluster classifier for K-mode GANgealing on real images (thesis Sec. 4.3.2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.checkpoint import atomic_save, plain_container, safe_load
+from gangealing.cluster_classifier import (
+    ClusterClassifier,
+    load_run,
+    main,
+    train_cluster_classifier,
+)
+from gangealing.congealer import Congealer
+from gangealing.module import GangealingModule
+from gangealing.stylegan2 import Generator, save_generator
+from tests.gangealing.test_gangealing import TINY, TINY_G
+
+
+def _run(tmp_path, num_modes: int = 2):
+    torch.manual_seed(0)
+    save_generator(tmp_path / "g.pt", Generator(**TINY_G))
+    module = GangealingModule(str(tmp_path / "g.pt"), num_modes=num_modes, **TINY)
+    module.on_fit_start()
+    with torch.no_grad():  # distinct transformers, so routing is visible
+        for k, stn in enumerate(module.stn_ema.module):
+            stn.similarity.head[-1].bias.copy_(torch.tensor([0.3 * k, 0.0, 0.1 * k, 0.0]))
+    run = tmp_path / "run"
+    ckpt = {
+        "hyper_parameters": plain_container(dict(module.hparams)),
+        "state_dict": module.state_dict(),
+        "generator_fingerprint": module.fingerprint,
+    }
+    atomic_save(ckpt, run / "checkpoints" / "last.ckpt")
+    atomic_save(module.export(), run / "congealer.pt")
+    return run, module
+
+
+def test_classifier_starts_from_the_transformer_trunk_and_routes_real_images(tmp_path, capsys):
+    run, module = _run(tmp_path)
+    restored = load_run(run)
+    torch.testing.assert_close(restored.target.modes(), module.target.modes())
+    fresh, _ = train_cluster_classifier(restored, steps=0)
+    trunk = restored.stn_ema.module[0].similarity.trunk.state_dict()
+    for name, value in fresh.trunk.state_dict().items():
+        torch.testing.assert_close(value, trunk[name])
+    main([str(run), "--steps", "5", "--batch-size", "8"])
+    assert "accuracy on generated images" in capsys.readouterr().out
+    record = safe_load(run / "congealer.pt")["classifier"]
+    assert record["num_modes"] == 2 and record["widths"] == [8, 8]
+
+    congealer = Congealer.load(run)
+    assert isinstance(congealer.classifier, ClusterClassifier)
+    images = torch.rand(6, 3, 16, 16) * 2 - 1
+    clusters = congealer.classify(images)
+    routed = congealer(images)  # no cluster=: the classifier assigns one per image
+    for k in clusters.unique().tolist():
+        manual = congealer(images[clusters == k], cluster=k)
+        torch.testing.assert_close(routed.image[clusters == k], manual.image)
+        torch.testing.assert_close(routed.grid[clusters == k], manual.grid)
+
+
+def test_single_mode_runs_have_nothing_to_classify(tmp_path):
+    run, _ = _run(tmp_path, num_modes=1)
+    with pytest.raises(ValueError, match="num_modes=1"):
+        main([str(run), "--steps", "1"])
+    with pytest.raises(FileNotFoundError, match="run=<run dir"):
+        load_run(tmp_path / "nowhere")
