@@ -17,7 +17,6 @@ from common.checkpoint import atomic_save
 from gangealing.applications import (
     dense_correspondence,
     flow_smoothness_scores,
-    image_to_image,
     propagate_keypoints,
     propagate_labels,
     propagate_overlay,
@@ -29,7 +28,14 @@ from gangealing.congealer import FORMAT, Congealer
 from gangealing.datasets import ImageFolder
 from gangealing.preprocess import preprocess_folder, warp_scores
 from gangealing.propagate import load_edit
-from gangealing.stn import STNOutput, identity_grid, normalized_to_pixel, pixel_to_normalized, warp
+from gangealing.stn import (
+    STNOutput,
+    identity_grid,
+    image_to_image_points,
+    normalized_to_pixel,
+    pixel_to_normalized,
+    warp,
+)
 from gangealing.synthetic import SimilarityWarpDataset, write_image_folder
 from tests.integration.conftest import run_cli
 
@@ -170,7 +176,7 @@ def test_image_to_image_and_dense_correspondence_match_the_analytic_composition(
     error = (coords.reshape(-1, 2) - expected).norm(dim=-1)
     assert interior.sum() > 100 and error[interior].max() < 1.0
     assert valid.reshape(-1)[interior].all()
-    sparse = image_to_image(lattice[None, :5], ga, gb)
+    sparse = image_to_image_points(lattice[None, :5], ga, gb)
     torch.testing.assert_close(sparse[0], coords.reshape(-1, 2)[:5])
 
 

@@ -165,3 +165,28 @@ def build_trainer(cfg: Any, extra_hparams: dict[str, Any] | None = None) -> Any:
     for logger in loggers:
         logger.log_hyperparams(hparams)
     return trainer
+
+
+def resumable_loader(
+    dataset: Any, batch_size: int, seed: int, trainer: Any = None, num_workers: int = 0
+) -> Any:
+    """An endless ``DataLoader`` over ``dataset``, sharded by rank (``InfiniteSampler``), that
+    starts where a run at ``trainer.global_step`` left off, so a resumed job reads the batches
+    the uninterrupted one would have read."""
+    from torch.utils.data import DataLoader
+
+    rank, world, consumed = 0, 1, 0
+    if trainer is not None:
+        rank, world = trainer.global_rank, trainer.world_size
+        micro_batches = trainer.global_step * trainer.accumulate_grad_batches
+        consumed = micro_batches * batch_size * world
+    sampler = InfiniteSampler(len(dataset), seed, rank, world, start=consumed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=True,
+        persistent_workers=num_workers > 0,
+    )

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from common.training import InfiniteSampler
+from common.training import resumable_loader
 
 log = logging.getLogger(__name__)
 
@@ -194,20 +194,8 @@ class _InfiniteDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        rank, world, consumed = 0, 1, 0
-        if self.trainer is not None:
-            rank, world = self.trainer.global_rank, self.trainer.world_size
-            micro_batches = self.trainer.global_step * self.trainer.accumulate_grad_batches
-            consumed = micro_batches * self.batch_size * world
-        sampler = InfiniteSampler(len(self.dataset), self.seed, rank, world, start=consumed)
-        return DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            drop_last=True,
-            persistent_workers=self.num_workers > 0,
+        return resumable_loader(
+            self.dataset, self.batch_size, self.seed, self.trainer, self.num_workers
         )
 
 

@@ -6,7 +6,7 @@
   point). Dense edits (RGBA overlays, label maps) are *forward splatted*: every congealed pixel
   sends its value to the image location G points at, shared bilinearly among the 4 neighbouring
   image pixels (:func:`splat`, pure torch ``scatter_add``, the role of the official CUDA splat).
-- Sec. 4.4.2 "Direct Image-to-Image Correspondence": :func:`image_to_image` and
+- Sec. 4.4.2 "Direct Image-to-Image Correspondence": ``stn.image_to_image_points`` and
   :func:`dense_correspondence` compose the forward warp of A with the reverse warp of B.
 - Sec. 4.4.3 "Automated GAN Dataset Pre-Processing": :func:`flow_smoothness_scores` scores each
   image by the total variation of its residual flow (the official ``flow_scores``);
@@ -37,7 +37,6 @@ from gangealing.stn import (
     Size,
     _hw,
     identity_grid,
-    image_to_image_points,
     normalized_to_pixel,
     transfer_points_from_congealed,
     transfer_points_to_congealed,
@@ -247,19 +246,6 @@ def propagate_keypoints(
 # ----------------------------------------------------------------------------------------------
 
 
-def image_to_image(
-    points_a: Tensor,
-    grid_a: Tensor,
-    grid_b: Tensor,
-    size_a: Size | None = None,
-    size_b: Size | None = None,
-) -> Tensor:
-    """Transfer pixel points ``[N, P, 2]`` of images A to images B (Sec. 4.4.2): the forward warp
-    A -> congealed space composed with the reverse warp congealed -> B.
-    ``size_a``/``size_b`` (H, W) default to the grids' size."""
-    return image_to_image_points(points_a, grid_a, grid_b, size_a, size_b)
-
-
 def dense_correspondence(
     grid_a: Tensor,
     grid_b: Tensor,
@@ -332,7 +318,6 @@ __all__ = [
     "MIN_WEIGHT",
     "dense_correspondence",
     "flow_smoothness_scores",
-    "image_to_image",
     "propagate_keypoints",
     "propagate_labels",
     "propagate_overlay",

@@ -186,6 +186,18 @@ class ImageFolder(Dataset):
         return resample_window(image, square_window(*image.size, "crop"), self.size)
 
 
+def pair_item(
+    source: dict[str, Any], target: dict[str, Any], threshold: torch.Tensor
+) -> dict[str, Any]:
+    """One PCK-Transfer pair: ``source_*``/``target_*`` fields, the keypoints visible in both
+    images and the target's distance scale (Sec. 4.4.2)."""
+    item: dict[str, Any] = {f"source_{k}": v for k, v in source.items()}
+    item.update({f"target_{k}": v for k, v in target.items()})
+    item["visible"] = source["visible"] & target["visible"]
+    item["threshold"] = threshold
+    return item
+
+
 # ---------------------------------------------------------------------------- SPair-71k
 
 
@@ -276,10 +288,7 @@ class SPairPairs(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         annotation = self.pairs[index]
         source, target = self._side(annotation, "src"), self._side(annotation, "trg")
-        item: dict[str, Any] = {f"source_{k}": v for k, v in source.items()}
-        item.update({f"target_{k}": v for k, v in target.items()})
-        item["visible"] = source["visible"] & target["visible"]
-        item["threshold"] = bbox_threshold(target["bbox"])
+        item = pair_item(source, target, bbox_threshold(target["bbox"]))
         item["mirror"] = int(annotation.get("mirror", 0))
         item["pair_name"] = annotation["pair_name"]
         return item
@@ -390,9 +399,6 @@ class CUBPairs(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         a, b = self.pairs[index]
         source, target = self.load(a), self.load(b)
-        item: dict[str, Any] = {f"source_{k}": v for k, v in source.items()}
-        item.update({f"target_{k}": v for k, v in target.items()})
-        item["visible"] = source["visible"] & target["visible"]
-        item["threshold"] = torch.tensor(float(self.size))
+        item = pair_item(source, target, torch.tensor(float(self.size)))
         item["source_id"], item["target_id"] = a, b
         return item

@@ -41,6 +41,7 @@ from gangealing.datasets import (
     SPairPairs,
     load_rgb,
     map_points_to_window,
+    pair_item,
     resample_window,
     square_window,
 )
@@ -98,11 +99,7 @@ class SyntheticPairs(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         a, b = self.pairs[index]
         source, target = self.load(a), self.load(b)
-        item: dict[str, Any] = {f"source_{k}": v for k, v in source.items()}
-        item.update({f"target_{k}": v for k, v in target.items()})
-        item["visible"] = source["visible"] & target["visible"]
-        item["threshold"] = image_threshold((self.size, self.size))
-        return item
+        return pair_item(source, target, image_threshold((self.size, self.size)))
 
 
 @dataclass

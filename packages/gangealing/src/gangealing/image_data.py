@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from common.training import InfiniteSampler, step_seed
+from common.training import resumable_loader, step_seed
 from gangealing.datasets import ImageFolder
 from gangealing.synthetic import SKIMAGE_IMAGES, SKLEARN_IMAGES, SimilarityWarpDataset
 
@@ -87,19 +87,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        rank, world, consumed = 0, 1, 0
-        if self.trainer is not None:
-            rank, world = self.trainer.global_rank, self.trainer.world_size
-            consumed = self.trainer.global_step * self.batch_size * world
-        sampler = InfiniteSampler(len(self.dataset), self.seed, rank, world, start=consumed)
-        return DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            drop_last=True,
-            persistent_workers=self.num_workers > 0,
+        return resumable_loader(
+            self.dataset, self.batch_size, self.seed, self.trainer, self.num_workers
         )
 
     def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:

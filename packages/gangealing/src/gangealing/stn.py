@@ -16,6 +16,7 @@ congealed space) and Sec. 4.4.2 (direct image-to-image transfer).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
@@ -244,7 +245,7 @@ class STNOutput:
     flipped: Tensor | None = None
 
 
-class _SpatialTransformer(nn.Module):
+class _SpatialTransformer(nn.Module, ABC):
     """Shared forward with test-time ``iters`` and ``flips`` (Sec. 4.3.1, last sentence)."""
 
     def __init__(self, output_size: Size | None, padding_mode: str):
@@ -257,8 +258,9 @@ class _SpatialTransformer(nn.Module):
     def _out_hw(self, source: Tensor) -> tuple[int, int]:
         return _hw(self.output_size) if self.output_size is not None else tuple(source.shape[-2:])
 
+    @abstractmethod
     def _forward(self, images: Tensor, source: Tensor, iters: int) -> STNOutput:
-        raise NotImplementedError
+        """Warp ``source`` with the transform predicted from ``images`` (``iters`` iterations)."""
 
     def default_flip_cost(self, out: STNOutput) -> Tensor | None:
         """Per-sample cost used to choose flips when none is given (None: no default)."""

@@ -30,8 +30,9 @@ WEIGHT_DECAYS = (0.0, 5e-5, 5e-4)
 
 def _require_supervised(task) -> SupervisedTask:
     if not isinstance(task, SupervisedTask):
-        raise NotImplementedError(
-            f"gradient baselines are implemented for the supervised tasks, not {task.name}"
+        raise ValueError(
+            f"gradient-optimizer baselines need a supervised task with a differentiable loss, "
+            f"not {task.name}; evaluate it with analyses=[alignment,recursive,memorization]"
         )
     return task
 

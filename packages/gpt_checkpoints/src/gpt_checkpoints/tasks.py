@@ -15,6 +15,7 @@ with n the fan-in. Cartpole (PPO) lives in ``gpt_checkpoints.cartpole``.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -106,7 +107,7 @@ def init_params(
 
 # ----------------------------------------------------------------------------- tasks
 @dataclass
-class Task:
+class Task(ABC):
     """Base class: an architecture, its metrics, its recipe. Subclasses implement the recipe."""
 
     name: str
@@ -133,11 +134,13 @@ class Task:
         single = lambda p, inputs: functional_call(self.network, p, (inputs,))
         return vmap(single, in_dims=(0, 0 if per_network else None))(params, x)
 
+    @abstractmethod
     def train_runs(self, theta0: torch.Tensor, seeds: list[int], callback: StepCallback) -> None:
-        raise NotImplementedError
+        """Train the runs of ``seeds`` from ``theta0 [N, P]``, calling ``callback`` every step."""
 
+    @abstractmethod
     def evaluate(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The metrics (``metric_names``) of the networks ``theta [N, P]``."""
 
     def config(self) -> dict:
         """What identifies this task's data (written to the dataset manifest)."""
