@@ -115,10 +115,14 @@ def test_digits_sweep_expands_to_the_six_runs_of_the_cpu_scaling_study(compose_t
         cfg = compose("train", overrides=["experiment=digits_sweep"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
     assert params.model == "s,b" and str(params.patch) == "2,4,8"
-    for size, patch in (("s", 8), ("b", 2)):  # what each sweep job composes
+    # what each sweep job composes: S and B at a quarter of the width, half the depth, 16x16
+    shapes = {"s": (6, 96, 6), "b": (6, 192, 12)}
+    for size, patch in (("s", 8), ("b", 2)):
         job = compose_train("experiment=digits_sweep", f"model={size}", f"patch={patch}")
         assert job.model.size == size.upper() and job.module.model.patch_size == patch
-        assert job.module.model.input_size == 8 and job.data.datamodule.batch_size == 32
+        net = job.module.model
+        assert (net.depth, net.hidden_size, net.num_heads) == shapes[size]
+        assert net.input_size == 16 and job.data.datamodule.batch_size == 32
         assert job.eval.reference == "digits" and list(job.metrics.names) == [
             "fd_digits",
             "acc_digits",

@@ -65,6 +65,18 @@ def test_evaluate_scores_real_digits_well_and_noise_badly(digits_npz, cache_dir,
     assert record["reference"] == "digits"
 
 
+def test_digits_reference_follows_the_sample_resolution(cache_dir, tmp_path):
+    """Digits trained at 16x16 are judged against digits rendered the same way: real 16x16
+    digits score as well as real 8x8 ones (against 8x8 originals they would score about 360)."""
+    images16, labels = load_digits_tensors(16)
+    path = tmp_path / "real16.npz"
+    np.savez(path, arr_0=to_uint8(images16[1::2]), labels=labels[1::2].numpy())
+    common = ["reference=digits", "metrics.names=[fd_digits]", f"metrics.cache_dir={cache_dir}"]
+    real16 = evaluate(compose_eval(f"samples={path}", f"out_dir={tmp_path}/a", *common))
+    assert real16["fd_digits"] < 5.0
+    assert resolve_reference("digits", image_size=16).shape == (1797, 16, 16, 3)
+
+
 def test_evaluate_cli_reads_an_image_folder(digits_npz, cache_dir, tmp_path):
     from PIL import Image
 

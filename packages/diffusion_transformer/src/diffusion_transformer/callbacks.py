@@ -250,7 +250,7 @@ class EvalMetrics(L.Callback):
         if trainer.global_rank != 0:
             return {}
         if self._reference is None:
-            self._reference = resolve_reference(self.reference)
+            self._reference = resolve_reference(self.reference, image_size=images.shape[1])
         values = evaluate_images(
             images,
             self._reference,

@@ -29,9 +29,15 @@ from diffusion_transformer.sample import resolve_device
 REFERENCES = ("digits",)
 
 
-def resolve_reference(reference: str | None) -> Any:
+def resolve_reference(reference: str | None, image_size: int = 8) -> Any:
     """Named references -> uint8 ``[N, H, W, 3]`` images; paths are passed on to
-    ``common.metrics`` (which reads ``.npz`` statistics, ``.npz`` images and folders)."""
+    ``common.metrics`` (which reads ``.npz`` statistics, ``.npz`` images and folders).
+
+    ``digits`` is rendered at ``image_size``, the resolution of the samples, exactly as the
+    training data are (``load_digits_tensors``): the metric's resize back to 8x8 is then applied to
+    real and generated images alike. Comparing 16x16 samples with 8x8 originals would not be:
+    bilinear up- then down-sampling blurs, and real 16x16 digits would score fd_digits 363.
+    """
     if not reference:
         raise ValueError(
             "no reference set: pass reference=digits, reference=<stats .npz with mu and sigma>, "
@@ -41,7 +47,7 @@ def resolve_reference(reference: str | None) -> Any:
         from common.images import to_uint8
         from diffusion_transformer.data import load_digits_tensors
 
-        images, _ = load_digits_tensors(8)
+        images, _ = load_digits_tensors(image_size)
         return to_uint8(images)
     path = Path(str(reference)).expanduser()
     if not path.exists():
@@ -74,7 +80,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from common.metrics import evaluate_images
 
     images, labels = load_samples(cfg.samples)
-    reference = resolve_reference(cfg.reference)
+    size = images.shape[1] if isinstance(images, np.ndarray) else 8
+    reference = resolve_reference(cfg.reference, image_size=size)
     values = evaluate_images(
         images,
         reference,
