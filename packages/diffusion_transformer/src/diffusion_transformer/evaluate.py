@@ -78,9 +78,10 @@ def load_samples(samples: str | None) -> tuple[Any, np.ndarray | None]:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     from common.metrics import evaluate_images
+    from common.metrics.inputs import iter_image_batches
 
     images, labels = load_samples(cfg.samples)
-    size = images.shape[1] if isinstance(images, np.ndarray) else 8
+    size = next(iter_image_batches(images, batch_size=1)).shape[1]  # arrays, .npz and folders
     reference = resolve_reference(cfg.reference, image_size=size)
     values = evaluate_images(
         images,
