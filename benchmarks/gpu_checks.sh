@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The GPU checks behind BENCHMARKS.md, on one GPU, from the repository root:
-#   bash benchmarks/gpu_checks.sh tests|step|train|fsdp|sample [OUT_DIR [OVERRIDE...]]
+#   bash benchmarks/gpu_checks.sh tests|step|train|fsdp|sample|gan [OUT_DIR [OVERRIDE...]]
 # tests : the `gpu` test suite (fused attention, bf16, FSDP, sharded resume, MFU logging)
 # step  : dit_step.py, DiT-XL/2 batch 256 bf16: eager, compile, max-autotune, fused AdamW, profile
 # train : the real training CLI, DiT-XL/2 at 256px (32x32x4 latents), batch 256, bf16, compiled,
 #         on synthetic latent shards (the speed does not depend on the data), throughput callback
 # fsdp  : the same run under strategy=fsdp (sharded checkpoints), eager
 # sample: dit_sample.py, DDPM-250 vs DDIM-50 vs flow-Euler-50 with guidance, fp32 and bf16
+# gan   : stylegan2_step.py, a StyleGAN2 iteration (gan=paper widths, 256x256, batch 32)
 # Outputs (logs, metrics.csv) go to OUT_DIR (default gpu_checks/). train/fsdp pass the OVERRIDEs on
 # to the training CLI (e.g. compile=true); STEPS sets the number of steps (default 200), TAG is
 # appended to the run directory's name.
 set -euo pipefail
-stage=${1:?usage: gpu_checks.sh tests|step|train|fsdp|sample [OUT_DIR]}
+stage=${1:?usage: gpu_checks.sh tests|step|train|fsdp|sample|gan [OUT_DIR]}
 out=${2:-gpu_checks}
 mkdir -p "$out"
 export PYTHONPATH=packages/common/src:packages/diffusion_transformer/src${PYTHONPATH:+:$PYTHONPATH}
@@ -71,6 +72,9 @@ fsdp)
         2>&1 | tee "$out/fsdp${TAG:-}.log" ;;
 sample)
     $PY benchmarks/dit_sample.py 2>&1 | tee "$out/sample.log" ;;
+gan)
+    PYTHONPATH=packages/gangealing/src:$PYTHONPATH $PY benchmarks/stylegan2_step.py \
+        2>&1 | tee "$out/gan.log" ;;
 *)
     echo "unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -53,20 +53,21 @@ def upfirdn2d(
     Same semantics as the CUDA op of StyleGAN2: ``up - 1`` zeros follow every input sample, the
     result is padded by ``pad`` (negative values crop), convolved (true convolution, so the
     kernel is flipped before ``conv2d``) and every ``down``-th sample is kept. The output size is
-    ``(H * up + y0 + y1 - kh) // down + 1``. Implemented as one depthwise ``conv2d``.
+    ``(H * up + y0 + y1 - kh) // down + 1``. Implemented as one depthwise ``conv2d``
+    (``groups=C``): folding the channels into the batch instead, as a single-channel
+    convolution, is about 7x slower on CPUs, mostly in the backward pass.
     """
     x0, x1, y0, y1 = _expand_pad(pad)
     batch, channel, height, width = input.shape
     kh, kw = kernel.shape
-    out = input.reshape(batch * channel, 1, height, width)
+    out = input
     if up > 1:
-        out = out.reshape(batch * channel, 1, height, 1, width, 1)
+        out = out.reshape(batch, channel, height, 1, width, 1)
         out = F.pad(out, (0, up - 1, 0, 0, 0, up - 1))
-        out = out.reshape(batch * channel, 1, height * up, width * up)
+        out = out.reshape(batch, channel, height * up, width * up)
     out = F.pad(out, (x0, x1, y0, y1))
     weight = torch.flip(kernel, (0, 1)).to(out).reshape(1, 1, kh, kw)
-    out = F.conv2d(out, weight, stride=down)
-    return out.reshape(batch, channel, out.shape[-2], out.shape[-1])
+    return F.conv2d(out, weight.expand(channel, 1, kh, kw), stride=down, groups=channel)
 
 
 def fused_leaky_relu(
