@@ -1,9 +1,11 @@
 """The offline PCK-Transfer benchmark end to end (thesis Sec. 4.4.2; docs/gangealing_synthetic).
 
-Runs the commands recorded in ``docs/gangealing_synthetic/README.md`` (the same steps, about 37
+Runs the commands recorded in ``docs/gangealing_synthetic/README.md`` (the same steps, about 95
 minutes on two CPU cores): build the warped-photo benchmark, train a small StyleGAN2 on the
-training images, GANgeal it, and evaluate GANgealing and both baselines (no alignment, classic
-pixel congealing) on the held-out test images.
+training images for 20,000 steps, GANgeal it, and evaluate GANgealing (similarity transformer
+iterated 4 times at test time, the value chosen on training keypoints) and both baselines (no
+alignment, classic pixel congealing) on the held-out test images. The issue's target: PCK@0.1 of
+at least 90% and above both baselines.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from tests.integration.conftest import run_cli
 REPO = Path(__file__).resolve().parents[2]
 MAKE_DATA = REPO / "docs" / "gangealing_synthetic" / "make_data.py"
 
-GAN_STEPS = 4000
+GAN_STEPS = 20000
 GANGEALING_STEPS = 4000
+TEST_ITERS = {"gangealing": ["iters=4"], "congealing": [], "none": []}
 
 TRAIN_GAN = [
     "resolution=32",
@@ -53,6 +56,7 @@ def test_gangealing_beats_both_baselines_on_warped_photos(tmp_path):
         *TRAIN_GAN,
         f"hydra.run.dir={tmp_path / 'stylegan2'}",
         cwd=tmp_path,
+        timeout=4 * 3600,
     )
     run_cli(
         "gangealing.train",
@@ -60,6 +64,7 @@ def test_gangealing_beats_both_baselines_on_warped_photos(tmp_path):
         *TRAIN_GANGEALING,
         f"hydra.run.dir={tmp_path / 'gangealing'}",
         cwd=tmp_path,
+        timeout=3600,
     )
     scores = {}
     for method in ("gangealing", "congealing", "none"):
@@ -70,15 +75,15 @@ def test_gangealing_beats_both_baselines_on_warped_photos(tmp_path):
             "dataset=synthetic",
             f"root={tmp_path / 'data' / 'test'}",
             "size=null",
+            *TEST_ITERS[method],
             f"out={tmp_path / 'pck' / method}",
             cwd=tmp_path,
         )
         scores[method] = json.loads((tmp_path / "pck" / method / "pck.json").read_text())
     ours = scores["gangealing"]["pck@0.1"]
-    # The issue's target (PCK@0.1 >= 90% and above both baselines) is NOT reached by this CPU
-    # run: the recorded run measured 22.6% (GANgealing), 41.2% (congealing), 13.9% (none), see
-    # docs/gangealing_synthetic/README.md. We assert the measured levels minus a margin of 5
-    # points, and that GANgealing beats the identity baseline.
-    assert ours >= 22.6 - 5.0, scores
+    # Recorded run (docs/gangealing_synthetic/README.md): GANgealing 100.0%, congealing 41.2%,
+    # no alignment 13.9% PCK@0.1.
+    assert ours >= 90.0, scores
+    assert ours > scores["congealing"]["pck@0.1"], scores
     assert ours > scores["none"]["pck@0.1"], scores
-    assert scores["congealing"]["pck@0.1"] >= 41.2 - 5.0, scores
+    assert scores["gangealing"]["pck@0.05"] > scores["congealing"]["pck@0.05"], scores

@@ -17,7 +17,7 @@ from tests.integration.conftest import run_cli
 @pytest.mark.slow
 def test_digits_gpt_beats_one_step_of_sgd_and_adam(tmp_path):
     ds = tmp_path / "checkpoints" / "mlp_digits"
-    run_cli("gpt_checkpoints.collect", "runs=2000", f"out={ds}", cwd=tmp_path)
+    run_cli("gpt_checkpoints.collect", "runs=2000", f"out={ds}", cwd=tmp_path, timeout=3600)
     run_dir = tmp_path / "run"
     run_cli(
         "gpt_checkpoints.train",
@@ -26,6 +26,7 @@ def test_digits_gpt_beats_one_step_of_sgd_and_adam(tmp_path):
         "trainer.enable_progress_bar=false",
         f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
+        timeout=3 * 3600,
     )
     out = tmp_path / "eval"
     run_cli(

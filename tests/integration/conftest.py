@@ -19,8 +19,18 @@ TINY = [
 ]
 
 
-def run_cli(module: str, *args: str, cwd: Path, check: bool = True, env_extra=None):
-    """Run ``python -m module args`` in ``cwd`` with W&B disabled; returns the completed process."""
+def run_cli(
+    module: str,
+    *args: str,
+    cwd: Path,
+    check: bool = True,
+    env_extra=None,
+    timeout: float = 600,
+):
+    """Run ``python -m module args`` in ``cwd`` with W&B disabled; returns the completed process.
+
+    ``timeout`` (seconds) bounds the run; the ``slow`` benchmarks pass hours for long trainings.
+    """
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1", **(env_extra or {})}
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
@@ -28,7 +38,7 @@ def run_cli(module: str, *args: str, cwd: Path, check: bool = True, env_extra=No
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(
