@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import gangealing
+from common.checkpoint import atomic_save
 from gangealing.congealer import Congealer
 from gangealing.evaluate_pck import (
     Benchmark,
@@ -21,10 +22,13 @@ from gangealing.evaluate_pck import (
     permute_flipped,
     run,
 )
+from gangealing.module import GangealingModule
 from gangealing.pck import flip_keypoints, pck
 from gangealing.stn import STNOutput
+from gangealing.stylegan2 import Generator, save_generator
 from gangealing.synthetic import SimilarityWarpDataset, all_pairs, write_image_folder
 from tests.gangealing.test_congeal import _congealer_file
+from tests.gangealing.test_gangealing import TINY, TINY_G
 from tests.integration.conftest import run_cli
 
 CONF = Path(gangealing.__file__).parent / "conf" / "pck.yaml"
@@ -163,3 +167,21 @@ def test_errors_name_the_problem_and_the_fix(tmp_path):
     record = run(_config(**{**base, "congealer": str(two_modes), "cluster": 1}))
     assert record["num_pairs"] == 6 and (tmp_path / "o" / "pck.json").is_file()
     assert isinstance(Congealer.load(two_modes), Congealer)
+
+
+def test_pck_module_runs_the_cli_with_iterations_and_flips_need_a_flow(tmp_path):
+    """``python -m gangealing.pck`` (the issue's name) is the same CLI as ``evaluate_pck``; a
+    similarity-only congealer refuses ``flips=true`` with advice the command line can act on."""
+    torch.manual_seed(0)
+    save_generator(tmp_path / "g.pt", Generator(**TINY_G))
+    module = GangealingModule(str(tmp_path / "g.pt"), transform="similarity", **TINY)
+    atomic_save(module.export(), tmp_path / "run" / "congealer.pt")
+    data = tmp_path / "data"
+    write_image_folder(SimilarityWarpDataset("astronaut", 16, 3, seed=1), data)
+    common = [f"congealer={tmp_path / 'run'}", "dataset=synthetic", f"root={data}", "size=16"]
+    run_cli("gangealing.pck", *common, "iters=2", f"out={tmp_path / 'o'}", cwd=tmp_path)
+    record = json.loads((tmp_path / "o" / "pck.json").read_text())
+    assert record["config"]["iters"] == 2 and record["num_pairs"] == 6
+    base = {"dataset": "synthetic", "root": str(data), "size": 16, "out": str(tmp_path / "f")}
+    with pytest.raises(ValueError, match="transform='similarity' and predicts no flow: run with"):
+        run(_config(**base, congealer=str(tmp_path / "run"), flips=True))

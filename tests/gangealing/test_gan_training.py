@@ -238,6 +238,7 @@ def test_config_composes():
     assert paper.trainer._target_ == "lightning.pytorch.Trainer"
     assert "wandb" in paper.logger and tiny.logger == {}
     assert paper.regularization.r1_gamma == 10 and paper.optim.lr == 0.002
+    assert paper.mixing == 0.9  # style-mixing probability of StyleGAN2 training
     module = build_module(tiny)
     assert module.generator.size == 16 and module.augment == ()
     assert module.reg["d_reg_every"] == 2 and module.generator.style_dim == 16

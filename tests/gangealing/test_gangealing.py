@@ -136,3 +136,28 @@ def test_cli_trains_exports_and_refuses_to_resume_with_another_generator(tmp_pat
     )
     assert proc.returncode != 0
     assert "trained with another generator" in proc.stderr and "generator= file" in proc.stderr
+
+
+def test_train_config_defaults_are_the_thesis_settings(generator_path):
+    """Sec. 4.3-4.4 defaults: N = 1 principal direction, cutoff 5, lambda_TV 1000, lambda_I 1,
+    Adam with STN lr 1e-3 and mode lr 1e-2, STN EMA; ``loss.checkpoint_path`` reaches ssl_vgg."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("gangealing.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[f"generator={generator_path}"])
+        ssl = compose("train", overrides=["loss.name=ssl_vgg", "loss.checkpoint_path=x"])
+    assert (cfg.num_components, cfg.cutoff, cfg.num_modes) == (1, 5, 1)
+    assert (cfg.tv_weight, cfg.identity_weight, cfg.transform) == (1000.0, 1.0, "composed")
+    assert (cfg.stn_lr, cfg.mode_lr, cfg.ema_decay) == (1e-3, 1e-2, 0.999)
+    with pytest.raises(FileNotFoundError, match="checkpoint_path='x', which is not a file"):
+        GangealingModule(str(generator_path), **{**TINY, "loss": dict(ssl.loss)})
+    module = GangealingModule(str(generator_path), **TINY)
+    module.trainer = L.Trainer(max_steps=10, logger=False, enable_progress_bar=False)
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 1e-2]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in module.target.parameters()}
+
+
+def test_aligning_above_the_generator_resolution_warns(generator_path):
+    with pytest.warns(UserWarning, match="resolution=32 exceeds the 16px output"):
+        GangealingModule(str(generator_path), **{**TINY, "resolution": 32})

@@ -126,6 +126,13 @@ class Congealer(nn.Module):
             }
             return _merge(parts, clusters)
         cluster = 0 if cluster is None else cluster
+        if flips and not self.stns[cluster].has_default_flip_cost:
+            raise ValueError(
+                "flips=true keeps, per image, the original or its mirror by the smoothness of the "
+                "predicted flow (Sec. 4.3.1), but this congealer was trained with "
+                f"transform={self.config.get('transform')!r} and predicts no flow: run with "
+                "flips=false, or train with transform=composed (the default)"
+            )
         size = output_size or self.resolution
         small = F.interpolate(images, size=(self.resolution,) * 2, mode="bilinear", antialias=True)
         source = images

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -106,6 +107,14 @@ class GangealingModule(L.LightningModule):
         self.save_hyperparameters()
         self.generator: Generator = load_generator(generator).eval().requires_grad_(False)
         self.fingerprint = generator_fingerprint(self.generator)
+        if resolution > self.generator.size:
+            warnings.warn(
+                f"resolution={resolution} exceeds the {self.generator.size}px output of "
+                f"{generator}: generated pairs are upsampled, which costs compute and adds no "
+                f"detail; set resolution={self.generator.size} or lower (the thesis aligns at or "
+                "below the GAN's resolution)",
+                stacklevel=2,
+            )
         self.target = TargetMode(
             self.generator.style_dim, num_components, num_modes=num_modes, cutoff=cutoff
         )
