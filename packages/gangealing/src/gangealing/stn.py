@@ -262,9 +262,11 @@ class _SpatialTransformer(nn.Module, ABC):
     def _forward(self, images: Tensor, source: Tensor, iters: int) -> STNOutput:
         """Warp ``source`` with the transform predicted from ``images`` (``iters`` iterations)."""
 
-    #: whether ``default_flip_cost`` gives a criterion (the flow's smoothness), so that
-    #: ``flips=True`` needs no ``flip_cost`` or ``target``
-    has_default_flip_cost: bool = False
+    @property
+    def has_default_flip_cost(self) -> bool:
+        """Whether ``default_flip_cost`` gives a criterion (the flow's smoothness), so that
+        ``flips=True`` needs no ``flip_cost`` or ``target``."""
+        return type(self).default_flip_cost is not _SpatialTransformer.default_flip_cost
 
     def default_flip_cost(self, out: STNOutput) -> Tensor | None:
         """Per-sample cost used to choose flips when none is given (None: no default)."""
@@ -402,8 +404,6 @@ class FlowTransformer(_SpatialTransformer):
         flow = F.interpolate(self.head(features), size=out_hw, mode="bilinear", align_corners=False)
         return flow.permute(0, 2, 3, 1)
 
-    has_default_flip_cost = True
-
     def default_flip_cost(self, out: STNOutput) -> Tensor:
         return total_variation_huber(out.flow, reduction="none")
 
@@ -425,8 +425,6 @@ class ComposedTransformer(_SpatialTransformer):
         super().__init__(flow.output_size, flow.padding_mode)
         self.similarity = similarity
         self.flow = flow
-
-    has_default_flip_cost = True
 
     def default_flip_cost(self, out: STNOutput) -> Tensor:
         return total_variation_huber(out.flow, reduction="none")
