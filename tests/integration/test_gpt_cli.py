@@ -125,3 +125,36 @@ def test_gpt_cli_errors_name_the_fix(dataset, tmp_path):
         check=False,
     )
     assert "metric 'return' is not recorded" in proc.stderr
+
+
+def test_neuron_model_trains_and_reloads_from_its_export(dataset, tmp_path):
+    """model=neuron through the CLI: the exported file restores the same equivariant model."""
+    import torch
+
+    from gpt_checkpoints.module import load_gpt
+    from gpt_checkpoints.permutation import apply_permutations, random_permutations
+
+    run_dir = tmp_path / "run"
+    tiny_neuron = ["model=neuron", "model.hidden_size=32", "model.depth=1", "model.num_heads=2"]
+    run_cli(
+        "gpt_checkpoints.train",
+        f"dataset={dataset}",
+        f"hydra.run.dir={run_dir}",
+        *TINY_TRAIN,
+        *tiny_neuron,
+        "trainer.max_steps=3",
+        cwd=tmp_path,
+    )
+    ckpt, export = load_gpt(run_dir / "checkpoints" / "last.ckpt"), load_gpt(run_dir)
+    assert export.model.tokenization == "neuron"
+    assert export.model.tokenizer.token_sizes == [75] * 10 + [10]
+    theta = torch.randn(3, export.layout.num_params) * 0.1
+    x, t = torch.randn_like(theta), torch.tensor([0, 400, 999])
+    loss, target = torch.tensor([0.9, 0.5, 0.2]), torch.tensor([0.1, 0.2, 0.3])
+    with torch.no_grad():
+        out = export.ema.module(x, t, theta, loss, target)
+        torch.testing.assert_close(ckpt.ema.module(x, t, theta, loss, target), out)
+        perms = random_permutations(export.groups, 3, torch.Generator().manual_seed(0))
+        permute = lambda v: apply_permutations(v, export.layout, export.groups, perms)  # noqa: E731
+        moved = export.ema.module(permute(x), t, permute(theta), loss, target)
+    torch.testing.assert_close(moved, permute(out), atol=1e-5, rtol=1e-5)

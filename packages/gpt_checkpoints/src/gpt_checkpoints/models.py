@@ -16,6 +16,11 @@ zero-initialised, adds g_j (theta*_j - theta) to the output. Without it the tran
 learn to copy theta*_j through its tokens at small j, which a CPU-sized model fails to do (its
 x0 error at j = 0 stayed 200x that of theta*_j itself on the digits task), and every DDPM/DDIM
 sample ends noisy. A fresh model still returns theta exactly.
+
+Addition (``tokenization: neuron``, ``model=neuron``): one token per hidden unit instead of per
+layer chunk (``NeuronTokenizer``), with encoders, decoders and positional embeddings shared by the
+units of a layer, which makes G.pt exactly equivariant to the permutations of Sec. 3.2.1. The
+thesis' layer tokenisation stays the default.
 """
 
 from __future__ import annotations
@@ -38,29 +43,42 @@ class ParameterTokenizer:
     ``s > M`` becomes ``ceil(s / M)`` tokens: ``floor(s / M)`` of M values and one with the rest
     (Sec. 3.2.2: a 10 x 768 weight with M = 1000 gives seven tokens of 1000 and one of 680).
     Tokens are returned zero-padded to the longest token, ``[N, K, max_len]``.
+
+    ``slots[k]`` names the encoder, decoder and positional embedding token ``k`` uses; here every
+    token has its own (Sec. 3.2.2). ``NeuronTokenizer`` shares them between hidden units.
     """
 
     def __init__(self, layer_sizes: Sequence[int], max_token_size: int | None = None) -> None:
-        if max_token_size is not None and max_token_size <= 0:
-            raise ValueError(f"max_token_size must be positive, got {max_token_size}")
+        _check_token_size(max_token_size)
         self.layer_sizes = [int(s) for s in layer_sizes]
         self.max_token_size = max_token_size
-        sizes = []
+        tokens, start = [], 0
         for s in self.layer_sizes:
-            m = max_token_size or s
-            sizes += [m] * (s // m) + ([s % m] if s % m else [])
-        self.token_sizes = sizes
-        self.num_params = sum(self.layer_sizes)
-        self.max_len = max(sizes)
-        starts = torch.tensor([0, *sizes[:-1]], device="cpu").cumsum(0)
+            tokens += list(torch.arange(start, start + s, device="cpu").split(max_token_size or s))
+            start += s
+        self._build(tokens, list(range(len(tokens))))
+
+    def _build(self, tokens: list[torch.Tensor], slots: list[int]) -> None:
+        """Index tables for tokens given as lists of flat positions, covering each once."""
+        self.token_sizes = [len(t) for t in tokens]
+        self.num_params = sum(self.token_sizes)
+        self.max_len = max(self.token_sizes)
         # index[k, i]: position in the flat vector of value i of token k (num_params = padding)
         index = torch.full(
-            (len(sizes), self.max_len), self.num_params, dtype=torch.long, device="cpu"
+            (len(tokens), self.max_len), self.num_params, dtype=torch.long, device="cpu"
         )
-        for k, (start, size) in enumerate(zip(starts.tolist(), sizes, strict=True)):
-            index[k, :size] = torch.arange(start, start + size, device="cpu")
+        for k, positions in enumerate(tokens):
+            index[k, : len(positions)] = positions
         self.index = index
         self.mask = index < self.num_params
+        order = index[self.mask]
+        if not torch.equal(order.sort().values, torch.arange(self.num_params, device="cpu")):
+            raise ValueError("tokens must cover every parameter exactly once")
+        self.inverse = order.argsort()
+        self.slots = torch.tensor(slots, dtype=torch.long, device="cpu")
+        self.slot_sizes = [0] * (max(slots) + 1)
+        for k, slot in enumerate(slots):
+            self.slot_sizes[slot] = self.token_sizes[k]
 
     @property
     def num_tokens(self) -> int:
@@ -76,8 +94,77 @@ class ParameterTokenizer:
         return padded[..., self.index.to(flat.device)]
 
     def detokenize(self, tokens: torch.Tensor) -> torch.Tensor:
-        mask = self.mask.to(tokens.device)
-        return tokens[..., mask].reshape(*tokens.shape[:-2], self.num_params)
+        values = tokens[..., self.mask.to(tokens.device)]
+        return values[..., self.inverse.to(tokens.device)].reshape(
+            *tokens.shape[:-2], self.num_params
+        )
+
+
+class NeuronTokenizer(ParameterTokenizer):
+    """One token per hidden unit (addition to the thesis, ``tokenization: neuron``).
+
+    Unit ``u`` of a permutation group (``tasks.PermutationGroup``: the units Sec. 3.2.1 permutes)
+    gathers every parameter attached to it: its row of incoming weights and its bias (axis 0) and
+    its column of outgoing weights in the next layer. All units of a group share one encoder,
+    decoder and positional embedding (one slot), so permuting the units permutes the tokens and
+    the transformer's output the same way: the model is equivariant to the symmetry the
+    augmentation teaches the layer tokenisation. A parameter tensor in two groups (the middle
+    conv of a CNN) belongs to the group that indexes it on axis 0; parameters in no group (the
+    output bias) become layer tokens as in ``ParameterTokenizer``. Tokens wider than ``M`` are
+    chunked, chunk ``c`` of every unit sharing a slot.
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[tuple[str, Sequence[int]]],
+        groups: Sequence,
+        max_token_size: int | None = None,
+    ) -> None:
+        _check_token_size(max_token_size)
+        shapes = {str(n): tuple(int(d) for d in shape) for n, shape in entries}
+        positions, start = {}, 0
+        for name, shape in shapes.items():
+            size = math.prod(shape)
+            positions[name] = torch.arange(start, start + size, device="cpu").view(shape)
+            start += size
+        owner: dict[str, tuple[int, int]] = {}
+        for first_axis in (True, False):  # a unit's incoming weights claim a tensor first
+            for g, (_, members) in enumerate(groups):
+                for name, axis in members:
+                    if name not in shapes:
+                        raise ValueError(f"permutation group names {name!r}, not a parameter")
+                    if name not in owner and (int(axis) == 0) == first_axis:
+                        owner[name] = (g, int(axis))
+        tokens: list[torch.Tensor] = []
+        slots: list[int] = []
+        for g, (size, _) in enumerate(groups):
+            owned = [(n, a) for n, (og, a) in owner.items() if og == g]
+            if not owned:
+                continue
+            units = [
+                torch.cat([positions[n].movedim(a, 0)[u].flatten() for n, a in owned])
+                for u in range(int(size))
+            ]
+            chunks = [u.split(max_token_size or len(u)) for u in units]
+            for c in range(len(chunks[0])):
+                slot = len(set(slots))
+                tokens += [unit[c] for unit in chunks]
+                slots += [slot] * len(chunks)
+        for name in shapes:
+            if name not in owner:
+                for part in (
+                    positions[name].flatten().split(max_token_size or positions[name].numel())
+                ):
+                    slots.append(len(set(slots)))
+                    tokens.append(part)
+        self.max_token_size = max_token_size
+        self.layer_sizes = [math.prod(s) for s in shapes.values()]
+        self._build(tokens, slots)
+
+
+def _check_token_size(max_token_size: int | None) -> None:
+    if max_token_size is not None and max_token_size <= 0:
+        raise ValueError(f"max_token_size must be positive, got {max_token_size}")
 
 
 class PerTokenLinear(nn.Module):
@@ -85,10 +172,17 @@ class PerTokenLinear(nn.Module):
     weights), evaluated together on zero-padded tokens ``[N, K, in_max] -> [N, K, out_max]``.
 
     ``in_sizes``/``out_sizes`` are the true sizes; weights outside them are masked to zero so the
-    padded layout computes exactly ``K`` separate ``nn.Linear`` layers of those sizes.
+    padded layout computes exactly ``K`` separate ``nn.Linear`` layers of those sizes. With
+    ``slots`` (``[K]`` indices into the given sizes), tokens of one slot share one map.
     """
 
-    def __init__(self, in_sizes: Sequence[int], out_sizes: Sequence[int], zero_init: bool = False):
+    def __init__(
+        self,
+        in_sizes: Sequence[int],
+        out_sizes: Sequence[int],
+        zero_init: bool = False,
+        slots: torch.Tensor | None = None,
+    ):
         super().__init__()
         k = len(in_sizes)
         in_max, out_max = max(in_sizes), max(out_sizes)
@@ -102,6 +196,7 @@ class PerTokenLinear(nn.Module):
         for i, b in enumerate(out_sizes):
             out_mask[i, :b] = 1
         self.register_buffer("out_mask", out_mask, persistent=False)
+        self.register_buffer("slots", slots, persistent=False)
         if not zero_init:  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) per token
             with torch.no_grad():
                 for i, a in enumerate(in_sizes):
@@ -112,7 +207,10 @@ class PerTokenLinear(nn.Module):
                 self.bias.mul_(out_mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("nki,kio->nko", x, self.weight * self.mask) + self.bias * self.out_mask
+        weight, bias = self.weight * self.mask, self.bias * self.out_mask
+        if self.slots is not None:
+            weight, bias = weight[self.slots], bias[self.slots]
+        return torch.einsum("nki,kio->nko", x, weight) + bias
 
 
 # ------------------------------------------------------------------------------- model
@@ -123,6 +221,10 @@ class Gpt(nn.Module):
 
     Token order: ``[l, l*, j, theta tokens..., theta*_j tokens...]``. Metrics are expected
     normalised to about [0, 1] (``metric_scale`` spreads them over the sinusoid frequencies).
+
+    ``tokenization="neuron"`` (needs ``param_shapes`` and ``permutation_groups``) uses
+    ``NeuronTokenizer`` instead, and one token per unit holds both that unit's theta and theta*_j
+    (the sum of their two encoders): ``[l, l*, j, unit/layer tokens...]``.
     """
 
     def __init__(
@@ -136,14 +238,32 @@ class Gpt(nn.Module):
         frequency_embedding_size: int = 256,
         metric_scale: float = 1000.0,
         noisy_skip: bool = True,
+        tokenization: str = "layer",
+        param_shapes: Sequence | None = None,
+        permutation_groups: Sequence | None = None,
     ) -> None:
         super().__init__()
-        self.tokenizer = ParameterTokenizer(layer_sizes, max_token_size)
+        if tokenization == "layer":
+            self.tokenizer = ParameterTokenizer(layer_sizes, max_token_size)
+            slots = None
+        elif tokenization == "neuron":
+            if not param_shapes or not permutation_groups:
+                raise ValueError(
+                    "tokenization=neuron needs the task's parameter shapes and permutation "
+                    "groups; use tokenization=layer for a task without hidden-unit symmetries"
+                )
+            self.tokenizer = NeuronTokenizer(param_shapes, permutation_groups, max_token_size)
+            slots = self.tokenizer.slots
+        else:
+            raise ValueError(f"unknown tokenization {tokenization!r}; choose layer or neuron")
+        if self.tokenizer.num_params != sum(layer_sizes):
+            raise ValueError("param_shapes do not match layer_sizes")
+        self.tokenization = tokenization
         self.hidden_size = hidden_size
-        sizes = self.tokenizer.token_sizes
+        sizes = self.tokenizer.slot_sizes
         k = len(sizes)
-        self.theta_encoder = PerTokenLinear(sizes, [hidden_size] * k)
-        self.future_encoder = PerTokenLinear(sizes, [hidden_size] * k)
+        self.theta_encoder = PerTokenLinear(sizes, [hidden_size] * k, slots=slots)
+        self.future_encoder = PerTokenLinear(sizes, [hidden_size] * k, slots=slots)
         self.loss_embedder = FrequencyEmbedder(
             hidden_size, frequency_embedding_size, scale=metric_scale
         )
@@ -151,12 +271,17 @@ class Gpt(nn.Module):
             hidden_size, frequency_embedding_size, scale=metric_scale
         )
         self.step_embedder = FrequencyEmbedder(hidden_size, frequency_embedding_size)
-        self.pos_embed = nn.Parameter(torch.zeros(1, 3 + 2 * k, hidden_size))  # zero-init
+        streams = 1 if tokenization == "neuron" else 2  # theta and theta*_j in one token or two
+        self.pos_embed = nn.Parameter(torch.zeros(1, 3 + streams * k, hidden_size))  # zero-init
+        if slots is not None:  # units of a group share their slot's embedding
+            self.register_buffer("pos_index", torch.cat([torch.arange(3), 3 + slots]), False)
+        else:
+            self.pos_index = None
         self.blocks = nn.ModuleList(
             GPT2Block(hidden_size, num_heads, mlp_ratio) for _ in range(depth)
         )
         self.ln_f = nn.LayerNorm(hidden_size)
-        self.decoder = PerTokenLinear([hidden_size] * k, sizes, zero_init=True)
+        self.decoder = PerTokenLinear([hidden_size] * k, sizes, zero_init=True, slots=slots)
         # Gate g_j (a linear read-out of the step embedding) of a skip from the noised input,
         # + g_j (theta*_j - theta). Zero at init (the global residual alone); near j = 0 it lets
         # the model pass theta*_j through instead of re-synthesising it with the transformer.
@@ -194,18 +319,16 @@ class Gpt(nn.Module):
         scalars = torch.stack(
             [self.loss_embedder(loss), self.target_embedder(loss_target), step], 1
         )
-        h = torch.cat(
-            [
-                scalars,
-                self.theta_encoder(tok.tokenize(theta)),
-                self.future_encoder(tok.tokenize(x)),
-            ],
-            dim=1,
-        )
-        h = h + self.pos_embed
+        theta_tokens = self.theta_encoder(tok.tokenize(theta))
+        future_tokens = self.future_encoder(tok.tokenize(x))
+        if self.pos_index is not None:
+            h = torch.cat([scalars, theta_tokens + future_tokens], 1)
+            h = h + self.pos_embed[:, self.pos_index]
+        else:
+            h = torch.cat([scalars, theta_tokens, future_tokens], 1) + self.pos_embed
         for block in self.blocks:
             h = block(h)
-        h = self.ln_f(h[:, 3 + tok.num_tokens :])
+        h = self.ln_f(h[:, h.shape[1] - tok.num_tokens :])
         out = theta + tok.detokenize(self.decoder(h))
         if self.skip_gate is not None:
             out = out + self.skip_gate(step) * (x - theta)

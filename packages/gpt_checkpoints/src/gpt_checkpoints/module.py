@@ -58,13 +58,15 @@ class GptModule(L.LightningModule):
         model = dict(model)
         size = model.pop("size", None)
         config = {**GPT_CONFIGS.get(size, {}), **model} if size else model
+        self.groups = [
+            (int(s), tuple((n, int(a)) for n, a in m)) for s, m in permutation_groups or []
+        ]
+        if config.get("tokenization") == "neuron":
+            config.update(param_shapes=self.layout.entries, permutation_groups=self.groups)
         self.model = Gpt(self.layout.sizes, **config)
         self.ema = EMA(self.model, decay=ema_decay)
         self.normalizer = ParameterNormalizer(self.layout, layer_scales)
         self.metric_normalizer = MetricNormalizer(*metric_range, name=metric)
-        self.groups = [
-            (int(s), tuple((n, int(a)) for n, a in m)) for s, m in permutation_groups or []
-        ]
         self.diffusion_cfg = {**DEFAULT_DIFFUSION, **(diffusion or {})}
         self.process = self.build_diffusion(None)
         self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.1, "betas": (0.9, 0.999), **(optim or {})}
