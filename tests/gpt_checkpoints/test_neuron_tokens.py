@@ -95,5 +95,15 @@ def test_neuron_tokenization_needs_groups_and_a_known_name():
         Gpt(task.layout.sizes, hidden_size=16, depth=1, num_heads=2, tokenization="neuron")
     with pytest.raises(ValueError, match="choose layer or neuron"):
         Gpt(task.layout.sizes, hidden_size=16, depth=1, num_heads=2, tokenization="units")
+    with pytest.raises(ValueError, match="pass the shapes of the same task network"):
+        Gpt(
+            [5],
+            hidden_size=16,
+            depth=1,
+            num_heads=2,
+            tokenization="neuron",
+            param_shapes=task.layout.entries,
+            permutation_groups=_task("mlp_digits")[1],
+        )
     with pytest.raises(ValueError, match="not a parameter"):
         NeuronTokenizer(task.layout.entries, [(10, (("fc9.weight", 0),))])

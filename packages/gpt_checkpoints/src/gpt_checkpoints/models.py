@@ -250,14 +250,18 @@ class Gpt(nn.Module):
             if not param_shapes or not permutation_groups:
                 raise ValueError(
                     "tokenization=neuron needs the task's parameter shapes and permutation "
-                    "groups; use tokenization=layer for a task without hidden-unit symmetries"
+                    "groups; for a task without hidden-unit symmetries use tokenization=layer "
+                    "(model=small or model=paper)"
                 )
             self.tokenizer = NeuronTokenizer(param_shapes, permutation_groups, max_token_size)
             slots = self.tokenizer.slots
         else:
             raise ValueError(f"unknown tokenization {tokenization!r}; choose layer or neuron")
         if self.tokenizer.num_params != sum(layer_sizes):
-            raise ValueError("param_shapes do not match layer_sizes")
+            raise ValueError(
+                f"param_shapes hold {self.tokenizer.num_params} parameters but layer_sizes "
+                f"{sum(layer_sizes)}; pass the shapes of the same task network"
+            )
         self.tokenization = tokenization
         self.hidden_size = hidden_size
         sizes = self.tokenizer.slot_sizes
