@@ -90,7 +90,7 @@ def test_fresh_neuron_gpt_returns_its_input():
 
 
 def test_neuron_tokenization_needs_groups_and_a_known_name():
-    task, _ = _task("mlp_digits")
+    task, groups = _task("mlp_digits")
     with pytest.raises(ValueError, match="tokenization=layer"):
         Gpt(task.layout.sizes, hidden_size=16, depth=1, num_heads=2, tokenization="neuron")
     with pytest.raises(ValueError, match="choose layer or neuron"):
@@ -103,7 +103,7 @@ def test_neuron_tokenization_needs_groups_and_a_known_name():
             num_heads=2,
             tokenization="neuron",
             param_shapes=task.layout.entries,
-            permutation_groups=_task("mlp_digits")[1],
+            permutation_groups=groups,
         )
     with pytest.raises(ValueError, match="not a parameter"):
         NeuronTokenizer(task.layout.entries, [(10, (("fc9.weight", 0),))])

@@ -74,7 +74,8 @@ class ParameterTokenizer:
         order = index[self.mask]
         if not torch.equal(order.sort().values, torch.arange(self.num_params, device="cpu")):
             raise ValueError("tokens must cover every parameter exactly once")
-        self.inverse = order.argsort()
+        # detokenize reorders only when tokens do not follow the flat order (neuron tokens)
+        self.inverse = None if bool((order.diff() > 0).all()) else order.argsort()
         self.slots = torch.tensor(slots, dtype=torch.long, device="cpu")
         self.slot_sizes = [0] * (max(slots) + 1)
         for k, slot in enumerate(slots):
@@ -95,9 +96,9 @@ class ParameterTokenizer:
 
     def detokenize(self, tokens: torch.Tensor) -> torch.Tensor:
         values = tokens[..., self.mask.to(tokens.device)]
-        return values[..., self.inverse.to(tokens.device)].reshape(
-            *tokens.shape[:-2], self.num_params
-        )
+        if self.inverse is not None:
+            values = values[..., self.inverse.to(tokens.device)]
+        return values.reshape(*tokens.shape[:-2], self.num_params)
 
 
 class NeuronTokenizer(ParameterTokenizer):
@@ -137,6 +138,7 @@ class NeuronTokenizer(ParameterTokenizer):
                         owner[name] = (g, int(axis))
         tokens: list[torch.Tensor] = []
         slots: list[int] = []
+        next_slot = 0
         for g, (size, _) in enumerate(groups):
             owned = [(n, a) for n, (og, a) in owner.items() if og == g]
             if not owned:
@@ -147,18 +149,16 @@ class NeuronTokenizer(ParameterTokenizer):
             ]
             chunks = [u.split(max_token_size or len(u)) for u in units]
             for c in range(len(chunks[0])):
-                slot = len(set(slots))
                 tokens += [unit[c] for unit in chunks]
-                slots += [slot] * len(chunks)
+                slots += [next_slot] * len(chunks)
+                next_slot += 1
         for name in shapes:
             if name not in owner:
-                for part in (
-                    positions[name].flatten().split(max_token_size or positions[name].numel())
-                ):
-                    slots.append(len(set(slots)))
+                flat = positions[name].flatten()
+                for part in flat.split(max_token_size or flat.numel()):
                     tokens.append(part)
-        self.max_token_size = max_token_size
-        self.layer_sizes = [math.prod(s) for s in shapes.values()]
+                    slots.append(next_slot)
+                    next_slot += 1
         self._build(tokens, slots)
 
 
@@ -222,7 +222,8 @@ class Gpt(nn.Module):
     Token order: ``[l, l*, j, theta tokens..., theta*_j tokens...]``. Metrics are expected
     normalised to about [0, 1] (``metric_scale`` spreads them over the sinusoid frequencies).
 
-    ``tokenization="neuron"`` (needs ``param_shapes`` and ``permutation_groups``) uses
+    ``tokenization="neuron"`` (needs ``param_shapes`` and ``permutation_groups``, which the
+    layer tokenisation ignores) uses
     ``NeuronTokenizer`` instead, and one token per unit holds both that unit's theta and theta*_j
     (the sum of their two encoders): ``[l, l*, j, unit/layer tokens...]``.
     """
@@ -279,8 +280,6 @@ class Gpt(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 3 + streams * k, hidden_size))  # zero-init
         if slots is not None:  # units of a group share their slot's embedding
             self.register_buffer("pos_index", torch.cat([torch.arange(3), 3 + slots]), False)
-        else:
-            self.pos_index = None
         self.blocks = nn.ModuleList(
             GPT2Block(hidden_size, num_heads, mlp_ratio) for _ in range(depth)
         )
@@ -325,7 +324,7 @@ class Gpt(nn.Module):
         )
         theta_tokens = self.theta_encoder(tok.tokenize(theta))
         future_tokens = self.future_encoder(tok.tokenize(x))
-        if self.pos_index is not None:
+        if self.tokenization == "neuron":
             h = torch.cat([scalars, theta_tokens + future_tokens], 1)
             h = h + self.pos_embed[:, self.pos_index]
         else:

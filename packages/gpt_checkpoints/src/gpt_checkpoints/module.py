@@ -61,9 +61,12 @@ class GptModule(L.LightningModule):
         self.groups = [
             (int(s), tuple((n, int(a)) for n, a in m)) for s, m in permutation_groups or []
         ]
-        if config.get("tokenization") == "neuron":
-            config.update(param_shapes=self.layout.entries, permutation_groups=self.groups)
-        self.model = Gpt(self.layout.sizes, **config)
+        self.model = Gpt(
+            self.layout.sizes,
+            param_shapes=self.layout.entries,
+            permutation_groups=self.groups,
+            **config,
+        )
         self.ema = EMA(self.model, decay=ema_decay)
         self.normalizer = ParameterNormalizer(self.layout, layer_scales)
         self.metric_normalizer = MetricNormalizer(*metric_range, name=metric)
