@@ -117,7 +117,31 @@ def test_report_logs_table_and_scatter_to_offline_wandb_without_an_account(tmp_p
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    report(tmp_path / "sweep", wandb_mode="offline")
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
+    result = report(tmp_path / "sweep", wandb_mode="offline")
+    assert not (tmp_path / "wandb").exists()  # not in the current directory: under the report
+    runs = list((tmp_path / "sweep" / "report" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and result["wandb"] == runs[0]
     assert list(runs[0].glob("*.wandb")), "the offline run holds its log for a later wandb sync"
+
+
+def test_two_runs_title_says_why_there_is_no_correlation_and_axes_show_plain_values(
+    tmp_path, monkeypatch
+):
+    from diffusion_transformer import report as report_module
+
+    seen = []
+    save = report_module._save
+
+    def capture(fig, path):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        seen.append((ax.get_title(), ax.yaxis.get_offset_text().get_text()))
+        return save(fig, path)
+
+    monkeypatch.setattr(report_module, "_save", capture)
+    _fake_sweep(tmp_path / "sweep", runs=[("S", 8, 0.03, 779.91), ("B", 8, 0.13, 779.95)])
+    result = report(tmp_path / "sweep", wandb_mode="disabled")
+    assert result["correlations"]["runs"] == 2
+    title, offset = seen[0]
+    assert "correlations need 3 runs, 2 here" in title and "nan" not in title
+    assert [o for _, o in seen] == ["", "", ""]  # no "+7.799e2" offset on any axis

@@ -59,24 +59,3 @@ def image_folder(tmp_path_factory) -> Path:
             Image.fromarray(arr).save(root / label / f"img{i}.png")
     (root / "n01443537" / "broken.jpg").write_bytes(b"this is not a jpeg")
     return root
-
-
-@pytest.fixture(scope="session")
-def tiny_vae(tmp_path_factory) -> Path:
-    """A randomly initialised diffusers AutoencoderKL (downsampling by 2) in a local folder."""
-    from diffusers import AutoencoderKL
-
-    path = tmp_path_factory.mktemp("vae")
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 8),
-        norm_num_groups=4,
-        sample_size=16,
-    )
-    vae.save_pretrained(path)
-    return path

@@ -39,6 +39,22 @@ def dataset(tmp_path_factory):
     return out
 
 
+def test_relative_dataset_path_survives_hydra_job_chdir(dataset, tmp_path):
+    """hydra.job.chdir=true runs the job in its output folder; dataset= given relative to the
+    launch directory still points at the data."""
+    (tmp_path / "data").symlink_to(dataset)
+    run_cli(
+        "gpt_checkpoints.train",
+        "dataset=data",
+        "hydra.job.chdir=true",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *TINY_TRAIN,
+        "trainer.max_steps=1",
+        cwd=tmp_path,
+    )
+    assert (tmp_path / "run" / "gpt.safetensors").is_file()
+
+
 def test_collect_train_resume_prompt_evaluate(dataset, tmp_path):
     run_dir = tmp_path / "run"
     common = [f"dataset={dataset}", f"hydra.run.dir={run_dir}", *TINY_TRAIN]

@@ -161,7 +161,13 @@ def build_trainer(cfg: Any, extra_hparams: dict[str, Any] | None = None) -> Any:
         enable_checkpointing=has_ckpt,
         **extra,
     )
-    hparams = {**OmegaConf.to_container(cfg, resolve=True), **(extra_hparams or {})}
+    from common.runs import job_hparams
+
+    hparams = {
+        **OmegaConf.to_container(cfg, resolve=True),
+        **job_hparams(),
+        **(extra_hparams or {}),
+    }
     for logger in loggers:
         logger.log_hyperparams(hparams)
     return trainer

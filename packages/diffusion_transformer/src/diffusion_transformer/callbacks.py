@@ -8,7 +8,9 @@ writes files and logs.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,9 @@ import torch
 
 from common.checkpoint import atomic_write_bytes
 from common.images import save_grid, to_uint8
+from diffusion_transformer.sampling import default_sampler
+
+log = logging.getLogger(__name__)
 
 
 class SampleGrid(L.Callback):
@@ -118,7 +123,8 @@ class RunSummary(L.Callback):
 
     Model name, patch size, forward Gflops per image (paper convention, Table 2.1), parameter count,
     global batch size, steps done and training compute (Sec. 2.5). Rewritten at the start and the
-    end of training, atomically, so a killed run still has a valid summary.
+    end of training, atomically, so a killed run still has a valid summary; the same numbers go to
+    the summary of the run's W&B run.
     """
 
     def __init__(self, run_dir: str, model: str, patch: int, extra: dict | None = None) -> None:
@@ -153,6 +159,12 @@ class RunSummary(L.Callback):
             "train_compute": training_compute(self._static["gflops"], batch, trainer.global_step),
         }
         atomic_write_bytes(json.dumps(summary, indent=2).encode(), self.path)
+        # Summary fields of the W&B run, so a scatter over the sweep's group (metric vs gflops or
+        # train_compute) works while the sweep runs, before the report exists.
+        fields = {k: summary[k] for k in ("gflops", "train_compute", "params", "global_batch")}
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                logger.experiment.summary.update(fields)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.write(trainer)
@@ -211,7 +223,9 @@ class EvalMetrics(L.Callback):
         self.history: list[dict[str, Any]] = []
 
     def _samples(self, trainer, pl_module, steps: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """Every rank draws its share; the shares are gathered (on every rank, cheap at uint8)."""
+        """Every rank draws its share; the shares are gathered (on every rank, cheap at uint8).
+        Rank 0 says what it draws and, with the trainer's progress bar on, shows one bar over
+        all sampling steps of all batches."""
         world, rank = trainer.world_size, trainer.global_rank
         m = pl_module.model
         per_rank = math.ceil(self.num_samples / world)
@@ -219,6 +233,20 @@ class EvalMetrics(L.Callback):
         labels = labels[rank * per_rank : (rank + 1) * per_rank]
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + rank)
         gd = torch.Generator(device=pl_module.device).manual_seed(self.seed * 1_000_033 + rank)
+        n_steps = self._sampling_steps(pl_module, steps)
+        sampler = self.sampler or default_sampler(pl_module.diffusion_cfg)
+        what = (
+            f"evaluating step {trainer.global_step}: {self.num_samples} samples x {n_steps} "
+            f"{sampler} steps (cfg scale {self.cfg_scale}) -> {', '.join(self.metrics)}"
+        )
+        bar = None
+        if rank == 0:
+            log.info(what)
+            if trainer.progress_bar_callback is not None:
+                from tqdm.auto import tqdm
+
+                batches = math.ceil(per_rank / self.batch_size)
+                bar = tqdm(total=batches * n_steps, desc=what, leave=False, dynamic_ncols=True)
         images = []
         for start in range(0, per_rank, self.batch_size):
             y = labels[start : start + self.batch_size]
@@ -230,8 +258,11 @@ class EvalMetrics(L.Callback):
                 steps=steps,
                 cfg_scale=self.cfg_scale,
                 generator=gd,
+                progress=bar.update if bar is not None else False,
             )
             images.append(torch.from_numpy(to_uint8(x)))  # [n, H, W, 3] uint8
+        if bar is not None:
+            bar.close()
         local = torch.cat(images)
         if world > 1:
             local = pl_module.all_gather(local.to(pl_module.device)).flatten(0, 1)
@@ -239,13 +270,18 @@ class EvalMetrics(L.Callback):
         return local.cpu().numpy()[: self.num_samples], labels.cpu().numpy()[: self.num_samples]
 
     def _sampling_steps(self, pl_module, steps: int | None) -> int:
-        """``steps``, or this callback's, or the diffusion config's default."""
-        return steps or self.steps or pl_module.diffusion_cfg.get("sampling_steps")
+        """``steps``, or this callback's, or the diffusion config's, or the sampler's default."""
+        configured = steps or self.steps or pl_module.diffusion_cfg.get("sampling_steps")
+        if configured:
+            return configured
+        sampler = self.sampler or default_sampler(pl_module.diffusion_cfg)
+        return 250 if sampler == "ddpm" else 50
 
     def evaluate(self, trainer, pl_module, steps: int | None, final: bool = False) -> dict:
         from common.metrics import evaluate_images
         from diffusion_transformer.evaluate import resolve_reference
 
+        started = time.perf_counter()
         images, labels = self._samples(trainer, pl_module, steps)
         if trainer.global_rank != 0:
             return {}
@@ -288,6 +324,8 @@ class EvalMetrics(L.Callback):
         with open(self.path, "a") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
+        scores = ", ".join(f"{k} {float(v):.4g}" for k, v in values.items())
+        log.info(f"evaluated step {step} in {time.perf_counter() - started:.0f} s: {scores}")
         suffix = "" if steps == self.steps else f"@{n_steps}steps"
         for logger in trainer.loggers:
             logger.log_metrics(

@@ -19,11 +19,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from common.checkpoint import atomic_write_bytes
+from common.cli import hydra_main
 from diffusion_transformer.sample import resolve_device
 
 REFERENCES = ("digits",)
@@ -103,7 +103,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return values
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra_main(
+    "evaluate",
+    input_paths=("samples", "reference", "metrics.inception_weights", "metrics.cache_dir"),
+)
 def main(cfg: DictConfig) -> None:
     OmegaConf.resolve(cfg)
     evaluate(cfg)

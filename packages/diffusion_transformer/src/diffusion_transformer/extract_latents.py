@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from safetensors import safe_open
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from common.checkpoint import atomic_write_bytes
+from common.cli import hydra_main
 from diffusion_transformer.data import ImageFolderDataset
 from diffusion_transformer.sample import resolve_device
 from diffusion_transformer.vae import build_vae
@@ -133,7 +133,7 @@ def extract(cfg: DictConfig) -> Path:
     return manifest_path
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="extract_latents")
+@hydra_main("extract_latents", input_paths=("data_root", "vae", "out"))
 def main(cfg: DictConfig) -> None:
     extract(cfg)
 

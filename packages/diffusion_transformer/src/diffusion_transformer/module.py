@@ -15,6 +15,7 @@ import lightning as L
 import torch
 
 from common.checkpoint import plain_container
+from common.diffusion.progress import Progress
 from common.ema import EMA
 from common.flops import count_macs
 from common.training import step_seed
@@ -158,7 +159,7 @@ class DiTModule(L.LightningModule):
         steps: int | None = None,
         cfg_scale: float = 1.0,
         use_ema: bool = True,
-        progress: bool = False,
+        progress: Progress = False,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample images in [-1, 1] for ``labels`` (decoded by the VAE in latent space).

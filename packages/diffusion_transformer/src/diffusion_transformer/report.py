@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from common.runs import expected_jobs
+
 COLUMNS = (
     "name",
     "model",
@@ -126,6 +128,30 @@ def correlations(points: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def runs_of(rows: list[dict[str, Any]], metric: str) -> list[list[dict[str, Any]]]:
+    """The rows of ``metric`` grouped by run, runs ordered by Gflops."""
+    by_run: dict[str, list] = defaultdict(list)
+    for r in rows:
+        if r["metric"] == metric:
+            by_run[r["run_dir"]].append(r)
+    return sorted(by_run.values(), key=lambda rr: rr[0]["gflops"])
+
+
+def curve_over_training(run_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fig. 2.10: the periodic evaluations of one run, by step."""
+    main = _main_steps(run_rows)
+    return sorted(
+        (r for r in run_rows if r["sampling_steps"] == main and r["step"] > 0),
+        key=lambda r: r["step"],
+    )
+
+
+def curve_over_sampling_steps(run_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fig. 2.11: the final model of one run at each sampling-step count."""
+    last = max(r["step"] for r in run_rows)
+    return sorted((r for r in run_rows if r["step"] == last), key=lambda r: r["sampling_steps"])
+
+
 def _style(row: dict[str, Any]) -> dict[str, Any]:
     import matplotlib.pyplot as plt
 
@@ -162,34 +188,19 @@ def plot_all(rows: list[dict[str, Any]], metric: str, out: Path) -> tuple[list[P
     ax.set_xscale("log")
     ax.set_xlabel("Transformer Gflops (forward, per image)")
     ax.set_ylabel(metric)
-    ax.set_title(
-        f"{metric} vs Gflops  (Pearson r={corr['pearson_log_gflops']:.2f}, "
-        f"Spearman={corr['spearman']:.2f})",
-        fontsize=9,
-    )
+    ax.ticklabel_format(axis="y", useOffset=False)
+    if math.isnan(corr["spearman"]):
+        stats = f"correlations need 3 runs, {corr['runs']} here"
+    else:
+        stats = f"Pearson r={corr['pearson_log_gflops']:.2f}, Spearman={corr['spearman']:.2f}"
+    ax.set_title(f"{metric} vs Gflops  ({stats})", fontsize=9)
     paths.append(_save(fig, out / "metric_vs_gflops.png"))
 
-    by_run: dict[str, list] = defaultdict(list)
-    for r in rows:
-        if r["metric"] == metric:
-            by_run[r["run_dir"]].append(r)
-    runs = sorted(by_run.values(), key=lambda rr: rr[0]["gflops"])
-
-    def over_training(run_rows):  # Fig. 2.10: the periodic evaluations of each run
-        main = _main_steps(run_rows)
-        return sorted(
-            (r for r in run_rows if r["sampling_steps"] == main and r["step"] > 0),
-            key=lambda r: r["step"],
-        )
-
-    def over_sampling_steps(run_rows):  # Fig. 2.11: the final model at each sampling-step count
-        last = max(r["step"] for r in run_rows)
-        return sorted((r for r in run_rows if r["step"] == last), key=lambda r: r["sampling_steps"])
-
+    runs = runs_of(rows, metric)
     for curve_of, x_key, x_label, title, name in (
-        (over_training, "train_compute", "Training compute (Gflops)", "training compute",
+        (curve_over_training, "train_compute", "Training compute (Gflops)", "training compute",
          "metric_vs_train_compute.png"),
-        (over_sampling_steps, "sampling_compute", "Sampling compute per image (Gflops)",
+        (curve_over_sampling_steps, "sampling_compute", "Sampling compute per image (Gflops)",
          "sampling compute (sampling steps varied)", "metric_vs_sampling_compute.png"),
     ):  # fmt: skip
         fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -204,6 +215,7 @@ def plot_all(rows: list[dict[str, Any]], metric: str, out: Path) -> tuple[list[P
         ax.set_xscale("log")
         ax.set_xlabel(x_label)
         ax.set_ylabel(metric)
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.legend(fontsize=7)
         ax.set_title(f"{metric} vs {title}", fontsize=9)
         paths.append(_save(fig, out / name))
@@ -220,28 +232,130 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def log_wandb(rows, metric: str, pngs: list[Path], corr: dict, mode: str, project: str) -> None:
-    """The table, a scatter of the metric against Gflops and the PNGs, as one W&B run."""
+# ----------------------------------------------------------------------------- sweep status
+def job_records(root: Path) -> dict[int, dict[str, Any]]:
+    """``job.json`` of every job folder under ``root`` (``common.runs``), by job number."""
+    records = {}
+    for path in sorted(Path(root).rglob("job.json")):
+        record = json.loads(path.read_text())
+        if record.get("job_num") is not None:
+            records[int(record["job_num"])] = {**record, "run_dir": str(path.parent)}
+    return records
+
+
+def missing_jobs(root: Path) -> list[str]:
+    """One line per job of the sweep that has not finished: failed, interrupted or never run."""
+    expected = expected_jobs(root)
+    records = job_records(root)
+    if expected is None:
+        return [
+            f"job {num} ({' '.join(r.get('overrides') or [])}): {r.get('status')}"
+            for num, r in sorted(records.items())
+            if r.get("status") != "finished"
+        ]
+    lines = []
+    for num, overrides in enumerate(expected):
+        record = records.get(num)
+        status = "not started" if record is None else record.get("status")
+        if status == "running":
+            status = "interrupted (or still running)"
+        if status == "failed" and record.get("error"):
+            status = f"failed: {record['error'].splitlines()[0][:200]}"
+        if status != "finished":
+            lines.append(f"job {num} ({' '.join(overrides)}): {status}")
+    return lines
+
+
+# ----------------------------------------------------------------------------- W&B
+def sweep_wandb_target(root: Path) -> tuple[str | None, str]:
+    """(project, group) the sweep's runs logged to: read from their ``job.json``; the group
+    defaults to the sweep folder's name, as ``common.runs`` names it."""
+    records = job_records(root)
+    first = records[min(records)] if records else {}
+    return first.get("project"), first.get("group") or Path(root).absolute().name
+
+
+def log_wandb(
+    rows: list[dict[str, Any]],
+    metric: str,
+    pngs: list[Path],
+    corr: dict,
+    mode: str,
+    project: str,
+    group: str,
+    out: Path,
+    missing: list[str],
+) -> Path:
+    """The report as one W&B run of the sweep's group (``job_type=report``, files under ``out``):
+    the full table, scatter plots of the metric against Gflops (Fig. 2.8), training compute
+    (Fig. 2.10) and sampling compute (Fig. 2.11), one line per run of the metric against the
+    training step, the PNG figures and the correlations. Returns the run's local folder."""
     import wandb
 
-    run = wandb.init(project=project, job_type="report", mode=mode, config={"metric": metric})
-    table = wandb.Table(columns=list(COLUMNS), data=[[r.get(c) for c in COLUMNS] for r in rows])
-    points = final_values(rows, metric)
-    final = wandb.Table(
-        columns=["name", "gflops", metric],
-        data=[[_label(p), p["gflops"], p["value"]] for p in points],
+    run = wandb.init(
+        project=project,
+        group=group,
+        job_type="report",
+        name=f"report-{group}",
+        dir=str(out),
+        mode=mode,
+        config={"metric": metric, "sweep": group, "missing_jobs": missing},
     )
+    runs = runs_of(rows, metric)
+    table = wandb.Table(columns=list(COLUMNS), data=[[r.get(c) for c in COLUMNS] for r in rows])
+    finals = wandb.Table(
+        columns=["name", "gflops", "params", metric],
+        data=[
+            [_label(p), p["gflops"], p.get("params"), p["value"]]
+            for p in final_values(rows, metric)
+        ],
+    )
+    training = wandb.Table(
+        columns=["name", "step", "train_compute", metric],
+        data=[
+            [_label(r), r["step"], r["train_compute"], r["value"]]
+            for run_rows in runs
+            for r in curve_over_training(run_rows)
+        ],
+    )
+    sampling = wandb.Table(
+        columns=["name", "sampling_steps", "sampling_compute", metric],
+        data=[
+            [_label(r), r["sampling_steps"], r["sampling_compute"], r["value"]]
+            for run_rows in runs
+            for r in curve_over_sampling_steps(run_rows)
+        ],
+    )
+    curves = [curve_over_training(run_rows) for run_rows in runs]
     run.log(
         {
             "fid_vs_gflops": table,
             f"{metric}_vs_gflops": wandb.plot.scatter(
-                final, "gflops", metric, title=f"{metric} vs Gflops"
+                finals, "gflops", metric, title=f"{metric} vs Gflops (Fig. 2.8)"
+            ),
+            f"{metric}_vs_train_compute": wandb.plot.scatter(
+                training, "train_compute", metric, title=f"{metric} vs training compute (Fig. 2.10)"
+            ),
+            f"{metric}_vs_sampling_compute": wandb.plot.scatter(
+                sampling,
+                "sampling_compute",
+                metric,
+                title=f"{metric} vs sampling compute (Fig. 2.11)",
+            ),
+            f"{metric}_vs_step": wandb.plot.line_series(
+                xs=[[r["step"] for r in c] for c in curves],
+                ys=[[r["value"] for r in c] for c in curves],
+                keys=[_label(run_rows[0]) for run_rows in runs],
+                title=f"{metric} over training, one line per run",
+                xname="step",
             ),
             **{f"figures/{p.stem}": wandb.Image(str(p)) for p in pngs},
             **{f"correlation/{k}": v for k, v in corr.items()},
         }
     )
+    folder = Path(run.dir).parent
     run.finish()
+    return folder
 
 
 def report(
@@ -249,8 +363,11 @@ def report(
     out: str | Path | None = None,
     metric: str | None = None,
     wandb_mode: str | None = None,
-    project: str = "dit",
+    project: str | None = None,
+    group: str | None = None,
 ) -> dict[str, Any]:
+    """Write the table, figures and correlations of a sweep and log them to the sweep's W&B
+    project and group (``project``/``group`` override what the runs recorded)."""
     rows = collect(root)
     metrics = sorted({r["metric"] for r in rows})
     if metric is None:
@@ -260,21 +377,45 @@ def report(
     out = Path(out) if out else Path(root) / "report"
     csv_path = write_csv(rows, out / "fid_vs_gflops.csv")
     pngs, corr = plot_all(rows, metric, out)
-    (out / "correlations.json").write_text(json.dumps({"metric": metric, **corr}, indent=2))
+    missing = missing_jobs(Path(root))
+    (out / "correlations.json").write_text(
+        json.dumps({"metric": metric, **corr, "missing_jobs": missing}, indent=2)
+    )
     print(f"{'run':<12s} {'Gflops':>9s} {metric:>12s}")
     for p in final_values(rows, metric):
         print(f"{_label(p):<12s} {p['gflops']:9.4f} {p['value']:12.4f}")
-    print(
-        f"Pearson r({metric}, log Gflops) = {corr['pearson_log_gflops']:.3f}; "
-        f"Spearman = {corr['spearman']:.3f} over {corr['runs']} runs"
-    )
+    if math.isnan(corr["spearman"]):
+        print(f"correlations need at least 3 runs; {corr['runs']} have results")
+    else:
+        print(
+            f"Pearson r({metric}, log Gflops) = {corr['pearson_log_gflops']:.3f}; "
+            f"Spearman = {corr['spearman']:.3f} over {corr['runs']} runs"
+        )
+    if missing:
+        print(f"missing {len(missing)} job(s) of the sweep (rerun its command to finish them):")
+        for line in missing:
+            print(f"  {line}")
     print(f"table   : {csv_path}")
     for p in pngs:
         print(f"figure  : {p}")
+    result = {"csv": csv_path, "figures": pngs, "correlations": corr, "metric": metric}
+    result["missing"] = missing
     mode = wandb_mode or os.environ.get("WANDB_MODE", "offline")
     if mode != "disabled":
-        log_wandb(rows, metric, pngs, corr, mode, project)
-    return {"csv": csv_path, "figures": pngs, "correlations": corr, "metric": metric}
+        recorded_project, recorded_group = sweep_wandb_target(Path(root))
+        result["wandb"] = log_wandb(
+            rows,
+            metric,
+            pngs,
+            corr,
+            mode,
+            project or recorded_project or "dit",
+            group or recorded_group,
+            out,
+            missing,
+        )
+        print(f"W&B run : {result['wandb']} (group {group or recorded_group})")
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -288,9 +429,10 @@ def main(argv: list[str] | None = None) -> None:
         choices=["offline", "online", "disabled"],
         help="W&B mode (default $WANDB_MODE or offline)",
     )
-    parser.add_argument("--project", default="dit")
+    parser.add_argument("--project", default=None, help="W&B project (default: the runs')")
+    parser.add_argument("--group", default=None, help="W&B group (default: the runs')")
     args = parser.parse_args(argv)
-    report(args.root, args.out, args.metric, args.wandb, args.project)
+    report(args.root, args.out, args.metric, args.wandb, args.project, args.group)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from common.cli import hydra_main
 from common.images import save_grid, save_npz, to_uint8
 from diffusion_transformer.checkpoints import load_dit
 from diffusion_transformer.sampling import sample_latents
@@ -118,7 +118,7 @@ def sample(cfg: DictConfig) -> SampleResult:
     return SampleResult(grid, npz, images_np, labels.numpy())
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
+@hydra_main("sample", input_paths=("ckpt", "vae"))
 def main(cfg: DictConfig) -> None:
     OmegaConf.resolve(cfg)
     sample(cfg)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from common.diffusion import RectifiedFlow, create_diffusion
+from common.diffusion.progress import Progress
 from common.guidance import guided_prediction
 
 SAMPLERS = ("ddpm", "ddim", "euler", "heun")
@@ -41,7 +42,7 @@ def sample_latents(
     steps: int | None = None,
     cfg_scale: float = 1.0,
     clip_denoised: bool = False,
-    progress: bool = False,
+    progress: Progress = False,
     autocast_dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:

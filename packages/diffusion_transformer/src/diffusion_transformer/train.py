@@ -15,11 +15,13 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from common.checkpoint import atomic_save
+from common.cli import hydra_main
+from common.runs import Job, start_job
 from common.strategies import full_state_dict
-from common.training import build_trainer, resolve_resume, wandb_run_id
+from common.training import build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +35,18 @@ class TrainResult:
     module: L.LightningModule
 
 
-def train(cfg: DictConfig) -> TrainResult:
-    """Compose-level entry point (used by ``main`` and by tests)."""
-    ckpt_path = None
-    with open_dict(cfg):
-        if cfg.get("resume"):
-            ckpt_path, run_dir = resolve_resume(cfg.resume)
-            cfg.run_dir = str(run_dir)
-        run_dir = Path(cfg.run_dir)
-        if cfg.get("run_id") is None:
-            cfg.run_id = wandb_run_id(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def train(cfg: DictConfig) -> TrainResult | None:
+    """Compose-level entry point (used by ``main`` and by tests); ``None`` when a rerun multirun
+    skips this job because it finished before (``common.runs``)."""
+    job = start_job(cfg)
+    if job.skipped:
+        return None
+    with job:
+        return _fit(cfg, job)
+
+
+def _fit(cfg: DictConfig, job: Job) -> TrainResult:
+    run_dir = job.run_dir
     if torch.cuda.is_available():
         tf32 = bool(cfg.get("tf32", True))
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -59,6 +62,7 @@ def train(cfg: DictConfig) -> TrainResult:
             "params": sum(p.numel() for p in module.model.parameters()),
         },
     )
+    ckpt_path = job.ckpt_path
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
@@ -80,7 +84,17 @@ def train(cfg: DictConfig) -> TrainResult:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra_main(
+    "train",
+    input_paths=(
+        "resume",
+        "data.root",
+        "data.vae.path",
+        "eval.reference",
+        "metrics.inception_weights",
+        "metrics.cache_dir",
+    ),
+)
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from common.checkpoint import atomic_save
+from common.cli import hydra_main
 from common.images import to_uint8
 from gangealing.congealer import Congealer
 from gangealing.datasets import ImageFolder
@@ -77,7 +77,7 @@ def congeal_folder(
     return {"aligned": out / "aligned", "average": out / "average.png", "warps": out / "warps.pt"}
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="congeal")
+@hydra_main("congeal", input_paths=("congealer", "images"))
 def main(cfg: DictConfig) -> None:
     congealer = Congealer.load(cfg.congealer)
     paths = congeal_folder(

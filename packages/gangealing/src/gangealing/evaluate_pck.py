@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from common.cli import hydra_main
 from gangealing.congealer import Congealer
 from gangealing.congealing_baseline import (
     congeal,
@@ -328,7 +328,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="pck")
+@hydra_main("pck", input_paths=("congealer", "root"))
 def main(cfg: DictConfig) -> None:
     record = run(cfg)
     for alpha in cfg.alphas:

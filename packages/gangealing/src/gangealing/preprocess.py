@@ -23,7 +23,6 @@ import csv
 import io
 from pathlib import Path
 
-import hydra
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -31,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from common.checkpoint import atomic_write_bytes
+from common.cli import hydra_main
 from gangealing.applications import flow_smoothness_scores, rank_by_smoothness
 from gangealing.congeal import pick_device, save_png
 from gangealing.congealer import Congealer
@@ -119,7 +119,7 @@ def preprocess_folder(
     return {"ranking": out / "ranking.csv", "aligned": out / "aligned"}
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="preprocess")
+@hydra_main("preprocess", input_paths=("congealer", "images"))
 def main(cfg: DictConfig) -> None:
     paths = preprocess_folder(
         Congealer.load(cfg.congealer),

@@ -26,7 +26,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,6 +34,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
 from common.checkpoint import atomic_write_bytes
+from common.cli import hydra_main
 from common.images import to_uint8
 from gangealing.applications import propagate_keypoints, propagate_labels, propagate_overlay
 from gangealing.congeal import pick_device, save_png
@@ -275,7 +275,7 @@ def propagate_folder(
     return paths
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="propagate")
+@hydra_main("propagate", input_paths=("congealer", "images", "edit"))
 def main(cfg: DictConfig) -> None:
     edit = load_edit(cfg.edit, cfg.edit_type, cfg.size, cfg.max_classes)
     paths = propagate_folder(

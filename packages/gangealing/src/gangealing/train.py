@@ -13,12 +13,13 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import lightning as L
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from common.checkpoint import atomic_save
-from common.training import build_trainer, resolve_resume, wandb_run_id
+from common.cli import hydra_main
+from common.runs import Job, start_job
+from common.training import build_trainer
 from gangealing.module import GangealingModule
 
 
@@ -37,15 +38,17 @@ def build_module(cfg: DictConfig) -> GangealingModule:
     return GangealingModule(**{k: kwargs[k] for k in names})
 
 
-def train(cfg: DictConfig) -> TrainResult:
-    ckpt_path = None
-    with open_dict(cfg):
-        if cfg.get("resume"):
-            ckpt_path, run_dir = resolve_resume(cfg.resume)
-            cfg.run_dir = str(run_dir)
-        if cfg.get("run_id") is None:
-            cfg.run_id = wandb_run_id(Path(cfg.run_dir))
-    run_dir = Path(cfg.run_dir)
+def train(cfg: DictConfig) -> TrainResult | None:
+    """``None`` when a rerun multirun skips this job because it finished before."""
+    job = start_job(cfg)
+    if job.skipped:
+        return None
+    with job:
+        return _fit(cfg, job)
+
+
+def _fit(cfg: DictConfig, job: Job) -> TrainResult:
+    run_dir, ckpt_path = job.run_dir, job.ckpt_path
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
     trainer: L.Trainer = build_trainer(cfg)
@@ -61,7 +64,10 @@ def train(cfg: DictConfig) -> TrainResult:
     return TrainResult(run_dir, checkpoint, congealer, module)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra_main(
+    "train",
+    input_paths=("generator", "resume", "loss.backbone_path", "loss.checkpoint_path"),
+)
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

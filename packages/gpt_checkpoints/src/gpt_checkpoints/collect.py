@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from common.cli import hydra_main
 from gpt_checkpoints.store import CheckpointStore
 from gpt_checkpoints.tasks import Task, build_task
 
@@ -168,7 +168,7 @@ def run(cfg: DictConfig) -> CollectResult:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="collect")
+@hydra_main("collect", input_paths=("out", "task.data_root"))
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

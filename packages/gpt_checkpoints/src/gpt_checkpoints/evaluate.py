@@ -14,7 +14,6 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 import matplotlib
 
 matplotlib.use("Agg")
@@ -22,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from common.cli import hydra_main
 from gpt_checkpoints import evaluation as ev  # noqa: E402
 from gpt_checkpoints.module import load_gpt  # noqa: E402
 from gpt_checkpoints.prompt import load_task  # noqa: E402
@@ -186,7 +186,7 @@ def _log_wandb(cfg: DictConfig, results: dict, plots: dict) -> None:
     run.finish()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra_main("evaluate", input_paths=("gpt", "dataset", "data_root"))
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

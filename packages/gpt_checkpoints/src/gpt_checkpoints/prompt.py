@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
 from common.checkpoint import safe_load
+from common.cli import hydra_main
 from gpt_checkpoints.evaluation import UNSEEN_SEED, gpt_step
 from gpt_checkpoints.module import GptModule, load_gpt
 from gpt_checkpoints.tasks import Task, task_from_recipe
@@ -103,7 +103,7 @@ def _fmt(values) -> str:
     return ", ".join(f"{v:.4g}" for v in values)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="prompt")
+@hydra_main("prompt", input_paths=("gpt", "params", "data_root"))
 def main(cfg: DictConfig) -> None:
     report = run(cfg)
     if cfg.get("report"):

@@ -12,11 +12,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import lightning as L
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from common.training import build_trainer, resolve_resume, wandb_run_id
+from common.cli import hydra_main
+from common.runs import Job, start_job
+from common.training import build_trainer
 from gpt_checkpoints.data import CheckpointDataModule
 from gpt_checkpoints.module import GptModule
 
@@ -31,16 +32,17 @@ class TrainResult:
     module: GptModule
 
 
-def train(cfg: DictConfig) -> TrainResult:
-    ckpt_path = None
-    with open_dict(cfg):
-        if cfg.get("resume"):
-            ckpt_path, run_dir = resolve_resume(cfg.resume)
-            cfg.run_dir = str(run_dir)
-        if cfg.get("run_id") is None:
-            cfg.run_id = wandb_run_id(Path(cfg.run_dir))
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def train(cfg: DictConfig) -> TrainResult | None:
+    """``None`` when a rerun multirun skips this job because it finished before."""
+    job = start_job(cfg)
+    if job.skipped:
+        return None
+    with job:
+        return _fit(cfg, job)
+
+
+def _fit(cfg: DictConfig, job: Job) -> TrainResult:
+    run_dir, ckpt_path = job.run_dir, job.ckpt_path
     L.seed_everything(cfg.seed, workers=True)
     datamodule = CheckpointDataModule(
         cfg.dataset,
@@ -88,7 +90,7 @@ def train(cfg: DictConfig) -> TrainResult:
     return TrainResult(run_dir, checkpoint, export, module)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra_main("train", input_paths=("dataset", "resume", "task.data_root"))
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

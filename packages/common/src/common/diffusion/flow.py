@@ -15,6 +15,7 @@ import torch
 
 from common.diffusion.gaussian import _last
 from common.diffusion.likelihood import mean_flat
+from common.diffusion.progress import with_progress
 
 
 class RectifiedFlow:
@@ -106,13 +107,8 @@ class RectifiedFlow:
             device = noise.device if noise is not None else next(model.parameters()).device
         x = noise if noise is not None else torch.randn(*shape, device=device, generator=generator)
         ts = self.time_grid(num_steps, device)
-        steps = range(num_steps)
-        if progress:
-            from tqdm.auto import tqdm
-
-            steps = tqdm(steps, desc=f"flow-{method}")
         with torch.no_grad():
-            for i in steps:
+            for i in with_progress(range(num_steps), progress, f"flow-{method}"):
                 t_cur, t_next = ts[i], ts[i + 1]
                 dt = t_next - t_cur  # negative
                 batch_t = torch.full((x.shape[0],), float(t_cur), device=device)

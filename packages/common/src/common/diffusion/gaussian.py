@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from common.diffusion.likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from common.diffusion.progress import with_progress
 
 
 class ModelMeanType(enum.Enum):
@@ -333,11 +334,7 @@ class GaussianDiffusion:
         else:
             img = torch.randn(*shape, device=device)
         indices = list(range(self.num_timesteps))[::-1]
-        if progress:
-            from tqdm.auto import tqdm
-
-            indices = tqdm(indices, desc="sampling")
-        for i in indices:
+        for i in with_progress(indices, progress, "sampling"):
             t = torch.full((shape[0],), i, device=device, dtype=torch.long)
             with torch.no_grad():
                 out = step(img, t)

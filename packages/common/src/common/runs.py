@@ -1,0 +1,243 @@
+"""One training job = one run folder = one W&B run, also inside Hydra multiruns.
+
+Every training entry point (DiT, G.pt, StyleGAN2, GANgealing) starts with :func:`start_job` and
+runs its work inside the returned :class:`Job`:
+
+- ``resume=<run dir or .ckpt>`` continues that run;
+- in a multirun (``-m``), each job owns ``<sweep dir>/<subdir>``. Rerunning the same sweep into
+  the same ``hydra.sweep.dir`` skips the jobs whose ``job.json`` says ``finished`` and resumes the
+  others from their newest checkpoint, so an interrupted or failed sweep is finished by running its
+  command again;
+- a single run refuses a folder that already holds another run (``resume=`` continues it).
+
+``job.json`` records the job's status (``running``, ``finished``, ``failed``), its Hydra job number
+and overrides, the sweep folder and the W&B project, group, name and id. Leaving the ``Job``
+context finishes the W&B run of the job (marked failed on an exception), so the next job of a
+multirun starts its own run instead of writing into this one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.checkpoint import atomic_write_bytes
+from common.training import is_sharded_checkpoint, resolve_resume, wandb_run_id
+
+JOB_FILE = "job.json"
+
+
+class RunFolderError(ValueError):
+    """A run folder that belongs to another run (the message says what to pass instead)."""
+
+
+def hydra_job() -> dict[str, Any] | None:
+    """This process's Hydra job: ``multirun``, ``num``, ``overrides``, ``sweep_dir``; ``None``
+    outside a Hydra application (``compose`` in tests, the Python API)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:  # pragma: no cover
+        return None
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    return {
+        "multirun": multirun,
+        "num": int(hc.job.num) if multirun else None,
+        "overrides": list(hc.overrides.task),
+        "sweep_dir": str(Path(hc.sweep.dir).absolute()) if multirun else None,
+    }
+
+
+def read_job(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / JOB_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunFolderError(
+            f"{path} is not valid JSON ({err}); delete it to let the job start again"
+        ) from err
+
+
+def write_job(run_dir: Path, record: dict[str, Any]) -> None:
+    atomic_write_bytes(json.dumps(record, indent=2).encode(), Path(run_dir) / JOB_FILE)
+
+
+def _step_of(path: Path) -> int:
+    digits = "".join(ch for ch in path.stem if ch.isdigit())
+    return int(digits) if digits else -1
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """``checkpoints/last.ckpt`` or, when it is missing (a job killed during its first save), the
+    periodic ``stepNNNNNNN.ckpt`` of the highest step; ``None`` when there is none."""
+    folder = Path(run_dir) / "checkpoints"
+    last = folder / "last.ckpt"
+    if last.is_file() or is_sharded_checkpoint(last):
+        return last
+    periodic = [p for p in folder.glob("step*.ckpt") if p.is_file() or is_sharded_checkpoint(p)]
+    return max(periodic, key=_step_of) if periodic else None
+
+
+@dataclass
+class Job:
+    """A training job's folder, what it resumes from, and its W&B run (a context manager)."""
+
+    run_dir: Path
+    ckpt_path: Path | None = None
+    skipped: bool = False
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def __enter__(self) -> Job:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        failed = exc_type is not None
+        finish_wandb(exit_code=1 if failed else 0)
+        if self.record and _is_rank_zero():
+            self.record.update(status="failed" if failed else "finished", ended=_now())
+            if failed:
+                root = exc
+                while root.__cause__ is not None:  # Hydra's InstantiationException wraps it
+                    root = root.__cause__
+                self.record["error"] = f"{type(root).__name__}: {root}"[:2000]
+            else:
+                self.record.pop("error", None)
+            write_job(self.run_dir, self.record)
+        return False
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """Finish the active W&B run of this process, if any (``exit_code=1`` marks it failed)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def _is_rank_zero() -> bool:
+    """Global rank 0 before any trainer exists: ``RANK``/``SLURM_PROCID`` when a launcher set
+    them, else node 0 and local rank 0 (processes that Lightning starts itself)."""
+    for var in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if var in os.environ:
+            return int(os.environ[var]) == 0
+    return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def start_job(cfg: Any) -> Job:
+    """Resolve the run folder of a training config, decide between a fresh start, a resume and a
+    skip, and fill ``cfg.run_dir``, ``cfg.run_id`` and ``cfg.group`` (W&B group: the sweep folder's
+    name in a multirun unless ``group=`` is given)."""
+    from omegaconf import open_dict
+
+    job = hydra_job()
+    multirun = bool(job and job["multirun"])
+    rank_zero = _is_rank_zero()
+    with open_dict(cfg):
+        ckpt_path = None
+        if cfg.get("resume"):
+            ckpt_path, run_dir = resolve_resume(cfg.resume)
+            cfg.run_dir = str(run_dir)
+        run_dir = Path(cfg.run_dir)
+        previous = read_job(run_dir)
+        if previous is not None and not cfg.get("resume") and rank_zero:
+            if not multirun:
+                raise RunFolderError(
+                    f"{run_dir} already holds a run ({JOB_FILE}: {previous.get('status')}); pass "
+                    f"resume={run_dir} to continue it, or choose another hydra.run.dir"
+                )
+            if previous.get("overrides") != job["overrides"]:
+                raise RunFolderError(
+                    f"{run_dir} belongs to another job of this sweep (overrides "
+                    f"{previous.get('overrides')}, now {job['overrides']}); rerun the same "
+                    "command to resume a sweep, or choose a new hydra.sweep.dir"
+                )
+            if previous.get("status") == "finished":
+                print(f"job {job['num']}: finished before, skipping ({run_dir})")
+                return Job(run_dir, skipped=True, record=previous)
+            ckpt_path = latest_checkpoint(run_dir)
+            where = f"from {ckpt_path}" if ckpt_path else "from the start (no checkpoint yet)"
+            print(f"job {job['num']}: {previous.get('status')} before, resuming {where}")
+        if multirun and cfg.get("group") is None:
+            cfg.group = Path(job["sweep_dir"]).name
+        if multirun and cfg.get("run_name"):
+            cfg.run_name = job_name(cfg.run_name, job["overrides"], job["sweep_dir"])
+        if cfg.get("run_id") is None:
+            cfg.run_id = wandb_run_id(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {}
+    if rank_zero:
+        record = {
+            "status": "running",
+            "started": _now(),
+            "job_num": job["num"] if job else None,
+            "overrides": job["overrides"] if job else None,
+            "sweep_dir": job["sweep_dir"] if job else None,
+            "resumed_from": str(ckpt_path) if ckpt_path else None,
+            "project": cfg.get("project"),
+            "group": cfg.get("group"),
+            "name": cfg.get("run_name"),
+            "run_id": cfg.run_id,
+        }
+        write_job(run_dir, record)
+    return Job(run_dir, ckpt_path=ckpt_path, record=record)
+
+
+def expected_jobs(root: str | os.PathLike) -> list[list[str]] | None:
+    """The overrides of every job of the Hydra multirun whose folder is ``root``, in job-number
+    order (the basic sweeper's expansion of ``multirun.yaml``); ``None`` without that file."""
+    path = Path(root) / "multirun.yaml"
+    if not path.is_file():
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    hydra_cfg = OmegaConf.load(path).hydra
+    params = hydra_cfg.get("sweeper", {}).get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(hydra_cfg.overrides.task)
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def swept_overrides(overrides: list[str], sweep_dir: str | os.PathLike) -> list[str]:
+    """The overrides of ``overrides`` (one job's) whose value differs between the sweep's jobs."""
+    jobs = expected_jobs(sweep_dir) or []
+    values: dict[str, set[str]] = {}
+    for job in jobs:
+        for item in job:
+            key, _, value = item.partition("=")
+            values.setdefault(key, set()).add(value)
+    return [o for o in overrides if len(values.get(o.partition("=")[0], ())) > 1]
+
+
+def job_name(run_name: str, overrides: list[str], sweep_dir: str | os.PathLike) -> str:
+    """``run_name`` plus the swept overrides it does not already show (``DiT-B-4-digits`` for
+    ``model=b patch=4``; ``gpt-mlp_digits-test_loss-model=neuron`` for a sweep over ``model``)."""
+    tokens = {t.lower() for t in str(run_name).replace("/", "-").split("-")}
+    extra = [
+        o
+        for o in swept_overrides(overrides, sweep_dir)
+        if o.partition("=")[2].lower() not in tokens
+    ]
+    return "-".join([str(run_name), *extra])
+
+
+def job_hparams() -> dict[str, Any]:
+    """The Hydra job number, overrides and sweep folder, for the loggers' hyper-parameters."""
+    job = hydra_job()
+    if job is None:
+        return {}
+    return {"hydra_job": {k: job[k] for k in ("num", "overrides", "sweep_dir")}}
