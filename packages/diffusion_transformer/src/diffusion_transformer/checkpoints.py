@@ -124,7 +124,18 @@ def load_dit(
     num_heads: int | None = None,
 ) -> tuple[DiT, dict[str, Any]]:
     """Build a DiT and load ``path`` strictly. ``model``/``image_size``/``num_classes`` (latent
-    space, 8x VAE) pin the architecture; when omitted they are read off the checkpoint."""
+    space, 8x VAE) pin the architecture; when omitted they are read off the checkpoint. A
+    diffusers folder (``DiTPipeline`` or ``DiTTransformer2DModel``) is imported exactly."""
+    from diffusion_transformer.diffusers_io import (
+        diffusers_meta,
+        import_diffusers,
+        is_diffusers_folder,
+    )
+
+    if is_diffusers_folder(path):
+        dit = import_diffusers(path)
+        dit.cfg_channels = cfg_channels
+        return dit, diffusers_meta(path)
     state_dict, meta = read_checkpoint(path, use_ema)
     config = dict(meta.get("dit_config") or infer_config(state_dict))
     official = meta.get("official_args", {})

@@ -1,0 +1,47 @@
+"""Export a DiT to diffusers: ``python -m diffusion_transformer.export_diffusers ckpt=...``.
+
+Writes ``transformer/`` (``DiTTransformer2DModel``) and ``scheduler/`` (``DDIMScheduler`` over the
+training process) and, for a latent-space model with its VAE folder (``vae=``, default: the one
+the run trained with), ``vae/`` and ``model_index.json``: a ``DiTPipeline`` that loads offline::
+
+    from diffusion_transformer.diffusers_io import load_diffusers_pipeline
+    pipe = load_diffusers_pipeline("<out>")   # DiTPipeline.from_pretrained + DiT's timestep shift
+
+The folder loads back here as well: ``python -m diffusion_transformer.sample ckpt=<out>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from common.cli import hydra_main
+from diffusion_transformer.checkpoints import load_dit
+from diffusion_transformer.diffusers_io import export_diffusers
+
+
+def export(cfg: DictConfig) -> Path:
+    if not cfg.get("ckpt"):
+        raise ValueError("set ckpt=<path to a .ckpt, ema.pt or official DiT .pt file>")
+    dit, meta = load_dit(cfg.ckpt, model=cfg.model, use_ema=cfg.use_ema, num_heads=cfg.num_heads)
+    vae = cfg.vae or (meta.get("vae") or {}).get("path")
+    out = export_diffusers(dit, cfg.out, meta.get("diffusion"), vae)
+    kind = "DiTPipeline (transformer, scheduler, vae)" if vae else "transformer + scheduler"
+    print(f"diffusers folder : {out} ({kind})")
+    if vae and dit.num_classes != 1000:
+        print(
+            f"note: DiTPipeline's guidance uses class 1000 as the null class; this model has "
+            f"{dit.num_classes} classes (null class {dit.num_classes}): call it with "
+            "guidance_scale=1, or sample with diffusion_transformer.sample"
+        )
+    return out
+
+
+@hydra_main("export_diffusers", input_paths=("ckpt", "vae"))
+def main(cfg: DictConfig) -> None:
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()
