@@ -16,19 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+from tests.integration.conftest import TINY as TINY_DIT
 from tests.integration.conftest import run_cli
 from tests.wandb_records import offline_runs, read_run
 
-TINY = [
-    "model=tiny",
-    "model.depth=1",
-    "model.hidden_size=32",
-    "model.num_heads=2",
-    "data.datamodule.batch_size=4",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "sample_every=0",
-]
+TINY = [*TINY_DIT, "sample_every=0"]
 # Scored at steps 1 and 2 (20 samples, 2 DDIM steps) and at the end also with 4 sampling steps.
 TINY_EVAL = [
     "trainer.max_steps=2",

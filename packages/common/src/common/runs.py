@@ -22,14 +22,16 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from common.checkpoint import atomic_write_bytes
 from common.training import is_sharded_checkpoint, resolve_resume, wandb_run_id
 
 JOB_FILE = "job.json"
+T = TypeVar("T")
 
 
 class RunFolderError(ValueError):
@@ -233,6 +235,16 @@ def job_name(run_name: str, overrides: list[str], sweep_dir: str | os.PathLike) 
         if o.partition("=")[2].lower() not in tokens
     ]
     return "-".join([str(run_name), *extra])
+
+
+def run_job(cfg: Any, fit: Callable[[Any, Job], T]) -> T | None:
+    """``fit(cfg, job)`` inside the job of ``cfg`` (:func:`start_job`); ``None`` when a rerun
+    multirun skips the job because it finished before."""
+    job = start_job(cfg)
+    if job.skipped:
+        return None
+    with job:
+        return fit(cfg, job)
 
 
 def job_hparams() -> dict[str, Any]:

@@ -302,29 +302,19 @@ def log_wandb(
         config={"metric": metric, "sweep": group, "missing_jobs": missing},
     )
     runs = runs_of(rows, metric)
+
+    def points(keys: list[str], rows_of) -> Any:  # one row per point: name, keys..., metric
+        data = [[_label(r), *(r.get(k) for k in keys), r["value"]] for r in rows_of]
+        return wandb.Table(columns=["name", *keys, metric], data=data)
+
     table = wandb.Table(columns=list(COLUMNS), data=[[r.get(c) for c in COLUMNS] for r in rows])
-    finals = wandb.Table(
-        columns=["name", "gflops", "params", metric],
-        data=[
-            [_label(p), p["gflops"], p.get("params"), p["value"]]
-            for p in final_values(rows, metric)
-        ],
+    finals = points(["gflops", "params"], final_values(rows, metric))
+    training = points(
+        ["step", "train_compute"], [r for rr in runs for r in curve_over_training(rr)]
     )
-    training = wandb.Table(
-        columns=["name", "step", "train_compute", metric],
-        data=[
-            [_label(r), r["step"], r["train_compute"], r["value"]]
-            for run_rows in runs
-            for r in curve_over_training(run_rows)
-        ],
-    )
-    sampling = wandb.Table(
-        columns=["name", "sampling_steps", "sampling_compute", metric],
-        data=[
-            [_label(r), r["sampling_steps"], r["sampling_compute"], r["value"]]
-            for run_rows in runs
-            for r in curve_over_sampling_steps(run_rows)
-        ],
+    sampling = points(
+        ["sampling_steps", "sampling_compute"],
+        [r for rr in runs for r in curve_over_sampling_steps(rr)],
     )
     curves = [curve_over_training(run_rows) for run_rows in runs]
     run.log(

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from common.checkpoint import atomic_save
 from common.cli import hydra_main
-from common.runs import Job, start_job
+from common.runs import Job, run_job
 from common.strategies import full_state_dict
 from common.training import build_trainer
 
@@ -38,11 +38,7 @@ class TrainResult:
 def train(cfg: DictConfig) -> TrainResult | None:
     """Compose-level entry point (used by ``main`` and by tests); ``None`` when a rerun multirun
     skips this job because it finished before (``common.runs``)."""
-    job = start_job(cfg)
-    if job.skipped:
-        return None
-    with job:
-        return _fit(cfg, job)
+    return run_job(cfg, _fit)
 
 
 def _fit(cfg: DictConfig, job: Job) -> TrainResult:

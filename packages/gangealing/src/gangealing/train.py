@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.checkpoint import atomic_save
 from common.cli import hydra_main
-from common.runs import Job, start_job
+from common.runs import Job, run_job
 from common.training import build_trainer
 from gangealing.module import GangealingModule
 
@@ -40,11 +40,7 @@ def build_module(cfg: DictConfig) -> GangealingModule:
 
 def train(cfg: DictConfig) -> TrainResult | None:
     """``None`` when a rerun multirun skips this job because it finished before."""
-    job = start_job(cfg)
-    if job.skipped:
-        return None
-    with job:
-        return _fit(cfg, job)
+    return run_job(cfg, _fit)
 
 
 def _fit(cfg: DictConfig, job: Job) -> TrainResult:

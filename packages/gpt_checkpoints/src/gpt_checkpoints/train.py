@@ -16,7 +16,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from common.cli import hydra_main
-from common.runs import Job, start_job
+from common.runs import Job, run_job
 from common.training import build_trainer
 from gpt_checkpoints.data import CheckpointDataModule
 from gpt_checkpoints.module import GptModule
@@ -34,11 +34,7 @@ class TrainResult:
 
 def train(cfg: DictConfig) -> TrainResult | None:
     """``None`` when a rerun multirun skips this job because it finished before."""
-    job = start_job(cfg)
-    if job.skipped:
-        return None
-    with job:
-        return _fit(cfg, job)
+    return run_job(cfg, _fit)
 
 
 def _fit(cfg: DictConfig, job: Job) -> TrainResult:
