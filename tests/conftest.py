@@ -48,3 +48,33 @@ def tiny_vae(tmp_path_factory) -> Path:
     )
     vae.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def cli_main(monkeypatch, capsys, tmp_path):
+    """Run a command's real ``main()`` in-process, ``sys.argv`` set as a shell would, in
+    ``tmp_path`` and without ``HYDRA_FULL_ERROR``, expecting it to stop on a user error; returns
+    (exit code, stderr). Much faster than a subprocess; ``common.cli`` does the error handling
+    either way."""
+    import importlib
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+    def _run(module: str, *args: str) -> tuple[int, str]:
+        from hydra.core.global_hydra import GlobalHydra
+
+        main = importlib.import_module(module).main
+        GlobalHydra.instance().clear()
+        monkeypatch.setattr(sys, "argv", [module, *args])
+        capsys.readouterr()
+        try:
+            with pytest.raises(SystemExit) as stop:
+                main()
+        finally:
+            GlobalHydra.instance().clear()
+        return stop.value.code, capsys.readouterr().err
+
+    return _run

@@ -73,7 +73,7 @@ def test_mismatches_name_the_fix(tmp_path, official_s2):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_dit(tmp_path / "nope.pt")
     atomic_save({"weight": torch.ones(2)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a DiT state dict"):
+    with pytest.raises(ValueError, match="is a plain state dict of another model, not a DiT"):
         load_dit(tmp_path / "other.pt")
 
 

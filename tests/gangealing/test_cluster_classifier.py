@@ -67,3 +67,21 @@ def test_single_mode_runs_have_nothing_to_classify(tmp_path):
         main([str(run), "--steps", "1"])
     with pytest.raises(FileNotFoundError, match="run=<run dir"):
         load_run(tmp_path / "nowhere")
+
+
+def test_nan_gradients_stop_the_classifier_or_are_skipped(tmp_path, cli_main):
+    """A diverging learning rate stops the loop with the step (nan_policy stop, the CLI's one
+    line and exit code 2, congealer.pt untouched) or skips the bad steps (skip)."""
+    from common.errors import NonFiniteError
+    from common.guards import find_non_finite
+
+    run, _ = _run(tmp_path)
+    module = load_run(run)
+    with pytest.raises(NonFiniteError, match=r"non-finite gradients at classifier step \d+"):
+        train_cluster_classifier(module, steps=10, batch_size=4, lr=1e10)
+    classifier, _ = train_cluster_classifier(module, 10, 4, lr=1e10, nan_policy="skip")
+    assert find_non_finite(classifier.state_dict()) is None
+    before = (run / "congealer.pt").read_bytes()
+    code, err = cli_main("gangealing.cluster_classifier", str(run), "--lr", "1e10", "--steps", "10")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: non-finite gradients")
+    assert (run / "congealer.pt").read_bytes() == before

@@ -74,7 +74,9 @@ def test_cli_and_errors(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="congealer.pt file it wrote"):
         Congealer.load(tmp_path / "missing")
-    with pytest.raises(ValueError, match="StyleGAN2 generator"):
+    with pytest.raises(
+        ValueError, match="is a StyleGAN2 checkpoint .rosinality format., not a GANgealing"
+    ):
         Congealer.load(tmp_path / "g.pt")
     atomic_save({"state_dict": {}}, tmp_path / "x.ckpt")
     with pytest.raises(ValueError, match="Lightning training checkpoint"):

@@ -114,33 +114,15 @@ def test_collect_train_resume_prompt_evaluate(dataset, tmp_path):
         assert (eval_dir / png).stat().st_size > 0
 
 
-def test_gpt_cli_errors_name_the_fix(dataset, tmp_path):
-    proc = run_cli(
-        "gpt_checkpoints.train",
-        f"dataset={tmp_path / 'none'}",
-        *TINY_TRAIN,
-        cwd=tmp_path,
-        check=False,
-    )
-    assert proc.returncode != 0 and "gpt_checkpoints.collect" in proc.stderr
-    proc = run_cli(
-        "gpt_checkpoints.train",
-        f"dataset={dataset}",
-        "task=cnn_digits",
-        *TINY_TRAIN,
-        cwd=tmp_path,
-        check=False,
-    )
-    assert "holds task 'mlp_digits' but task=cnn_digits" in proc.stderr
-    proc = run_cli(
-        "gpt_checkpoints.train",
-        f"dataset={dataset}",
-        "metric=return",
-        *TINY_TRAIN,
-        cwd=tmp_path,
-        check=False,
-    )
-    assert "metric 'return' is not recorded" in proc.stderr
+def test_gpt_cli_errors_name_the_fix(dataset, cli_main, tmp_path):
+    cases = [
+        ([f"dataset={tmp_path / 'none'}"], "gpt_checkpoints.collect"),
+        ([f"dataset={dataset}", "task=cnn_digits"], "holds task 'mlp_digits' but task=cnn_digits"),
+        ([f"dataset={dataset}", "metric=return"], "metric 'return' is not recorded"),
+    ]
+    for args, phrase in cases:
+        code, err = cli_main("gpt_checkpoints.train", *args, *TINY_TRAIN)
+        assert code == 2 and phrase in err.strip().splitlines()[-1], err
 
 
 def test_neuron_model_trains_and_reloads_from_its_export(dataset, tmp_path):

@@ -80,6 +80,7 @@ def test_train_gan_runs_without_callbacks(tmp_path):
     assert not list((tmp_path / "run" / "checkpoints").glob("step*.ckpt"))
 
 
+@pytest.mark.slow  # DDP itself: tests/integration/test_ddp.py; the GAN's config: above
 def test_gan_training_runs_under_ddp(tmp_path):
     """strategy=ddp on two CPU processes (gloo): G and D steps alternate, so the GAN configs ask
     DDP to find unused parameters (ddp_find_unused_parameters: true)."""

@@ -141,7 +141,7 @@ def test_slurm_submission_script_of_a_study(tmp_path):
 @pytest.mark.parametrize(
     "entry",
     # "python -m" runs train.py as __main__; submitit must still pickle main by reference
-    ["dit-train", "python -m"],
+    [pytest.param("dit-train", marks=pytest.mark.slow), "python -m"],
 )
 def test_local_launcher_runs_a_sweep(tmp_path, entry):
     proc = run_train(

@@ -43,7 +43,9 @@ def _offline_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def test_sweep_one_wandb_run_per_job_rerun_skips_and_report_joins_the_group(tmp_path):
+def test_sweep_one_wandb_run_per_job_rerun_skips_and_report_joins_the_group(
+    tmp_path, monkeypatch, capsys
+):
     env = _offline_env(tmp_path)
     # patch 3 does not divide the 8x8 digits: job 1 fails, jobs 0 and 2 still run.
     command = ["-m", *TINY, *TINY_EVAL, "patch=2,3,4", "hydra.sweep.dir=sweep"]
@@ -86,7 +88,13 @@ def test_sweep_one_wandb_run_per_job_rerun_skips_and_report_joins_the_group(tmp_
     assert [len(offline_runs(jobs[n] / "wandb")) for n in (0, 2)] == [1, 1]
 
     # The report: same project and group, job_type report, its W&B folder under report/.
-    out = run_cli("diffusion_transformer.report", str(sweep), cwd=tmp_path, env_extra=env).stdout
+    from diffusion_transformer.report import report
+
+    for key, value in env.items():  # the report runs in this process: W&B offline here too
+        monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    report(sweep)
+    out = capsys.readouterr().out
     assert "missing 1 job(s)" in out and "patch=3" in out and "failed: ValueError" in out
     assert "correlations need at least 3 runs; 2 have results" in out
     (folder,) = (sweep / "report" / "wandb").glob("offline-run-*")
@@ -125,8 +133,8 @@ def test_killed_job_resumes_when_the_sweep_is_rerun(tmp_path):
         "-m",
         *TINY,
         "patch=2,4",
-        "trainer.max_steps=400",
-        "checkpoint_every=20",
+        "trainer.max_steps=150",
+        "checkpoint_every=10",
         "eval.reference=null",
         "logger=csv",
         "hydra.sweep.dir=sweep",
@@ -162,4 +170,4 @@ def test_killed_job_resumes_when_the_sweep_is_rerun(tmp_path):
     import torch
 
     state = torch.load(job1 / "checkpoints" / "last.ckpt", weights_only=True)
-    assert state["global_step"] == 400
+    assert state["global_step"] == 150

@@ -11,6 +11,7 @@ import argparse
 import io
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,16 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
         raise
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` atomically; ``.safetensors`` paths take a flat tensor dict."""
+def atomic_save(obj: Any, path: str | os.PathLike, check_finite: bool = True) -> None:
+    """``torch.save`` to ``path`` atomically; ``.safetensors`` paths take a flat tensor dict.
+    A state holding NaN or inf is refused (``NonFiniteError``) and nothing is written, unless
+    ``check_finite=False`` (the caller checked what matters: Lightning checkpoints keep an inf
+    "best score" in their callback state)."""
+    from common.guards import require_finite_state
+
     path = Path(path)
+    if check_finite:
+        require_finite_state(obj, str(path))
     if path.suffix == ".safetensors":
         from safetensors.torch import save
 
@@ -49,35 +57,115 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_bytes(buffer.getvalue(), path)
 
 
+_NEVER = (
+    "loading it would run code from the file, which this project never does; re-save "
+    "its tensors as a plain state dict (torch.save(model.state_dict(), ...)) or a safetensors file"
+)
+
+
+def _first_bytes(path: Path, n: int = 8) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """Load a checkpoint without executing code from it.
 
     ``.safetensors`` files go through safetensors; anything else through
     ``torch.load(weights_only=True)``, which accepts tensors, numbers, strings and containers
     (plus ``argparse.Namespace``, which official training checkpoints store as ``args`` and which
-    only sets attributes).
+    only sets attributes). Files that are not checkpoints (empty, text, other binaries, truncated
+    archives) and checkpoints holding other Python objects raise a ``ValueError`` that says which
+    it is.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a folder, not a checkpoint file: pass the file inside it (e.g. "
+            f"{path}/checkpoints/last.ckpt) or the run folder where the command takes one"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint not found: {path} (check the path, or train one first)"
         )
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes), not a checkpoint; pass a checkpoint file")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         device = map_location if isinstance(map_location, str) else "cpu"
-        return load_file(str(path), device=device)
+        try:
+            return load_file(str(path), device=device)
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
+    head = _first_bytes(path)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        kind = "text" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "binary data"
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint (it holds {kind}); pass a file written by "
+            "torch.save or safetensors"
+        )
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        needs = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f" (it needs {needs.group(1)})" if needs else ""
         raise ValueError(
-            f"{path} holds Python objects other than tensors and plain containers, and loading "
-            "it would run code from the file; re-save its tensors as a plain state dict or "
-            f"safetensors file ({err})"
-        ) from err
-    except RuntimeError as err:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({err})") from err
+            f"{path} holds Python objects other than tensors{what}; {_NEVER}"
+        ) from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"{path} is not a readable PyTorch checkpoint (damaged or truncated: {detail}); "
+            "pass an intact file, or resume=<run dir> to use its newest readable checkpoint"
+        ) from None
+
+
+def checkpoint_kind(obj: Any, path: str | os.PathLike | None = None) -> str:
+    """What a loaded file holds, in words that name the command it belongs to (for the errors of
+    loaders handed the wrong file)."""
+    if path is not None and str(path).endswith(".safetensors"):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                fmt = (f.metadata() or {}).get("format", "")
+        except Exception:  # noqa: BLE001 (unreadable metadata: judged by its tensors below)
+            fmt = ""
+        if fmt.startswith("gpt/"):
+            return "a G.pt export (gpt.safetensors of python -m gpt_checkpoints.train)"
+    if not isinstance(obj, dict):
+        return f"a {type(obj).__name__}, not a checkpoint"
+    hp = obj.get("hyper_parameters")
+    hp = hp if isinstance(hp, dict) else {}
+    if "state_dict" in obj:
+        if "layout" in hp or "metric_range" in hp:
+            return "a G.pt training checkpoint (python -m gpt_checkpoints.train)"
+        if "network" in hp and "resolution" in hp:
+            return "a StyleGAN2 training checkpoint (python -m gangealing.train_gan)"
+        if "transform" in hp and "num_modes" in hp:
+            return "a GANgealing training checkpoint (python -m gangealing.train)"
+        if "diffusion" in hp and "model" in hp:
+            return "a DiT training checkpoint (python -m diffusion_transformer.train)"
+        return "a Lightning training checkpoint of another model"
+    keys = set(obj)
+    if obj.get("format") == "gangealing-congealer-v1":
+        return "a GANgealing congealer (congealer.pt of python -m gangealing.train)"
+    if "x_embedder.proj.weight" in keys:
+        return "a DiT state dict (an ema.pt or an official DiT checkpoint)"
+    if {"g_ema", "t_ema"} <= keys:
+        return "an official GANgealing congealing checkpoint"
+    if "g_ema" in keys or ("g" in keys and "d" in keys):
+        return "a StyleGAN2 checkpoint (rosinality format)"
+    if {"G", "G_ema"} & keys:
+        return "an official G.pt checkpoint"
+    if "ema" in keys and "model" in keys:
+        return "an official DiT training checkpoint"
+    if keys and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return "a plain state dict of another model"
+    return "a dict of another kind (no model weights this project knows)"
 
 
 def plain_container(obj: Any) -> Any:

@@ -10,6 +10,10 @@ completion) with the spellings users bring from other Hydra projects made to wor
 - ``hydra.job.chdir=true``: the command's input paths (``input_paths``: dataset folders,
   checkpoints to resume or load) given relative to the launch directory are made absolute
   before the job runs in its output folder.
+
+Errors a user can act on (``common.errors``) print as one line, ``error: <what>; <what to do>``,
+with exit code 2 and no traceback; ``HYDRA_FULL_ERROR=1`` or ``debug=true`` show the traceback.
+In a multirun each failed job prints its line and the others still run.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from common.errors import check_values, is_user_error, one_line
 
 _APPEND = re.compile(r"^\+{1,2}(?P<group>[A-Za-z_][\w]*)=(?P<value>.*)$")
 _NULL = re.compile(r"^(?P<group>[A-Za-z_][\w]*)=(null|None|~)$")
@@ -44,13 +50,19 @@ def default_groups(config_file: Path) -> set[str]:
     return groups
 
 
-def normalize_overrides(args: Sequence[str], groups: Iterable[str]) -> list[str]:
+def normalize_overrides(
+    args: Sequence[str], groups: Iterable[str], aliases: dict[str, str] | None = None
+) -> list[str]:
     """Rewrite ``+group=x`` to ``group=x`` and ``group=null`` to ``~group`` for the groups of the
-    primary config's defaults list; every other argument is kept as it is."""
+    primary config's defaults list, and ``alias=x`` to ``key=x`` for a command's ``aliases``;
+    every other argument is kept as it is."""
     groups = set(groups)
     out = []
     for arg in args:
-        if (m := _APPEND.match(arg)) and m["group"] in groups:
+        key, sep, value = arg.lstrip("+").partition("=")
+        if sep and aliases and key in aliases:
+            arg = f"{aliases[key]}={value}"
+        elif (m := _APPEND.match(arg)) and m["group"] in groups:
             arg = f"{m['group']}={m['value']}"
         elif (m := _NULL.match(arg)) and m["group"] in groups:
             arg = f"~{m['group']}"
@@ -79,17 +91,88 @@ def absolute_input_paths(cfg: Any, keys: Iterable[str]) -> None:
                 OmegaConf.update(cfg, key, str(candidate), merge=False)
 
 
+_DEBUG = ("debug=true", "debug=True", "+debug=true")
+_FULL_ERROR = "GENMODELS_FULL_ERROR"  # what the user asked for, seen by child processes too
+_pending: list[BaseException] = []  # a single run's user error, printed after Hydra returns
+
+
+def print_error(err: BaseException, prefix: str = "") -> None:
+    print(f"error: {prefix}{one_line(err)}", file=sys.stderr, flush=True)
+
+
+def exit_on_user_errors(func: Callable[..., Any], full_error: bool = False) -> Any:
+    """Run ``func()``; a user error prints one line and exits with code 2 (see module doc)."""
+    try:
+        return func()
+    except Exception as err:  # noqa: BLE001 (sorted below: bugs keep their traceback)
+        if full_error or not is_user_error(err):
+            raise
+        if isinstance(err, HydraJobFailures):
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        else:
+            print_error(err)
+        sys.exit(2)
+
+
+class HydraJobFailures(RuntimeError):
+    """Some jobs of a multirun failed with user errors (each printed its own line)."""
+
+
+def user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for the ``argparse`` commands: one-line user errors, like ``hydra_main``."""
+
+    @functools.wraps(main)
+    def wrapped(argv: Sequence[str] | None = None) -> Any:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        debug = any(a in _DEBUG or a == "--debug" for a in argv)
+        argv = [a for a in argv if a not in _DEBUG and a != "--debug"]
+        full = debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
+        return exit_on_user_errors(lambda: main(argv), full_error=full)
+
+    return wrapped
+
+
+def _multirun_job() -> int | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return int(HydraConfig.get().job.num)
+    return None
+
+
 def hydra_main(
-    config_name: str, config_path: str = "conf", input_paths: Sequence[str] = ()
+    config_name: str,
+    config_path: str = "conf",
+    input_paths: Sequence[str] = (),
+    checks: dict[str, str] | None = None,
+    aliases: dict[str, str] | None = None,
 ) -> Callable[[Callable[[Any], Any]], Callable[[], Any]]:
-    """``@hydra_main("train", input_paths=("resume",))`` over a command's ``main(cfg)``."""
+    """``@hydra_main("train", input_paths=("resume",), checks={"batch_size": "int>=1"})`` over a
+    command's ``main(cfg)``; ``checks`` are ``common.errors.check_values`` rules, applied to the
+    composed config before the command runs; ``aliases`` maps other spellings of a key to it
+    (``{"model": "arch"}``: the official DiT scripts' ``--model DiT-XL/2``)."""
     import hydra
 
     def decorator(task: Callable[[Any], Any]) -> Callable[[], Any]:
         @functools.wraps(task)
         def task_with_paths(cfg: Any) -> Any:
-            absolute_input_paths(cfg, input_paths)
-            return task(cfg)
+            try:
+                absolute_input_paths(cfg, input_paths)
+                check_values(cfg, checks or {})
+                return task(cfg)
+            except Exception as err:
+                if os.environ.get(_FULL_ERROR) == "1" or not is_user_error(err):
+                    raise
+                job = _multirun_job()
+                if job is None:  # reported by main() once Hydra has returned: one line only
+                    _pending.append(err)
+                    return None
+                print_error(err, prefix=f"job {job}: ")  # say it now; the sweep goes on
+                raise HydraJobFailures(
+                    "jobs of the sweep failed (their errors are above, and in each job's "
+                    "job.json); fix them and rerun the same command to finish the sweep"
+                ) from err
 
         hydra_entry = hydra.main(
             version_base="1.3", config_path=config_path, config_name=config_name
@@ -98,8 +181,32 @@ def hydra_main(
 
         @functools.wraps(task)
         def main() -> Any:
-            sys.argv[1:] = normalize_overrides(sys.argv[1:], default_groups(config_file))
-            return hydra_entry()
+            args = sys.argv[1:]
+            debug = any(a in _DEBUG for a in args)
+            sys.argv[1:] = normalize_overrides(
+                [a for a in args if a not in _DEBUG], default_groups(config_file), aliases
+            )
+            inherited = os.environ.get(_FULL_ERROR)  # set for DDP children by their parent
+            if inherited is not None:
+                full_error = debug or inherited == "1"
+            else:
+                full_error = debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
+            previous = {k: os.environ.get(k) for k in (_FULL_ERROR, "HYDRA_FULL_ERROR")}
+            os.environ[_FULL_ERROR] = "1" if full_error else "0"
+            os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach exit_on_user_errors unprinted
+            try:
+                result = exit_on_user_errors(hydra_entry, full_error=full_error)
+                if _pending:
+                    print_error(_pending.pop())
+                    sys.exit(2)
+                return result
+            finally:
+                _pending.clear()
+                for key, value in previous.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
 
         return main
 

@@ -14,6 +14,21 @@ from PIL import Image
 from common.checkpoint import atomic_write_bytes
 
 
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open and decode an image file; a missing, truncated or non-image file raises an error that
+    names it (PIL's own says only "Truncated File Read" or "cannot identify image file")."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(
+            f"cannot read the image {path} ({err}); replace or remove that file"
+        ) from None
+    return image
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """``[N, C, H, W]`` in [-1, 1] -> ``[N, H, W, 3]`` uint8 (grayscale is repeated to RGB)."""
     if images.ndim != 4:

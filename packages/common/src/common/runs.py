@@ -18,8 +18,10 @@ multirun starts its own run instead of writing into this one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from common.checkpoint import atomic_write_bytes
-from common.training import is_sharded_checkpoint, resolve_resume, wandb_run_id
+from common.training import latest_checkpoint, resolve_resume, wandb_run_id
 
 JOB_FILE = "job.json"
 T = TypeVar("T")
@@ -74,20 +76,80 @@ def write_job(run_dir: Path, record: dict[str, Any]) -> None:
     atomic_write_bytes(json.dumps(record, indent=2).encode(), Path(run_dir) / JOB_FILE)
 
 
-def _step_of(path: Path) -> int:
-    digits = "".join(ch for ch in path.stem if ch.isdigit())
-    return int(digits) if digits else -1
+LOCK_FILE = ".lock"
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """``checkpoints/last.ckpt`` or, when it is missing (a job killed during its first save), the
-    periodic ``stepNNNNNNN.ckpt`` of the highest step; ``None`` when there is none."""
-    folder = Path(run_dir) / "checkpoints"
-    last = folder / "last.ckpt"
-    if last.is_file() or is_sharded_checkpoint(last):
-        return last
-    periodic = [p for p in folder.glob("step*.ckpt") if p.is_file() or is_sharded_checkpoint(p)]
-    return max(periodic, key=_step_of) if periodic else None
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def acquire_lock(run_dir: Path) -> Path:
+    """Make this process the one writer of ``run_dir``: ``.lock`` holds its PID and host. A lock
+    of a live process refuses the run, naming that process; a stale one (its process gone, same
+    host) is taken over with a warning."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                other = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                time.sleep(0.2)  # being written by its owner right now
+                try:
+                    other = json.loads(path.read_text())
+                except (OSError, json.JSONDecodeError):
+                    other = {}
+            pid, host = other.get("pid"), other.get("host")
+            if host not in (None, me["host"]):
+                raise RunFolderError(
+                    f"{run_dir} is in use by process {pid} on host {host} (since "
+                    f"{other.get('started')}); wait for it to end, or delete {path} if that "
+                    "process is gone"
+                ) from None
+            if isinstance(pid, int) and pid != me["pid"] and _alive(pid):
+                raise RunFolderError(
+                    f"{run_dir} is in use by process {pid} (since {other.get('started')}): one "
+                    "run writes to a folder at a time; wait for it to end or choose another "
+                    "hydra.run.dir"
+                ) from None
+            print(f"warning: taking over the stale lock of process {pid} (no longer running)")
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return path
+    raise RunFolderError(f"could not lock {run_dir}: another process keeps taking {path}")
+
+
+def release_lock(path: Path | None) -> None:
+    """Remove the lock if this process still holds it."""
+    if path is None:
+        return
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, json.JSONDecodeError):
+        pass
+
+
+def remove_orphans(run_dir: Path) -> None:
+    """Delete the temporary files of writes that were killed before their rename (atomic
+    writes name them ``.<file>.<random>.tmp``); this process holds the folder's lock."""
+    for tmp in run_dir.rglob(".*.tmp"):
+        if "wandb" in tmp.relative_to(run_dir).parts or not tmp.is_file():
+            continue
+        tmp.unlink()
+        print(f"removed {tmp}, left by an interrupted write")
 
 
 @dataclass
@@ -98,12 +160,20 @@ class Job:
     ckpt_path: Path | None = None
     skipped: bool = False
     record: dict[str, Any] = field(default_factory=dict)
+    lock: Path | None = None
 
     def __enter__(self) -> Job:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         failed = exc_type is not None
+        try:
+            self._close(failed, exc_type, exc)
+        finally:
+            release_lock(self.lock)
+        return False
+
+    def _close(self, failed: bool, exc_type, exc) -> None:
         finish_wandb(exit_code=1 if failed else 0)
         if self.record and _is_rank_zero():
             self.record.update(status="failed" if failed else "finished", ended=_now())
@@ -115,7 +185,6 @@ class Job:
             else:
                 self.record.pop("error", None)
             write_job(self.run_dir, self.record)
-        return False
 
 
 def finish_wandb(exit_code: int = 0) -> None:
@@ -145,7 +214,6 @@ def start_job(cfg: Any) -> Job:
     from omegaconf import open_dict
 
     job = hydra_job()
-    multirun = bool(job and job["multirun"])
     rank_zero = _is_rank_zero()
     with open_dict(cfg):
         ckpt_path = None
@@ -153,34 +221,50 @@ def start_job(cfg: Any) -> Job:
             ckpt_path, run_dir = resolve_resume(cfg.resume)
             cfg.run_dir = str(run_dir)
         run_dir = Path(cfg.run_dir)
-        previous = read_job(run_dir)
-        if previous is not None and not cfg.get("resume") and rank_zero:
-            if not multirun:
-                raise RunFolderError(
-                    f"{run_dir} already holds a run ({JOB_FILE}: {previous.get('status')}); pass "
-                    f"resume={run_dir} to continue it, or choose another hydra.run.dir"
-                )
-            if previous.get("overrides") != job["overrides"]:
-                raise RunFolderError(
-                    f"{run_dir} belongs to another job of this sweep (overrides "
-                    f"{previous.get('overrides')}, now {job['overrides']}); rerun the same "
-                    "command to resume a sweep, or choose a new hydra.sweep.dir"
-                )
-            if previous.get("status") == "finished":
-                print(f"job {job['num']}: finished before, skipping ({run_dir})")
-                return Job(run_dir, skipped=True, record=previous)
-            ckpt_path = latest_checkpoint(run_dir)
-            where = f"from {ckpt_path}" if ckpt_path else "from the start (no checkpoint yet)"
-            print(f"job {job['num']}: {previous.get('status')} before, resuming {where}")
-        if multirun and cfg.get("group") is None:
-            cfg.group = Path(job["sweep_dir"]).name
-        if multirun and cfg.get("run_name"):
-            cfg.run_name = job_name(cfg.run_name, job["overrides"], job["sweep_dir"])
-        if cfg.get("run_id") is None:
-            cfg.run_id = wandb_run_id(run_dir)
+        lock = acquire_lock(run_dir) if rank_zero else None
+        try:
+            return _start_locked(cfg, run_dir, ckpt_path, job, lock)
+        except BaseException:
+            release_lock(lock)
+            raise
+
+
+def _start_locked(
+    cfg: Any, run_dir: Path, ckpt_path: Path | None, job: dict | None, lock: Path | None
+) -> Job:
+    """``start_job`` once this process holds the folder's lock (rank 0) or follows rank 0."""
+    multirun = bool(job and job["multirun"])
+    rank_zero = lock is not None
+    previous = read_job(run_dir)
+    if previous is not None and not cfg.get("resume") and rank_zero:
+        if not multirun:
+            raise RunFolderError(
+                f"{run_dir} already holds a run ({JOB_FILE}: {previous.get('status')}); pass "
+                f"resume={run_dir} to continue it, or choose another hydra.run.dir"
+            )
+        if previous.get("overrides") != job["overrides"]:
+            raise RunFolderError(
+                f"{run_dir} belongs to another job of this sweep (overrides "
+                f"{previous.get('overrides')}, now {job['overrides']}); rerun the same "
+                "command to resume a sweep, or choose a new hydra.sweep.dir"
+            )
+        if previous.get("status") == "finished":
+            print(f"job {job['num']}: finished before, skipping ({run_dir})")
+            release_lock(lock)
+            return Job(run_dir, skipped=True, record=previous)
+        ckpt_path = latest_checkpoint(run_dir)
+        where = f"from {ckpt_path}" if ckpt_path else "from the start (no checkpoint yet)"
+        print(f"job {job['num']}: {previous.get('status')} before, resuming {where}")
+    if multirun and cfg.get("group") is None:
+        cfg.group = Path(job["sweep_dir"]).name
+    if multirun and cfg.get("run_name"):
+        cfg.run_name = job_name(cfg.run_name, job["overrides"], job["sweep_dir"])
+    if cfg.get("run_id") is None:
+        cfg.run_id = wandb_run_id(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {}
     if rank_zero:
+        remove_orphans(run_dir)
         record = {
             "status": "running",
             "started": _now(),
@@ -194,7 +278,7 @@ def start_job(cfg: Any) -> Job:
             "run_id": cfg.run_id,
         }
         write_job(run_dir, record)
-    return Job(run_dir, ckpt_path=ckpt_path, record=record)
+    return Job(run_dir, ckpt_path=ckpt_path, record=record, lock=lock)
 
 
 def expected_jobs(root: str | os.PathLike) -> list[list[str]] | None:

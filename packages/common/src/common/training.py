@@ -7,6 +7,7 @@ import os
 import tempfile
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,14 @@ class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint I/O with atomic local writes and ``weights_only=True`` reads."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        from common.guards import require_finite_state
+
+        # Never a NaN checkpoint: weights (with the EMA) and optimizer state must be finite.
+        weights = {k: checkpoint.get(k) for k in ("state_dict", "optimizer_states")}
+        require_finite_state(weights, str(path))
         if "://" in str(path):  # remote filesystems: Lightning's fsspec transaction
             return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_save(checkpoint, path)
+        atomic_save(checkpoint, path, check_finite=False)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         if "://" in str(path):
@@ -91,17 +97,65 @@ def is_sharded_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / "meta.pt").is_file()
 
 
+def readable_checkpoint(path: Path) -> bool:
+    """A sharded folder with its meta.pt, or a non-empty ``torch.save`` zip archive whose
+    directory reads (atomic writes leave either the whole file or none; this catches files
+    truncated or damaged after the fact without loading them)."""
+    if is_sharded_checkpoint(path):
+        return True
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _step_of(path: Path) -> int:
+    digits = "".join(ch for ch in path.stem if ch.isdigit())
+    return int(digits) if digits else -1
+
+
+def latest_checkpoint(run_dir: Path, say=print) -> Path | None:
+    """``checkpoints/last.ckpt`` or, when it is missing or unreadable (a job killed during its
+    first save, a damaged file), the readable ``stepNNNNNNN.ckpt`` of the highest step, saying
+    so with ``say``; ``None`` when there is none."""
+    folder = Path(run_dir) / "checkpoints"
+    last = folder / "last.ckpt"
+    if readable_checkpoint(last):
+        return last
+    periodic = sorted(folder.glob("step*.ckpt"), key=_step_of, reverse=True)
+    for candidate in periodic:
+        if readable_checkpoint(candidate):
+            why = "is unreadable" if last.exists() else "is missing"
+            say(f"note: {last} {why}; resuming from {candidate.name}, the newest readable one")
+            return candidate
+    return None
+
+
 def resolve_resume(resume: str | os.PathLike) -> tuple[Path, Path]:
     """``resume=`` (run directory, ``.ckpt`` file or sharded folder) -> (checkpoint, run dir)."""
     path = Path(resume).expanduser()
-    ckpt = path
     if path.is_dir() and not is_sharded_checkpoint(path):
-        ckpt = path / "checkpoints" / "last.ckpt"
-    if not (ckpt.is_file() or is_sharded_checkpoint(ckpt)):
-        raise FileNotFoundError(
-            f"cannot resume: no checkpoint at {ckpt}. Pass resume=<run dir> (containing "
-            "checkpoints/last.ckpt) or resume=<path to a .ckpt file>"
-        )
+        ckpt = latest_checkpoint(path)
+        if ckpt is None:
+            raise FileNotFoundError(
+                f"cannot resume: no readable checkpoint in {path / 'checkpoints'}. Pass "
+                "resume=<run dir> (containing checkpoints/last.ckpt) or resume=<path to a .ckpt>"
+            )
+    else:
+        ckpt = path
+        if not (ckpt.is_file() or is_sharded_checkpoint(ckpt)):
+            raise FileNotFoundError(
+                f"cannot resume: no checkpoint at {ckpt}. Pass resume=<run dir> (containing "
+                "checkpoints/last.ckpt) or resume=<path to a .ckpt file>"
+            )
+        if not readable_checkpoint(ckpt):
+            raise ValueError(
+                f"cannot resume from {ckpt}: not a readable checkpoint (empty, truncated or not a "
+                "torch.save archive); pass resume=<run dir> to take its newest readable one"
+            )
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     return ckpt, run_dir
 
@@ -142,15 +196,21 @@ def wandb_run_id(run_dir: Path, timeout_s: float = 60.0) -> str:
 
 def build_trainer(cfg: Any, extra_hparams: dict[str, Any] | None = None) -> Any:
     """The ``lightning.Trainer`` of a training config: ``cfg.trainer`` with the loggers of
-    ``cfg.logger``, the callbacks of ``cfg.callbacks``, ``cfg.strategy`` when present, safe
-    checkpoint I/O, checkpointing on when a ``ModelCheckpoint`` is configured; every logger gets
-    the resolved config (plus ``extra_hparams``) as hyper-parameters."""
+    ``cfg.logger``, the callbacks of ``cfg.callbacks`` plus the NaN/inf guard (``nan_policy``)
+    and the log flush on failure, ``cfg.strategy`` when present, safe checkpoint I/O,
+    checkpointing on when a ``ModelCheckpoint`` is configured; every logger gets the resolved
+    config (plus ``extra_hparams``) as hyper-parameters."""
     import hydra
     import lightning as L
     from omegaconf import OmegaConf
 
+    from common.errors import require_positive_int
+    from common.guards import FlushLogsOnError, NonFiniteGuard
+
+    require_positive_int("trainer.max_steps", cfg.trainer.get("max_steps"))
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks += [NonFiniteGuard(cfg.get("nan_policy", "stop")), FlushLogsOnError()]
     has_ckpt = any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
     extra = {"strategy": hydra.utils.instantiate(cfg.strategy)} if cfg.get("strategy") else {}
     trainer = hydra.utils.instantiate(

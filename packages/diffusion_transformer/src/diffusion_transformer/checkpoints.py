@@ -4,7 +4,7 @@ Official files are plain state dicts (``DiT-XL-2-256x256.pt``) or training check
 ``model``/``ema``/``opt``/``args`` entries; both load here with ``weights_only=True``. The DiT
 configuration of a plain state dict is read off its tensor shapes (hidden size, depth, patch size,
 channels, image size, classes, learned sigma, block design); the number of heads, which no shape
-records, comes from Table 2.1 for the standard widths or from ``model=DiT-XL/2``.
+records, comes from Table 2.1 for the standard widths or from ``arch=DiT-XL/2``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import safe_load
+from common.checkpoint import checkpoint_kind, safe_load
 from diffusion_transformer.models import DIT_CONFIGS, DiT, DiT_models
 
 _HEADS_BY_WIDTH = {hidden: heads for _depth, hidden, heads in DIT_CONFIGS.values()}
@@ -68,10 +68,11 @@ def check_compatible(model: DiT, state_dict: dict[str, torch.Tensor]) -> None:
         raise ValueError(
             f"checkpoint does not match the model: missing keys {missing[:4]}, unexpected keys "
             f"{unexpected[:4]}. The checkpoint looks like depth={found.get('depth')}, "
-            f"block={found.get('block')}: pick the matching model (e.g. model=DiT-XL/2) or block"
+            f"block={found.get('block')}: pick the matching model (arch=DiT-XL/2 for sample) "
+            "or block"
         )
     hints = {
-        "x_embedder.proj.weight": "model width, patch size or input channels (model=DiT-XL/2 ...)",
+        "x_embedder.proj.weight": "model width, patch size or input channels (arch=DiT-XL/2 ...)",
         "pos_embed": "image size (image_size=256 for 32x32 latents, 512 for 64x64)",
         "y_embedder.embedding_table.weight": "number of classes (num_classes)",
         "final_layer.linear.weight": "learn_sigma, patch size or channels",
@@ -91,8 +92,12 @@ def read_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[dict, dict[
     """-> (DiT state dict, metadata). Metadata holds ``dit_config``, ``diffusion``, ``vae`` when
     the file is one of our Lightning checkpoints."""
     obj = safe_load(path)
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} does not hold a state dict")
+    kind = checkpoint_kind(obj, path)
+    if not kind.startswith(("a DiT", "an official DiT")):
+        raise ValueError(
+            f"{path} is {kind}, not a DiT checkpoint; pass a DiT .ckpt, ema.pt or official "
+            "DiT-XL-2-*.pt file (or a diffusers DiT folder)"
+        )
     if "state_dict" in obj:  # Lightning checkpoint of DiTModule
         prefix = "ema.module." if use_ema else "model."
         sd = {k[len(prefix) :]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
@@ -155,7 +160,7 @@ def load_dit(
     if config.get("num_heads") is None:
         raise ValueError(
             f"cannot tell the number of attention heads of a width-{config['hidden_size']} DiT: "
-            "pass model=<name> (e.g. model=DiT-XL/2) or num_heads=<heads>"
+            "pass arch=<name> (e.g. arch=DiT-XL/2) or num_heads=<heads>"
         )
     config["cfg_channels"] = cfg_channels
     dit = DiT(**config)

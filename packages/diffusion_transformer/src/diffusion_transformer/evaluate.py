@@ -16,6 +16,7 @@ Writes ``metrics.json`` in the output directory and prints it.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +67,25 @@ def load_samples(samples: str | None) -> tuple[Any, np.ndarray | None]:
     if not path.exists():
         raise FileNotFoundError(f"samples {path} do not exist")
     if path.suffix == ".npz":
-        with np.load(path) as data:
-            if "arr_0" not in data:
-                raise ValueError(
-                    f"{path} has no arr_0: expected ADM's format (uint8 N x H x W x 3)"
-                )
-            labels = data.get("labels", None)
-            return data["arr_0"], labels
+        try:
+            with np.load(path) as data:
+                if "arr_0" not in data:
+                    raise ValueError(
+                        f"{path} has no arr_0: expected ADM's format (uint8 N x H x W x 3)"
+                    )
+                labels, images = data.get("labels", None), data["arr_0"]
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            raise ValueError(
+                f"{path} is not a readable .npz archive ({err}); pass the samples.npz that "
+                "diffusion_transformer.sample writes"
+            ) from None
+        if images.ndim != 4 or len(images) == 0:
+            raise ValueError(
+                f"{path} holds arr_0 of shape {images.shape}, not a batch of images "
+                "(N x H x W x C, N >= 1); pass the samples.npz that diffusion_transformer.sample "
+                "writes"
+            )
+        return images, labels
     return path, None
 
 
@@ -81,7 +94,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from common.metrics.inputs import iter_image_batches
 
     images, labels = load_samples(cfg.samples)
-    size = next(iter_image_batches(images, batch_size=1)).shape[1]  # arrays, .npz and folders
+    first = next(iter_image_batches(images, batch_size=1), None)  # arrays, .npz and folders
+    if first is None:
+        raise ValueError(f"no images in {cfg.samples}; pass a folder or .npz that holds images")
+    size = first.shape[1]
     reference = resolve_reference(cfg.reference, image_size=size)
     values = evaluate_images(
         images,
@@ -103,9 +119,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return values
 
 
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "batch_size": "int>=1",
+}
+
+
 @hydra_main(
     "evaluate",
     input_paths=("samples", "reference", "metrics.inception_weights", "metrics.cache_dir"),
+    checks=CHECKS,
 )
 def main(cfg: DictConfig) -> None:
     OmegaConf.resolve(cfg)

@@ -24,7 +24,7 @@ from diffusion_transformer.diffusers_io import export_diffusers
 def export(cfg: DictConfig) -> Path:
     if not cfg.get("ckpt"):
         raise ValueError("set ckpt=<path to a .ckpt, ema.pt or official DiT .pt file>")
-    dit, meta = load_dit(cfg.ckpt, model=cfg.model, use_ema=cfg.use_ema, num_heads=cfg.num_heads)
+    dit, meta = load_dit(cfg.ckpt, model=cfg.arch, use_ema=cfg.use_ema, num_heads=cfg.num_heads)
     vae = cfg.vae or (meta.get("vae") or {}).get("path")
     out = export_diffusers(dit, cfg.out, meta.get("diffusion"), vae)
     kind = "DiTPipeline (transformer, scheduler, vae)" if vae else "transformer + scheduler"
@@ -38,7 +38,15 @@ def export(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra_main("export_diffusers", input_paths=("ckpt", "vae"))
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "num_heads": "int>=1|null",
+}
+
+
+@hydra_main(
+    "export_diffusers", input_paths=("ckpt", "vae"), checks=CHECKS, aliases={"model": "arch"}
+)
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

@@ -133,7 +133,17 @@ def extract(cfg: DictConfig) -> Path:
     return manifest_path
 
 
-@hydra_main("extract_latents", input_paths=("data_root", "vae", "out"))
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "image_size": "int>=8",
+    "batch_size": "int>=1",
+    "shard_size": "int>=1",
+    "num_workers": "int>=0",
+    "scale": ">0",
+}
+
+
+@hydra_main("extract_latents", input_paths=("data_root", "vae", "out"), checks=CHECKS)
 def main(cfg: DictConfig) -> None:
     extract(cfg)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from common.cli import user_errors
 from diffusion_transformer.models import BLOCK_TYPES, DIT_CONFIGS, PATCH_SIZES, dit_flops
 
 
@@ -29,6 +30,7 @@ def gflops_table(image_size: int = 256, block: str = "adaln_zero") -> list[tuple
     return rows
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=256)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from common.cli import user_errors
 from common.runs import expected_jobs
 
 COLUMNS = (
@@ -408,6 +409,7 @@ def report(
     return result
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("root", help="multirun directory of diffusion_transformer.train")

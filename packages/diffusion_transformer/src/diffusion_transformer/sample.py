@@ -59,7 +59,7 @@ def sample(cfg: DictConfig) -> SampleResult:
     device = resolve_device(cfg.device)
     model, meta = load_dit(
         cfg.ckpt,
-        model=cfg.model,
+        model=cfg.arch,
         image_size=cfg.image_size,
         num_classes=cfg.num_classes,
         use_ema=cfg.use_ema,
@@ -118,7 +118,21 @@ def sample(cfg: DictConfig) -> SampleResult:
     return SampleResult(grid, npz, images_np, labels.numpy())
 
 
-@hydra_main("sample", input_paths=("ckpt", "vae"))
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "num_samples": "int>=1",
+    "batch_size": "int>=1",
+    "grid_size": "int>=1",
+    "seed": "int>=0",
+    "cfg_scale": ">=0",
+    "steps": "int>=1|null",
+    "image_size": "int>=1|null",
+    "num_classes": "int>=1|null",
+    "num_heads": "int>=1|null",
+}
+
+
+@hydra_main("sample", input_paths=("ckpt", "vae"), checks=CHECKS, aliases={"model": "arch"})
 def main(cfg: DictConfig) -> None:
     OmegaConf.resolve(cfg)
     sample(cfg)

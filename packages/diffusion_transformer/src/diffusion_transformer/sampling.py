@@ -4,6 +4,7 @@ with classifier-free guidance computed in one batched forward pass (Sec. 2.3.1).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 
 from common.diffusion import RectifiedFlow, create_diffusion
 from common.diffusion.progress import Progress
+from common.errors import require_positive_int
 from common.guidance import guided_prediction
 
 SAMPLERS = ("ddpm", "ddim", "euler", "heun")
@@ -54,6 +56,10 @@ def sample_latents(
     dropout. ``autocast_dtype`` (e.g. ``torch.bfloat16`` on GPUs) runs the network in reduced
     precision while the sampler arithmetic stays in float32.
     """
+    if not math.isfinite(float(cfg_scale)) or cfg_scale < 0:
+        raise ValueError(f"cfg_scale={cfg_scale} is not a guidance scale; pass one >= 0 (1 = off)")
+    if steps is not None:
+        require_positive_int("steps", steps, allow_none=True)
     sampler = sampler or default_sampler(diffusion_cfg)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")

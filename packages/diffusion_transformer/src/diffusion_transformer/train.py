@@ -80,6 +80,26 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
     return result
 
 
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "seed": "int>=0",
+    "patch": "int>=1",
+    "data.datamodule.batch_size": "int>=1",
+    "optim.lr": ">0",
+    "optim.weight_decay": ">=0",
+    "ema_decay": "[0,1]",
+    "class_dropout_prob": "[0,1)",
+    "checkpoint_every": "int>=0",
+    "sample_every": "int>=0",
+    "eval.every_n_steps": "int>=0",
+    "eval.num_samples": "int>=1",
+    "eval.batch_size": "int>=1",
+    "eval.cfg_scale": ">=0",
+    "eval.steps": "int>=1|null",
+    "diffusion.sampling_steps": "int>=1|null",
+}
+
+
 @hydra_main(
     "train",
     input_paths=(
@@ -90,6 +110,7 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
         "metrics.inception_weights",
         "metrics.cache_dir",
     ),
+    checks=CHECKS,
 )
 def main(cfg: DictConfig) -> None:
     train(cfg)

@@ -13,6 +13,7 @@ clusters itself.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.checkpoint import atomic_save, safe_load
+from common.cli import user_errors
+from common.errors import (
+    NonFiniteError,
+    require_choice,
+    require_finite,
+    require_positive_int,
+)
+from common.guards import NAN_POLICIES, gradients_finite
 from gangealing.module import GangealingModule
 from gangealing.stn import ConvTrunk
+
+logger = logging.getLogger(__name__)
 
 
 class ClusterClassifier(nn.Module):
@@ -42,10 +53,21 @@ def _first_trunk(stn: nn.Module) -> nn.Module:
 
 
 def train_cluster_classifier(
-    module: GangealingModule, steps: int = 2000, batch_size: int = 32, lr: float = 1e-3
+    module: GangealingModule,
+    steps: int = 2000,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    nan_policy: str = "stop",
 ) -> tuple[ClusterClassifier, list[float]]:
     """Train on (G(w), k*) pairs from a trained GANgealing module; returns the classifier and
-    its accuracy on each step's fresh batch (before the update)."""
+    its accuracy on each step's fresh batch (before the update). A step with NaN/inf gradients
+    stops the training (``nan_policy=stop``) or is skipped (``skip``), as in every other loop."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps={steps!r}: pass a whole number of steps >= 0")
+    require_positive_int("--batch-size", batch_size)
+    if require_finite("--lr", lr) <= 0:
+        raise ValueError(f"--lr {lr} must be positive; pass e.g. --lr 1e-3")
+    require_choice("--nan-policy", nan_policy, NAN_POLICIES)
     hp = module.hparams
     if hp.num_modes < 2:
         raise ValueError("the run has a single mode (num_modes=1): no clusters to classify")
@@ -55,8 +77,8 @@ def train_cluster_classifier(
     classifier.trunk.load_state_dict(trunk.state_dict())
     classifier = classifier.to(module.device)
     opt = torch.optim.Adam(classifier.parameters(), lr=lr)
-    accuracy = []
-    for _ in range(steps):
+    accuracy, skipped = [], 0
+    for step in range(steps):
         with torch.no_grad():
             x, y = module.pairs(batch_size, psi=0.0)
             labels = module.alignment_losses(stns, x, y)["assignment"] % hp.num_modes
@@ -65,7 +87,17 @@ def train_cluster_classifier(
         accuracy.append(float((logits.argmax(1) == labels).float().mean()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if not gradients_finite(classifier.parameters()):
+            if nan_policy == "stop":
+                raise NonFiniteError(
+                    f"non-finite gradients at classifier step {step} (loss {float(loss):.3g}); "
+                    "nothing was written; lower --lr, or pass --nan-policy skip"
+                )
+            skipped += 1
+            continue
         opt.step()
+    if skipped:
+        logger.warning("skipped %d of %d classifier steps with NaN/inf gradients", skipped, steps)
     return classifier.eval(), accuracy
 
 
@@ -96,15 +128,20 @@ def load_run(run: str | Path) -> GangealingModule:
     return module.eval()
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="run directory of python -m gangealing.train")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--nan-policy", default="stop", choices=NAN_POLICIES)
     args = parser.parse_args(argv)
+    require_positive_int("--steps", args.steps)
     module = load_run(args.run)
-    classifier, accuracy = train_cluster_classifier(module, args.steps, args.batch_size, args.lr)
+    classifier, accuracy = train_cluster_classifier(
+        module, args.steps, args.batch_size, args.lr, args.nan_policy
+    )
     congealer_path = args.run / "congealer.pt"
     blob = safe_load(congealer_path) if congealer_path.is_file() else module.export()
     blob["classifier"] = classifier_record(classifier)

@@ -77,7 +77,16 @@ def congeal_folder(
     return {"aligned": out / "aligned", "average": out / "average.png", "warps": out / "warps.pt"}
 
 
-@hydra_main("congeal", input_paths=("congealer", "images"))
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "size": "int>=8",
+    "batch_size": "int>=1",
+    "iters": "int>=1",
+    "cluster": "int>=0|null",
+}
+
+
+@hydra_main("congeal", input_paths=("congealer", "images"), checks=CHECKS)
 def main(cfg: DictConfig) -> None:
     congealer = Congealer.load(cfg.congealer)
     paths = congeal_folder(

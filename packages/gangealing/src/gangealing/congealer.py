@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.checkpoint import safe_load
+from common.checkpoint import checkpoint_kind, safe_load
 from gangealing.module import build_transformer
 from gangealing.stn import STNOutput
 from gangealing.target import TargetMode
@@ -65,14 +65,10 @@ class Congealer(nn.Module):
             )
         blob = safe_load(path, map_location=map_location)
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-            hint = ""
-            if isinstance(blob, dict) and "state_dict" in blob:
-                hint = " (this is a Lightning training checkpoint)"
-            elif isinstance(blob, dict) and "g_ema" in blob:
-                hint = " (this is a StyleGAN2 generator)"
+            kind = checkpoint_kind(blob, path)
             raise ValueError(
-                f"{path} is not a GANgealing congealer{hint}: pass the congealer.pt that "
-                "`python -m gangealing.train` writes in its run directory"
+                f"{path} is {kind}, not a GANgealing congealer; pass the congealer.pt that "
+                "python -m gangealing.train writes in its run directory (or that run directory)"
             )
         congealer = cls(blob["config"])
         congealer.stns.load_state_dict(blob["stn"])

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from gangealing.stn import grid_sample
+
 
 @dataclass
 class CongealingResult:
@@ -75,7 +77,7 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def _warp(images: torch.Tensor, thetas: torch.Tensor) -> torch.Tensor:
     grid = F.affine_grid(thetas, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, padding_mode="reflection", align_corners=False)
+    return grid_sample(images, grid, "reflection")
 
 
 def pixel_variance(images: torch.Tensor, margin: float = 0.0) -> float:
@@ -129,7 +131,7 @@ def congeal(
         angle, log_scale, shift = centred()
         thetas = similarity_thetas(angle, log_scale, shift)
         grids = F.affine_grid(thetas, list(images.shape), align_corners=False)
-        congealed = F.grid_sample(images, grids, padding_mode="reflection", align_corners=False)
+        congealed = grid_sample(images, grids, "reflection")
     return CongealingResult(thetas, grids, congealed, losses, angle, log_scale, shift)
 
 

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from common.images import open_image
 from gangealing.pck import bbox_threshold
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,7 @@ def load_rgb(
     path: str | os.PathLike, strict_channels: bool = False, warned: set[str] | None = None
 ) -> Image.Image:
     """Open an image as RGB; other modes raise (``strict_channels``) or convert with a warning."""
-    image = Image.open(path)
-    image.load()
+    image = open_image(path)
     if image.mode == "RGB":
         return image
     bands = len(image.getbands())

@@ -328,7 +328,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-@hydra_main("pck", input_paths=("congealer", "root"))
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "size": "int>=8|null",
+    "iters": "int>=1",
+    "num_pairs": "int>=1",
+    "max_pairs": "int>=1|null",
+    "seed": "int>=0",
+    "batch_size": "int>=1",
+    "cluster": "int>=0|null",
+}
+
+
+@hydra_main("pck", input_paths=("congealer", "root"), checks=CHECKS)
 def main(cfg: DictConfig) -> None:
     record = run(cfg)
     for alpha in cfg.alphas:

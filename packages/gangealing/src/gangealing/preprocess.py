@@ -119,7 +119,18 @@ def preprocess_folder(
     return {"ranking": out / "ranking.csv", "aligned": out / "aligned"}
 
 
-@hydra_main("preprocess", input_paths=("congealer", "images"))
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "keep": "(0,1]",
+    "size": "int>=8",
+    "load_size": "int>=8|null",
+    "batch_size": "int>=1",
+    "iters": "int>=1",
+    "cluster": "int>=0|null",
+}
+
+
+@hydra_main("preprocess", input_paths=("congealer", "images"), checks=CHECKS)
 def main(cfg: DictConfig) -> None:
     paths = preprocess_folder(
         Congealer.load(cfg.congealer),

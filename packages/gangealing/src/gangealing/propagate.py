@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from common.checkpoint import atomic_write_bytes
 from common.cli import hydra_main
-from common.images import to_uint8
+from common.images import open_image, to_uint8
 from gangealing.applications import propagate_keypoints, propagate_labels, propagate_overlay
 from gangealing.congeal import pick_device, save_png
 from gangealing.congealer import Congealer
@@ -162,8 +162,7 @@ def load_edit(
         return Edit("keypoints", points=_load_points(path, size))
     if is_json:
         raise ValueError(f"{path} is JSON, which holds keypoints: pass edit_type=keypoints or auto")
-    image = Image.open(path)
-    image.load()
+    image = open_image(path)
     if edit_type == "labels" or (edit_type == "auto" and image.mode in LABEL_MODES):
         if edit_type == "auto" and _has_alpha(image):
             return Edit("overlay", overlay=_load_overlay(image, path, size))
@@ -275,7 +274,20 @@ def propagate_folder(
     return paths
 
 
-@hydra_main("propagate", input_paths=("congealer", "images", "edit"))
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "size": "int>=8",
+    "image_size": "int>=8|null",
+    "max_classes": "int>=1",
+    "label_alpha": "[0,1]",
+    "point_radius": ">=0",
+    "batch_size": "int>=1",
+    "iters": "int>=1",
+    "cluster": "int>=0|null",
+}
+
+
+@hydra_main("propagate", input_paths=("congealer", "images", "edit"), checks=CHECKS)
 def main(cfg: DictConfig) -> None:
     edit = load_edit(cfg.edit, cfg.edit_type, cfg.size, cfg.max_classes)
     paths = propagate_folder(

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.errors import NonFiniteError
 from gangealing.losses import total_variation_huber
 
 Size = int | tuple[int, int]
@@ -61,13 +62,25 @@ def identity_grid(
     return F.affine_grid(eye, [n, 1, h, w], align_corners=False)
 
 
+def grid_sample(input: Tensor, grid: Tensor, padding_mode: str = "reflection") -> Tensor:
+    """``F.grid_sample`` (bilinear, ``align_corners=False``) of a grid checked to be finite:
+    torch's CPU kernel crashes the whole process (segfault) on a NaN grid with reflection or
+    border padding. On GPUs NaN only propagates, and the training guard stops on it."""
+    if grid.device.type == "cpu" and not bool(torch.isfinite(grid).all()):
+        raise NonFiniteError(
+            "a sampling grid holds NaN or inf (the spatial transformer or its input diverged); "
+            "lower stn_lr and mode_lr, and check the input images for NaN"
+        )
+    return F.grid_sample(
+        input, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False
+    )
+
+
 def warp(images: Tensor, grid: Tensor, padding_mode: str = "reflection") -> Tensor:
     """Reverse-warp ``images`` [N, C, H, W] with ``grid`` [N, H', W', 2] (bilinear resampling)."""
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-    return F.grid_sample(
-        images, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False
-    )
+    return grid_sample(images, grid, padding_mode)
 
 
 def compose_grids(outer: Tensor, inner: Tensor) -> Tensor:
@@ -77,13 +90,7 @@ def compose_grids(outer: Tensor, inner: Tensor) -> Tensor:
     sampled bilinearly (border padding) at the inner grid's positions. Exact where ``outer`` is
     locally affine and ``inner`` stays inside the hull of the outer pixel centres.
     """
-    return F.grid_sample(
-        outer.permute(0, 3, 1, 2),
-        inner,
-        mode="bilinear",
-        padding_mode="border",
-        align_corners=False,
-    ).permute(0, 2, 3, 1)
+    return grid_sample(outer.permute(0, 3, 1, 2), inner, "border").permute(0, 2, 3, 1)
 
 
 def _apply_affine(matrix: Tensor, grid: Tensor) -> Tensor:
@@ -100,13 +107,7 @@ def _compose_affine(first: Tensor, second: Tensor) -> Tensor:
 
 def _sample_grid_at(grid: Tensor, normalized_points: Tensor) -> Tensor:
     """Bilinearly sample a grid [N, H, W, 2] at normalised points [N, P, 2] -> [N, P, 2]."""
-    out = F.grid_sample(
-        grid.permute(0, 3, 1, 2),
-        normalized_points.unsqueeze(2),
-        mode="bilinear",
-        padding_mode="border",
-        align_corners=False,
-    )
+    out = grid_sample(grid.permute(0, 3, 1, 2), normalized_points.unsqueeze(2), "border")
     return out[..., 0].permute(0, 2, 1)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from common.checkpoint import atomic_save, safe_load
+from common.checkpoint import atomic_save, checkpoint_kind, safe_load
 from gangealing.stylegan2_ops import (
     DEFAULT_BLUR_KERNEL,
     ConstantInput,
@@ -278,8 +278,9 @@ def _select_state_dict(ckpt: Mapping[str, Any], key: str, path: os.PathLike) -> 
     if ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):
         return ckpt  # a bare state dict, checked by infer_generator_config
     raise ValueError(
-        f"{path} has no {key!r} entry (its keys: {_first_keys(ckpt)}); expected {_FORMAT}. "
-        "Pass key='g' to load the non-averaged generator when the file has one"
+        f"{path} is {checkpoint_kind(ckpt, path)} with no {key!r} entry (its keys: "
+        f"{_first_keys(ckpt)}); expected {_FORMAT}. Pass key='g' to load the non-averaged "
+        "generator when the file has one"
     )
 
 

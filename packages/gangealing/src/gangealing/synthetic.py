@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from common.checkpoint import atomic_write_bytes
 from gangealing.datasets import resample_window
+from gangealing.stn import grid_sample
 
 SKIMAGE_IMAGES = (
     "astronaut", "chelsea", "cat", "coffee", "rocket", "camera", "coins",
@@ -162,7 +163,7 @@ def apply_matrix(points: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
 def warp_images(images: torch.Tensor, thetas: torch.Tensor) -> torch.Tensor:
     """Reverse-warp ``images`` with ``thetas`` (bilinear, reflection padding)."""
     grid = F.affine_grid(thetas.to(images.dtype), list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, padding_mode="reflection", align_corners=False)
+    return grid_sample(images, grid, "reflection")
 
 
 def keypoints_visible(points: torch.Tensor, size: int) -> torch.Tensor:

@@ -60,9 +60,31 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
     return TrainResult(run_dir, checkpoint, congealer, module)
 
 
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "seed": "int>=0",
+    "resolution": "int>=8",
+    "num_modes": "int>=1",
+    "num_components": "int>=1",
+    "cutoff": "int>=0",
+    "pca_samples": "int>=1",
+    "tv_weight": ">=0",
+    "identity_weight": ">=0",
+    "psi_anneal_steps": "int>=0",
+    "stn_lr": ">0",
+    "mode_lr": ">0",
+    "batch_size": "int>=1",
+    "ema_decay": "[0,1]",
+    "checkpoint_every": "int>=0",
+    "stn.flow_size": "int>=1",
+    "stn.input_size": "int>=8|null",
+}
+
+
 @hydra_main(
     "train",
     input_paths=("generator", "resume", "loss.backbone_path", "loss.checkpoint_path"),
+    checks=CHECKS,
 )
 def main(cfg: DictConfig) -> None:
     train(cfg)

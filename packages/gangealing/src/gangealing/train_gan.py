@@ -91,7 +91,28 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
     return TrainResult(run_dir, checkpoint, export, samples, module)
 
 
-@hydra_main("train_gan", input_paths=("data", "resume"))
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "seed": "int>=0",
+    "resolution": "int>=4",
+    "batch_size": "int>=1",
+    "synthetic_size": "int>=1",
+    "num_workers": "int>=0",
+    "mixing": "[0,1]",
+    "ema_decay": "[0,1]|null",
+    "optim.lr": ">0",
+    "regularization.r1_gamma": ">=0",
+    "regularization.d_reg_every": "int>=0",
+    "regularization.g_reg_every": "int>=0",
+    "regularization.path_weight": ">=0",
+    "num_samples": "int>=1",
+    "sample_every": "int>=0",
+    "export_every": "int>=0",
+    "checkpoint_every": "int>=0",
+}
+
+
+@hydra_main("train_gan", input_paths=("data", "resume"), checks=CHECKS)
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

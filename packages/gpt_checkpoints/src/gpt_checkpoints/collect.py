@@ -168,7 +168,17 @@ def run(cfg: DictConfig) -> CollectResult:
     return result
 
 
-@hydra_main("collect", input_paths=("out", "task.data_root"))
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "runs": "int>=1",
+    "checkpoints_per_run": "int>=2",
+    "batch_runs": "int>=1",
+    "seed_offset": "int>=0",
+    "max_abs": ">0",
+}
+
+
+@hydra_main("collect", input_paths=("out", "task.data_root"), checks=CHECKS)
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -186,7 +186,22 @@ def _log_wandb(cfg: DictConfig, results: dict, plots: dict) -> None:
     run.finish()
 
 
-@hydra_main("evaluate", input_paths=("gpt", "dataset", "data_root"))
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "test_fraction": "(0,1)",
+    "prompt": ">=0|null",
+    "num_nets": "int>=1",
+    "curve_steps": "int>=1",
+    "alignment_nets": "int>=1",
+    "alignment_prompts": "int>=2",
+    "recursive_steps": "int>=1",
+    "memorization_runs": "int>=1",
+    "memorization_prompts": "int>=1",
+    "steps": "int>=1|null",
+}
+
+
+@hydra_main("evaluate", input_paths=("gpt", "dataset", "data_root"), checks=CHECKS)
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from common.checkpoint import plain_container, safe_load
+from common.checkpoint import checkpoint_kind, plain_container, safe_load
 from common.diffusion import create_diffusion
 from common.ema import EMA
 from common.training import step_seed
@@ -228,15 +228,23 @@ def load_gpt(path: str | Path, map_location: str = "cpu") -> GptModule:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         if "hyper_parameters" not in meta:
-            raise ValueError(f"{path} is not a G.pt export (no hyper_parameters metadata)")
+            kind = checkpoint_kind(safe_load(path), path)
+            raise ValueError(
+                f"{path} is {kind}, not a G.pt export (no hyper_parameters metadata); pass the "
+                "gpt.safetensors or run folder of python -m gpt_checkpoints.train"
+            )
         module = GptModule(**json.loads(meta["hyper_parameters"]))
         state = safe_load(path, map_location)
         module.model.load_state_dict(state)
         module.ema.module.load_state_dict(state)
         return module.eval()
     ckpt = safe_load(path, map_location)
-    if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a G.pt training checkpoint (hyper_parameters/state_dict)")
+    kind = checkpoint_kind(ckpt, path)
+    if not kind.startswith("a G.pt training checkpoint"):
+        raise ValueError(
+            f"{path} is {kind}, not a G.pt checkpoint; pass the gpt.safetensors, "
+            "checkpoints/last.ckpt or run folder of python -m gpt_checkpoints.train"
+        )
     module = GptModule(**ckpt["hyper_parameters"])
     module.load_state_dict(ckpt["state_dict"])
     return module.eval()

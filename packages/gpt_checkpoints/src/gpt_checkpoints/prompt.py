@@ -103,7 +103,18 @@ def _fmt(values) -> str:
     return ", ".join(f"{v:.4g}" for v in values)
 
 
-@hydra_main("prompt", input_paths=("gpt", "params", "data_root"))
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "num_nets": "int>=1",
+    "prompt": ">=0|null",
+    "recursive": "int>=1",
+    "steps": "int>=1|null",
+    "seed": "int>=0",
+    "init_seed": "int>=0",
+}
+
+
+@hydra_main("prompt", input_paths=("gpt", "params", "data_root"), checks=CHECKS)
 def main(cfg: DictConfig) -> None:
     report = run(cfg)
     if cfg.get("report"):

@@ -86,7 +86,24 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
     return TrainResult(run_dir, checkpoint, export, module)
 
 
-@hydra_main("train", input_paths=("dataset", "resume", "task.data_root"))
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "seed": "int>=0",
+    "batch_size": "int>=1",
+    "test_fraction": "(0,1)",
+    "initial_fraction": "[0,1]",
+    "max_runs": "int>=1|null",
+    "optim.lr": ">0",
+    "optim.warmup_steps": "int>=0",
+    "optim.weight_decay": ">=0",
+    "ema_decay": "[0,1]",
+    "checkpoint_every": "int>=0",
+    "diffusion.steps": "int>=1",
+    "diffusion.sampling_steps": "int>=1|null",
+}
+
+
+@hydra_main("train", input_paths=("dataset", "resume", "task.data_root"), checks=CHECKS)
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

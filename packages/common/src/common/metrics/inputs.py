@@ -103,7 +103,10 @@ def _iter_folder(folder: Path, batch_size: int) -> Iterator[np.ndarray]:
 
 
 def _npz_member(path: Path, key: str) -> tuple[zipfile.ZipFile, str]:
-    zf = zipfile.ZipFile(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ValueError(f"{path} is not a readable .npz archive ({err}); pass an .npz") from None
     name = f"{key}.npy"
     if name not in zf.namelist():
         found = sorted(n.removesuffix(".npy") for n in zf.namelist())

@@ -1,0 +1,185 @@
+"""Errors a user can act on, and the one line the command-line tools print for them.
+
+Every command prints ``error: <what>; <what to do>`` and exits with code 2 for these (no
+traceback unless ``HYDRA_FULL_ERROR=1`` or ``debug=true``): the project's own checks raise
+``ValueError``/``FileNotFoundError``/``KeyError`` (or the subclasses here) with that message, and
+the common foreign failures (missing files, unreadable images, bad archives, Hydra and OmegaConf
+configuration errors) are caught as well. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced NaN or inf (loss, gradients, a sampling grid, a tensor about to be
+    saved); the message names where and what to try."""
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The exception types reported as one line instead of a traceback."""
+    import zipfile
+
+    types: list[type[BaseException]] = [
+        ValueError,
+        KeyError,
+        OSError,  # FileNotFoundError, IsADirectoryError, PermissionError, PIL's unreadable images
+        EOFError,
+        zipfile.BadZipFile,
+        NonFiniteError,
+    ]
+    try:
+        from omegaconf.errors import OmegaConfBaseException
+
+        types.append(OmegaConfBaseException)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from hydra.errors import HydraException
+
+        types.append(HydraException)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost ``__cause__`` (Hydra wraps errors raised while instantiating or in a job)."""
+    while err.__cause__ is not None and err.__cause__ is not err:
+        err = err.__cause__
+    return err
+
+
+_NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable")
+
+
+def _config_hint(cause: BaseException) -> str:
+    """What to do about an OmegaConf error raised while reading a command's config."""
+    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue
+
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, MissingMandatoryValue) and key:
+        return f"; pass {key}=<value> on the command line"
+    if isinstance(cause, ConfigKeyError) and key:
+        return f"; check the spelling of {key} (python -m <command> --cfg job lists the keys)"
+    return ""
+
+
+def _clean(text: str) -> str:
+    """One line of ``text``: OmegaConf's key dumps and Hydra's search-path listing dropped."""
+    text = str(text).split("Config search path:")[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " ".join(ln for ln in lines if not ln.startswith(_NOISE))
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line, without OmegaConf's key dumps: the root cause's, with
+    Hydra's own explanation in front of a configuration error it wraps."""
+    cause = root_cause(err)
+    text = _clean(cause.args[0] if isinstance(cause, KeyError) and cause.args else cause)
+    if isinstance(cause, OSError) and cause.filename and str(cause.filename) not in text:
+        text = f"{text}: {cause.filename}"
+    try:
+        from hydra.errors import ConfigCompositionException, OverrideParseException
+
+        wrappers = (ConfigCompositionException, OverrideParseException)
+        if isinstance(err, wrappers) and cause is not err:
+            text = f"{_clean(err)} ({text})"
+        text += _config_hint(cause)
+    except ImportError:  # pragma: no cover
+        pass
+    return text or type(cause).__name__
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is reported as one line: its root cause is one of
+    :func:`user_error_types` (a ``KeyError`` only with a sentence for a message: a bare missing
+    key is a bug)."""
+    cause = root_cause(err)
+    if isinstance(cause, KeyError) and not (cause.args and " " in str(cause.args[0])):
+        return False
+    return isinstance(cause, user_error_types())
+
+
+# ----------------------------------------------------------------------------- value checks
+def require_finite(name: str, value: Any) -> float:
+    """``value`` as a finite float, or a ``ValueError`` naming ``name``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is not a number; pass a finite number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name}={value} is not finite; pass a finite number")
+    return number
+
+
+def require_at_least(name: str, value: Any, low: float, what: str = "") -> float:
+    """A finite number ``>= low``."""
+    number = require_finite(name, value)
+    if number < low:
+        raise ValueError(f"{name}={value} is below {low}{what}; pass {name} >= {low}")
+    return number
+
+
+def require_positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
+    """A whole number ``>= 1`` (or ``None`` when ``allow_none``)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"{name}={value!r} is not a whole number; pass {name}=<integer >= 1>")
+    if value < 1:
+        extra = " or leave it unset (null) for the default" if allow_none else ""
+        raise ValueError(f"{name}={value} must be at least 1; pass {name} >= 1{extra}")
+    return int(value)
+
+
+def require_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, choices))}")
+    return value
+
+
+def _rule_ok(value: Any, rule: str) -> bool:
+    if rule.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            return False
+        rule = rule[3:]
+    if rule.startswith(">="):
+        return value >= float(rule[2:])
+    if rule.startswith(">"):
+        return value > float(rule[1:])
+    low, high = (float(x) for x in rule[1:-1].split(","))
+    above = value >= low if rule[0] == "[" else value > low
+    below = value <= high if rule[-1] == "]" else value < high
+    return above and below
+
+
+def _describe(rule: str) -> str:
+    kind, rest = ("a whole number", rule[3:]) if rule.startswith("int") else ("a number", rule)
+    if rest.startswith((">=", ">")):
+        op = ">=" if rest.startswith(">=") else ">"
+        return f"{kind} {op} {rest[len(op) :]}"
+    return f"{kind} in {rest[0]}{rest[1:-1].replace(',', ', ')}{rest[-1]}"
+
+
+def check_values(cfg: Any, rules: dict[str, str]) -> None:
+    """Refuse values that make no sense, where a command reads its config. ``rules`` maps dotted
+    keys to ``"int>=1"``, ``">0"``, ``">=0"``, ``"[0,1]"``, ``"(0,1]"`` (``int`` prefix: a whole
+    number), with ``"|null"`` when the key may stay unset. Every number must be finite."""
+    from omegaconf import OmegaConf
+
+    for key, spec in rules.items():
+        rule, _, nullable = spec.partition("|")
+        value = OmegaConf.select(cfg, key, default=None)
+        want = _describe(rule) + (" (or null for the default)" if nullable else "")
+        if value is None:
+            if nullable:
+                continue
+            raise ValueError(f"{key} is not set; pass {key}=<{want}>")
+        number_like = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number_like or not math.isfinite(float(value)) or not _rule_ok(value, rule):
+            raise ValueError(f"{key}={value!r} makes no sense here; pass {key}=<{want}>")
