@@ -43,6 +43,12 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         types.append(HydraException)
     except ImportError:  # pragma: no cover
         pass
+    try:  # Lightning's own "your Trainer arguments do not fit" (devices, precision, strategy)
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        types.append(MisconfigurationException)
+    except ImportError:  # pragma: no cover
+        pass
     return tuple(types)
 
 

@@ -213,14 +213,25 @@ def build_trainer(cfg: Any, extra_hparams: dict[str, Any] | None = None) -> Any:
     callbacks += [NonFiniteGuard(cfg.get("nan_policy", "stop")), FlushLogsOnError()]
     has_ckpt = any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
     extra = {"strategy": hydra.utils.instantiate(cfg.strategy)} if cfg.get("strategy") else {}
-    trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        logger=loggers or False,
-        callbacks=callbacks,
-        plugins=[SafeCheckpointIO()],
-        enable_checkpointing=has_ckpt,
-        **extra,
-    )
+    try:
+        trainer = hydra.utils.instantiate(
+            cfg.trainer,
+            logger=loggers or False,
+            callbacks=callbacks,
+            plugins=[SafeCheckpointIO()],
+            enable_checkpointing=has_ckpt,
+            **extra,
+        )
+    except Exception as err:  # Lightning checks its arguments with TypeError/ValueError
+        from common.errors import root_cause
+
+        cause = root_cause(err)
+        if not isinstance(cause, (TypeError, ValueError)):
+            raise
+        raise ValueError(
+            f"Lightning refused the trainer settings ({cause}); check the trainer.* values "
+            "(python -m <command> --cfg job prints them)"
+        ) from None
     from common.runs import job_hparams
 
     hparams = {

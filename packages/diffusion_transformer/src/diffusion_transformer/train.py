@@ -84,6 +84,10 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
 CHECKS = {
     "seed": "int>=0",
     "patch": "int>=1",
+    "model.depth": "int>=1",
+    "model.hidden_size": "int>=1",
+    "model.num_heads": "int>=1",
+    "model.mlp_ratio": ">0",
     "data.datamodule.batch_size": "int>=1",
     "optim.lr": ">0",
     "optim.weight_decay": ">=0",

@@ -90,6 +90,10 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
 CHECKS = {
     "seed": "int>=0",
     "batch_size": "int>=1",
+    "model.depth": "int>=1",
+    "model.hidden_size": "int>=1",
+    "model.num_heads": "int>=1",
+    "model.max_token_size": "int>=1",
     "test_fraction": "(0,1)",
     "initial_fraction": "[0,1]",
     "max_runs": "int>=1|null",
