@@ -74,12 +74,23 @@ class ParameterNormalizer:
 
 
 class MetricNormalizer:
-    def __init__(self, low: float, high: float, name: str = "metric") -> None:
+    """Metric -> the scalar G.pt sees: ``(l - low) / (high - low)`` over the training range
+    (``encoding="range"``, this project's models) or the raw value (``"raw"``: the released
+    models embed raw losses, errors in percent and returns). ``low``/``high`` bound the prompts
+    either way."""
+
+    def __init__(
+        self, low: float, high: float, name: str = "metric", encoding: str = "range"
+    ) -> None:
         if not high > low:
             raise ValueError(f"metric {name} has no spread in the dataset ({low}..{high})")
-        self.low, self.high, self.name = float(low), float(high), name
+        if encoding not in ("range", "raw"):
+            raise ValueError(f"metric encoding {encoding!r}; choose range or raw")
+        self.low, self.high, self.name, self.encoding = float(low), float(high), name, encoding
 
     def normalize(self, value: torch.Tensor) -> torch.Tensor:
+        if self.encoding == "raw":
+            return value
         return (value - self.low) / (self.high - self.low)
 
     def check_prompt(self, value: float | Sequence[float] | torch.Tensor) -> None:

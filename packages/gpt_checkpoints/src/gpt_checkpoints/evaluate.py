@@ -24,7 +24,7 @@ from omegaconf import DictConfig  # noqa: E402
 from common.cli import hydra_main
 from gpt_checkpoints import evaluation as ev  # noqa: E402
 from gpt_checkpoints.module import load_gpt  # noqa: E402
-from gpt_checkpoints.prompt import load_task  # noqa: E402
+from gpt_checkpoints.prompt import load_task, resolve_better  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,10 @@ def _plot_curves(res: dict, gpt_value: float, metric: str, path: Path) -> None:
 
 def _plot_alignment(res: dict, metric: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    prompts = res["prompts"]
-    for achieved in res["achieved"]:
+    for prompts, achieved in zip(res["prompts"], res["achieved"], strict=True):
         ax.plot(prompts, achieved, c="tab:blue", alpha=0.4, lw=1)
-    ax.plot(prompts, prompts, "k--", lw=1, label="ideal")
+    flat = [p for row in res["prompts"] for p in row]
+    ax.plot([min(flat), max(flat)], [min(flat), max(flat)], "k--", lw=1, label="ideal")
     ax.set_xlabel(f"prompted {metric}")
     ax.set_ylabel(f"achieved {metric}")
     ax.set_title(f"prompt alignment R^2 = {res['prompt_alignment_r2']:.3f}")
@@ -90,12 +90,12 @@ def _plot_recursive(res: dict, metric: str, path: Path) -> None:
 def run(cfg: DictConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    module = load_gpt(cfg.gpt)
+    module = load_gpt(cfg.gpt, preset=cfg.get("preset"))
     if torch.cuda.is_available():
         module.cuda()
     task = load_task(module, cfg.get("data_root"))
     metric = module.hparams["metric"]
-    sampler, steps, better = cfg.sampler, cfg.steps, cfg.better
+    sampler, steps, better = cfg.sampler, cfg.steps, resolve_better(module, cfg.better)
     results: dict = {
         "task": task.name,
         "metric": metric,
@@ -125,7 +125,13 @@ def run(cfg: DictConfig) -> dict:
             )
     if "alignment" in analyses:
         res = ev.prompt_alignment(
-            module, task, cfg.alignment_nets, cfg.alignment_prompts, sampler, steps
+            module,
+            task,
+            cfg.alignment_nets,
+            cfg.alignment_prompts,
+            sampler,
+            steps,
+            prompt_range=cfg.get("alignment_range", "auto"),
         )
         results["prompt_alignment_r2"] = res["prompt_alignment_r2"]
         results["prompt_alignment"] = res

@@ -39,9 +39,33 @@ def gpt_step(
 
 
 def best_prompt(module: GptModule, better: str) -> float:
-    """The best metric value of the training data (Sec. 3.4.1 prompts near it)."""
+    """The best metric value of the training data (Sec. 3.4.1 prompts near it); a released model
+    has its own (official ``Gpt/tasks.py``: ``best_prompt``)."""
+    if "best_prompt" in module.protocol:
+        return float(module.protocol["best_prompt"])
     low, high = module.metric_normalizer.low, module.metric_normalizer.high
     return low if better == "min" else high
+
+
+def alignment_prompts(
+    module: GptModule, current: torch.Tensor, num_prompts: int, prompt_range: str = "auto"
+) -> torch.Tensor:
+    """Prompts ``[N, num_prompts]`` for the prompt-alignment score. ``data``: one regular grid
+    over the training range of the metric, for every network (this project's); ``official``:
+    per network from the best prompt to ``prompt_start_coeff`` x its starting metric (official
+    ``Gpt/vis.py``, ``one_step_prompting``; reversed for returns). ``auto``: ``official`` for a
+    released model, ``data`` otherwise."""
+    if prompt_range == "auto":
+        prompt_range = "official" if module.protocol else "data"
+    if prompt_range == "data":
+        low, high = module.metric_normalizer.low, module.metric_normalizer.high
+        return torch.linspace(low, high, num_prompts).expand(len(current), num_prompts).clone()
+    if prompt_range != "official":
+        raise ValueError(f"prompt_range={prompt_range!r}; choose auto, data or official")
+    best = float(module.protocol.get("best_prompt", module.metric_normalizer.low))
+    coeff = float(module.protocol.get("prompt_start_coeff", 1.0))
+    prompts = torch.stack([torch.linspace(best, coeff * float(c), num_prompts) for c in current])
+    return prompts if module.protocol.get("minimize", True) else prompts.flip(1)
 
 
 def one_step_comparison(
@@ -113,21 +137,26 @@ def prompt_alignment(
     sampler: str | None = None,
     steps: int | None = None,
     seed: int = 1,
+    prompt_range: str = "auto",
 ) -> dict:
-    """Sec. 3.4.4: R^2 between 20 regularly spaced prompts (over the training range of the
-    metric) and the metric G.pt's one-step outputs achieve, averaged over unseen networks."""
+    """Sec. 3.4.4: R^2 between 20 regularly spaced prompts and the metric G.pt's one-step outputs
+    achieve, averaged over unseen networks (prompts: ``alignment_prompts``)."""
     metric = module.hparams["metric"]
-    low, high = module.metric_normalizer.low, module.metric_normalizer.high
-    prompts = torch.linspace(low, high, num_prompts)
     theta0 = unseen_inits(task, num_nets, seed=seed)
     current = task.evaluate(theta0)[metric]
+    prompts = alignment_prompts(module, current, num_prompts, prompt_range)
     theta = theta0.repeat_interleave(num_prompts, 0)
-    targets = prompts.repeat(num_nets)
     out = gpt_step(
-        module, task, theta, targets, sampler, steps, current=current.repeat_interleave(num_prompts)
+        module,
+        task,
+        theta,
+        prompts.flatten(),
+        sampler,
+        steps,
+        current=current.repeat_interleave(num_prompts),
     )
     achieved = task.evaluate(out)[metric].view(num_nets, num_prompts)
-    scores = [r2_score(prompts, a) for a in achieved]
+    scores = [r2_score(p, a) for p, a in zip(prompts, achieved, strict=True)]
     return {
         "prompt_alignment_r2": float(torch.tensor(scores).mean()),
         "r2_per_network": scores,
@@ -149,7 +178,8 @@ def recursive_prompting(
 ) -> dict:
     """Fig. 3.6: feed G.pt's output back as its input, from in- and out-of-distribution inits."""
     metric = module.hparams["metric"]
-    prompt = best_prompt(module, better) if prompt is None else prompt
+    if prompt is None:  # a released model has its own (official Gpt/tasks.py: recursive_prompt)
+        prompt = module.protocol.get("recursive_prompt", best_prompt(module, better))
     out = {}
     for scheme in schemes:
         theta = unseen_inits(task, num_nets, scheme, seed=2)

@@ -25,6 +25,7 @@ from common.training import step_seed
 from gpt_checkpoints.data import MetricNormalizer, ParameterNormalizer
 from gpt_checkpoints.layout import ParamLayout
 from gpt_checkpoints.models import GPT_CONFIGS, Gpt
+from gpt_checkpoints.official import ARCHITECTURE_KEYS, OfficialGpt, preset_architecture
 from gpt_checkpoints.permutation import permute_pair
 
 DEFAULT_DIFFUSION = {
@@ -34,6 +35,20 @@ DEFAULT_DIFFUSION = {
     "sampler": "ddpm",
     "sampling_steps": None,  # all steps for DDPM; e.g. 50 for ddim
 }
+
+
+def build_network(model: dict[str, Any], layout: ParamLayout, groups: list) -> torch.nn.Module:
+    """The network of a ``model`` config: this package's ``Gpt`` (a named ``size`` from
+    ``GPT_CONFIGS`` plus overrides) or, with ``architecture: official``, the released network
+    (``official.OfficialGpt``, from a ``preset`` of ``official.PRESETS`` plus overrides)."""
+    model = dict(model)
+    if model.pop("architecture", "project") == "official":
+        preset = model.pop("preset", None)
+        config = {**(preset_architecture(preset) if preset else {}), **model}
+        return OfficialGpt(layout.sizes, **{k: config[k] for k in ARCHITECTURE_KEYS if k in config})
+    size = model.pop("size", None)
+    config = {**GPT_CONFIGS.get(size, {}), **model} if size else model
+    return Gpt(layout.sizes, param_shapes=layout.entries, permutation_groups=groups, **config)
 
 
 class GptModule(L.LightningModule):
@@ -51,25 +66,25 @@ class GptModule(L.LightningModule):
         ema_decay: float = 0.9999,
         augment: bool = True,
         seed: int = 0,
+        metric_encoding: str = "range",
+        protocol: dict[str, Any] | None = None,
+        metric_units: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.layout = ParamLayout.from_list(layout)
-        model = dict(model)
-        size = model.pop("size", None)
-        config = {**GPT_CONFIGS.get(size, {}), **model} if size else model
         self.groups = [
             (int(s), tuple((n, int(a)) for n, a in m)) for s, m in permutation_groups or []
         ]
-        self.model = Gpt(
-            self.layout.sizes,
-            param_shapes=self.layout.entries,
-            permutation_groups=self.groups,
-            **config,
-        )
+        self.model = build_network(model, self.layout, self.groups)
         self.ema = EMA(self.model, decay=ema_decay)
         self.normalizer = ParameterNormalizer(self.layout, layer_scales)
-        self.metric_normalizer = MetricNormalizer(*metric_range, name=metric)
+        self.metric_normalizer = MetricNormalizer(
+            *metric_range, name=metric, encoding=metric_encoding
+        )
+        # The released models' prompting protocol (official Gpt/tasks.py, configs/test):
+        # best_prompt, recursive_prompt, prompt_start_coeff, minimize; None for this package's.
+        self.protocol = dict(protocol or {})
         self.diffusion_cfg = {**DEFAULT_DIFFUSION, **(diffusion or {})}
         self.process = self.build_diffusion(None)
         self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.1, "betas": (0.9, 0.999), **(optim or {})}
@@ -88,10 +103,10 @@ class GptModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optim_cfg
-        decay = [
-            p for n, p in self.model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n
-        ]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2 or "pos_embed" in n]
+        # No decay on biases, LayerNorm weights and positional embeddings (official
+        # GPT.configure_optimizers; pos_embed here, decoder.pos_emb in the released network).
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "pos_emb" not in n]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2 or "pos_emb" in n]
         opt = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": cfg["weight_decay"]},
@@ -197,7 +212,7 @@ class GptModule(L.LightningModule):
 
     @property
     def pos_device(self) -> torch.device:
-        return self.model.pos_embed.device
+        return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ export
     def export(self, path: str | Path) -> Path:
@@ -213,9 +228,11 @@ class GptModule(L.LightningModule):
         return Path(path)
 
 
-def load_gpt(path: str | Path, map_location: str = "cpu") -> GptModule:
-    """A trained G.pt from a Lightning ``.ckpt`` (EMA and raw weights) or an exported
-    ``.safetensors`` file (EMA weights); neither is unpickled."""
+def load_gpt(path: str | Path, map_location: str = "cpu", preset: str | None = None) -> GptModule:
+    """A trained G.pt from a Lightning ``.ckpt`` (EMA and raw weights), an exported
+    ``.safetensors`` file (EMA weights) or a released file (``mnist_loss.pt``: ``G``,
+    ``G_ema``; ``preset`` names its configuration when the file name does not); none is
+    unpickled."""
     path = Path(path)
     if path.is_dir():
         export = path / "gpt.safetensors"
@@ -233,18 +250,87 @@ def load_gpt(path: str | Path, map_location: str = "cpu") -> GptModule:
                 f"{path} is {kind}, not a G.pt export (no hyper_parameters metadata); pass the "
                 "gpt.safetensors or run folder of python -m gpt_checkpoints.train"
             )
-        module = GptModule(**json.loads(meta["hyper_parameters"]))
+        module = GptModule(**legacy_units(json.loads(meta["hyper_parameters"])))
         state = safe_load(path, map_location)
         module.model.load_state_dict(state)
         module.ema.module.load_state_dict(state)
         return module.eval()
     ckpt = safe_load(path, map_location)
     kind = checkpoint_kind(ckpt, path)
+    if kind.startswith("an official G.pt checkpoint"):
+        return load_released(ckpt, path, preset)
     if not kind.startswith("a G.pt training checkpoint"):
         raise ValueError(
             f"{path} is {kind}, not a G.pt checkpoint; pass the gpt.safetensors, "
             "checkpoints/last.ckpt or run folder of python -m gpt_checkpoints.train"
         )
-    module = GptModule(**ckpt["hyper_parameters"])
+    module = GptModule(**legacy_units(ckpt["hyper_parameters"]))
     module.load_state_dict(ckpt["state_dict"])
     return module.eval()
+
+
+def legacy_units(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters of a G.pt trained before errors were in percent (no ``metric_units``):
+    its error range is rescaled, so prompts in percent give the model the inputs it learned."""
+    hparams = dict(hparams)
+    if "metric_units" not in hparams and str(hparams.get("metric", "")).endswith("_error"):
+        hparams["metric_range"] = [v * 100 for v in hparams["metric_range"]]
+    hparams["metric_units"] = hparams.get("metric_units") or {}
+    return hparams
+
+
+#: The released models' diffusion (official main.py: 1000 linear-beta steps, fixed large variance).
+OFFICIAL_DIFFUSION = {"steps": 1000, "noise_schedule": "linear", "sigma_small": False}
+
+
+def load_released(ckpt: dict[str, Any], path: str | Path, preset: str | None = None) -> GptModule:
+    """A released G.pt (``{'G', 'G_ema', 'optim'}``, e.g. ``mnist_loss.pt``) as a ``GptModule``:
+    the configuration comes from ``preset`` (default: the file's name), is checked against the
+    tensor shapes, and ``G``/``G_ema`` load strictly into the model and its EMA."""
+    from gpt_checkpoints.official import PRESETS, infer_config, split_for
+    from gpt_checkpoints.tasks import task_network, task_permutation_groups
+
+    name = preset or Path(path).stem
+    if name not in PRESETS:
+        raise ValueError(
+            f"{path} is a released G.pt file, which holds no configuration; pass the preset it "
+            f"was trained with: preset=<{'|'.join(PRESETS)}> (the name of its official file)"
+        )
+    spec = PRESETS[name]
+    layout = ParamLayout.from_module(task_network(spec["task"]))
+    state = ckpt["G"]
+    found, wanted = infer_config(state), preset_architecture(name)
+    split = split_for(layout.sizes, found["output_splits"])
+    for key, value in found.items():
+        if key in wanted and wanted[key] != value:
+            raise ValueError(
+                f"{path} has {key}={value}, the {name} preset {wanted[key]}: it is not the "
+                f"released {name} model; pass the preset it was trained with (preset=...)"
+            )
+    if build_network_splits(layout, wanted) != found["output_splits"]:
+        raise ValueError(
+            f"{path} tokenises the {spec['task']} network as {split}, the {name} preset as "
+            f"split_policy={wanted['split_policy']}, chunk_size={wanted['chunk_size']}"
+        )
+    module = GptModule(
+        model={"architecture": "official", "preset": name},
+        layout=layout.to_list(),
+        task={"name": spec["task"], "data_root": None, "recipe": None},
+        metric=spec["metric"],
+        metric_range=[float("-inf"), float("inf")],
+        layer_scales=[spec["openai_coeff"]] * len(layout.entries),
+        permutation_groups=[list(g) for g in task_permutation_groups(spec["task"])],
+        diffusion=OFFICIAL_DIFFUSION,
+        metric_encoding="raw",
+        protocol={k: spec[k] for k in ("best_prompt", "recursive_prompt", "prompt_start_coeff",
+                                       "minimize")},
+    )  # fmt: skip
+    module.model.load_state_dict(state, strict=True)
+    module.ema.module.load_state_dict(ckpt.get("G_ema", state), strict=True)
+    return module.eval()
+
+
+def build_network_splits(layout: ParamLayout, architecture: dict[str, Any]) -> list[int]:
+    from gpt_checkpoints.official import build_splits
+
+    return build_splits(layout.sizes, architecture["split_policy"], architecture["chunk_size"])

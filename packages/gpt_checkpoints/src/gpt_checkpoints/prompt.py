@@ -17,13 +17,19 @@ from omegaconf import DictConfig
 
 from common.checkpoint import safe_load
 from common.cli import hydra_main
-from gpt_checkpoints.evaluation import UNSEEN_SEED, gpt_step
+from gpt_checkpoints.evaluation import UNSEEN_SEED, best_prompt, gpt_step
 from gpt_checkpoints.module import GptModule, load_gpt
 from gpt_checkpoints.tasks import Task, task_from_recipe
 
 
 def load_task(module: GptModule, data_root: str | None = None) -> Task:
     spec = module.hparams["task"]
+    if module.protocol and spec["name"] == "cartpole":
+        raise ValueError(
+            "the released cartpole.pt trains Isaac Gym's continuous Cartpole (GPU simulator), "
+            "which this package does not emulate; its network loads (load_gpt), but prompting "
+            "it here needs that environment. The package's own Cartpole task is discrete"
+        )
     task = task_from_recipe(spec["name"], data_root or spec.get("data_root"), spec.get("recipe"))
     if task.layout.to_list() != module.layout.to_list():
         raise ValueError(
@@ -52,23 +58,27 @@ def load_params(path: str | Path, task: Task) -> torch.Tensor:
     return task.layout.flatten(batched)
 
 
+def resolve_better(module: GptModule, better: str | None) -> str:
+    """``min``/``max``: given, or the released model's (``minimize``), or ``min``."""
+    if better in ("min", "max"):
+        return better
+    if better not in (None, "auto"):
+        raise ValueError(f"better={better!r}; choose min, max or auto")
+    return "min" if module.protocol.get("minimize", True) else "max"
+
+
 def run(cfg: DictConfig) -> dict:
-    module = load_gpt(cfg.gpt)
+    module = load_gpt(cfg.gpt, preset=cfg.get("preset"))
     task = load_task(module, cfg.get("data_root"))
     metric = module.hparams["metric"]
+    better = resolve_better(module, cfg.get("better"))
     if cfg.get("params"):
         theta = load_params(cfg.params, task)
     else:
         g = torch.Generator().manual_seed(UNSEEN_SEED + int(cfg.init_seed))
         theta = task.init(int(cfg.num_nets), g, cfg.init)
     start = task.evaluate(theta)[metric]
-    prompt = (
-        float(cfg.prompt)
-        if cfg.get("prompt") is not None
-        else (
-            module.metric_normalizer.low if cfg.better == "min" else module.metric_normalizer.high
-        )
-    )
+    prompt = float(cfg.prompt) if cfg.get("prompt") is not None else best_prompt(module, better)
     trace = [start.tolist()]
     current = start
     for k in range(int(cfg.recursive)):

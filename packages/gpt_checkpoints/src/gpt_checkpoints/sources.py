@@ -1,7 +1,9 @@
 """Datasets the task networks train on: scikit-learn's digits offline, MNIST and CIFAR-10 from disk.
 
-Every source returns float tensors standardised with the training set's mean and standard
-deviation and a fixed train/test split, so every run of a task sees the same data.
+Every source returns standardised float tensors and a fixed train/test split, so every run of a
+task sees the same data: digits with the training set's mean and standard deviation, MNIST and
+CIFAR-10 with the released G.pt's constants, so its checkpoints see the inputs they were trained
+on.
 MNIST and CIFAR-10 are read from torchvision's on-disk layouts by ``gpt_checkpoints.vision_io``
 (no download here, no unpickling of arbitrary objects).
 """
@@ -50,12 +52,18 @@ def _digits(image: bool) -> SupervisedData:
     )
 
 
+# The released G.pt's input normalisation (official data_gen/train_mnist.py, train_cifar10.py).
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # of [0, 1] pixels (torchvision Normalize)
+CIFAR10_MEAN = (125.3, 123.0, 113.9)  # per channel, of [0, 255] pixels (official color_norm)
+CIFAR10_STD = (63.0, 62.1, 66.7)
+
+
 def _mnist(root: str) -> SupervisedData:
     from gpt_checkpoints.vision_io import read_mnist
 
     x_tr, y_tr, x_te, y_te = read_mnist(root)
     x_tr, x_te = (a.reshape(len(a), -1).astype(np.float32) / 255.0 for a in (x_tr, x_te))
-    x_tr, x_te = _standardise(x_tr, x_te, axis=None)
+    x_tr, x_te = ((a - MNIST_MEAN) / MNIST_STD for a in (x_tr, x_te))
     return SupervisedData(
         *(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_tr, y_tr, x_te, y_te))
     )
@@ -65,8 +73,9 @@ def _cifar10(root: str) -> SupervisedData:
     from gpt_checkpoints.vision_io import read_cifar10
 
     x_tr, y_tr, x_te, y_te = read_cifar10(root)
-    x_tr, x_te = (a.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 for a in (x_tr, x_te))
-    x_tr, x_te = _standardise(x_tr, x_te, axis=(0, 2, 3))  # per channel
+    mean = np.array(CIFAR10_MEAN, np.float32).reshape(1, 3, 1, 1)
+    std = np.array(CIFAR10_STD, np.float32).reshape(1, 3, 1, 1)
+    x_tr, x_te = ((a.transpose(0, 3, 1, 2).astype(np.float32) - mean) / std for a in (x_tr, x_te))
     return SupervisedData(
         *(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_tr, y_tr, x_te, y_te))
     )

@@ -64,6 +64,39 @@ class CNN(nn.Module):
         return self.fc(x.mean(dim=(-2, -1)))
 
 
+class ConvNet(nn.Module):
+    """The CIFAR-10 network of the released G.pt (official ``data_gen/train_cifar10.ConvNet``):
+    conv 3 -> 16 (3x3, stride 2) and 16 -> 32 (3x3), both without bias, ReLU, global average
+    pooling, linear 32 -> 10: 5,370 parameters."""
+
+    def __init__(self, in_channels: int = 3, widths: tuple[int, int] = (16, 32)) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=2, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(widths[0], widths[1], 3, stride=1, padding=1, bias=False)
+        self.fc = nn.Linear(widths[1], 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.fc(x.mean(dim=(-2, -1)))
+
+
+class OfficialActor(nn.Module):
+    """The Cartpole policy of the released G.pt (official ``data_gen/train_rl.VisActorCritic``
+    for Isaac Gym's continuous Cartpole): ``log_std`` [1], then ``actor`` 4 -> 32 -> 32 -> 1
+    (SELU), in that state-dict order."""
+
+    def __init__(self, obs_dim: int = 4, hidden: int = 32, act_dim: int = 1) -> None:
+        super().__init__()
+        self.actor = nn.Sequential(
+            nn.Linear(obs_dim, hidden), nn.SELU(), nn.Linear(hidden, hidden), nn.SELU(),
+            nn.Linear(hidden, act_dim),
+        )  # fmt: skip
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(obs)
+
+
 def _fan_in(shape: tuple[int, ...], layout: ParamLayout, name: str) -> int:
     """Fan-in of the layer a parameter belongs to (a bias takes its weight's fan-in)."""
     if name.endswith("bias"):
@@ -108,7 +141,8 @@ def init_params(
 # ----------------------------------------------------------------------------- tasks
 @dataclass
 class Task(ABC):
-    """Base class: an architecture, its metrics, its recipe. Subclasses implement the recipe."""
+    """Base class: an architecture, its metrics, its recipe. Subclasses implement the recipe.
+    Metrics are in the released G.pt's units: losses, errors in percent, returns."""
 
     name: str
     network: nn.Module
@@ -163,6 +197,9 @@ class SupervisedTask(Task):
         weight_decay: float = 5e-4,
         data_root: str | None = None,
         eval_chunk: int = 1024,
+        nesterov: bool = False,
+        schedule: str = "cosine_step",
+        augment: str | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -175,6 +212,11 @@ class SupervisedTask(Task):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        if schedule not in ("cosine_step", "cosine_epoch"):
+            raise ValueError(f"schedule={schedule!r}; choose cosine_step or cosine_epoch")
+        if augment not in (None, "flip_crop"):
+            raise ValueError(f"augment={augment!r}; choose null or flip_crop")
+        self.nesterov, self.schedule, self.augment = nesterov, schedule, augment
         self.eval_chunk = eval_chunk
         self._data: SupervisedData | None = None
         self.input_ndim = 1 if isinstance(network, MLP) else 3
@@ -195,6 +237,9 @@ class SupervisedTask(Task):
             "lr": self.lr,
             "momentum": self.momentum,
             "weight_decay": self.weight_decay,
+            "nesterov": self.nesterov,
+            "schedule": self.schedule,
+            "augment": self.augment,
             "iterations": self.iterations,
         }
 
@@ -220,12 +265,25 @@ class SupervisedTask(Task):
         steps_per_epoch = n_train // self.batch_size
         theta = theta0.clone().requires_grad_(True)
         opt = torch.optim.SGD(
-            [theta], lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            [theta],
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            nesterov=self.nesterov,
         )
         total = self.iterations
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda i: 0.5 * (1.0 + math.cos(math.pi * min(i, total) / total))
-        )
+        if self.schedule == "cosine_epoch":  # official data_gen: lr set once per epoch
+            total = self.epochs
+
+            def factor(i: int) -> float:
+                epoch = min(i // steps_per_epoch, self.epochs)
+                return 0.5 * (1.0 + math.cos(math.pi * epoch / total))
+        else:
+
+            def factor(i: int) -> float:
+                return 0.5 * (1.0 + math.cos(math.pi * min(i, total) / total))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         gens = [torch.Generator().manual_seed(int(s) + 1) for s in seeds]
         callback(0, theta.detach())
         it = 0
@@ -233,7 +291,10 @@ class SupervisedTask(Task):
             order = torch.stack([torch.randperm(n_train, generator=g) for g in gens])
             for b in range(steps_per_epoch):
                 idx = order[:, b * self.batch_size : (b + 1) * self.batch_size]
-                loss = self.loss_fn(theta, x_train[idx], y_train[idx]).sum()
+                x = x_train[idx]
+                if self.augment == "flip_crop":
+                    x = flip_crop(x, gens)
+                loss = self.loss_fn(theta, x, y_train[idx]).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -243,7 +304,8 @@ class SupervisedTask(Task):
 
     @torch.no_grad()
     def evaluate(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Train/test cross-entropy and error (fraction misclassified) of each network."""
+        """Train/test cross-entropy and top-1 error in percent (the official unit) of each
+        network."""
         data = self.data
         out: dict[str, list[torch.Tensor]] = {k: [] for k in self.metric_names}
         for chunk in theta.split(self.eval_chunk):
@@ -256,8 +318,29 @@ class SupervisedTask(Task):
                     logits.transpose(1, 2), y.expand(chunk.shape[0], -1), reduction="none"
                 )
                 out[f"{split}_loss"].append(ce.mean(1))
-                out[f"{split}_error"].append((logits.argmax(-1) != y).float().mean(1))
+                out[f"{split}_error"].append((logits.argmax(-1) != y).float().mean(1) * 100)
         return {k: torch.cat(v) for k, v in out.items()}
+
+
+def flip_crop(x: torch.Tensor, gens: list[torch.Generator], pad: int = 4) -> torch.Tensor:
+    """Official CIFAR-10 training augmentation per image: horizontal flip with p = 0.5, then a
+    random crop of the original size from the image zero-padded by ``pad`` (``x [R, B, C, H,
+    W]``, run ``r`` drawing from ``gens[r]``)."""
+    r, b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    draws = [
+        (torch.rand(b, generator=g) < 0.5, torch.randint(0, 2 * pad, (b, 2), generator=g))
+        for g in gens
+    ]  # official random_crop draws randint(0, H + 2 pad - H): offsets 0 .. 2 pad - 1
+    flips = torch.stack([f for f, _ in draws])  # [R, B]
+    offsets = torch.stack([o for _, o in draws])  # [R, B, 2]
+    rows = offsets[..., 0, None] + torch.arange(h)  # [R, B, h]
+    cols = offsets[..., 1, None] + torch.arange(w)  # [R, B, w]
+    cols = torch.where(flips[..., None], cols.flip(-1), cols)
+    runs = torch.arange(r)[:, None, None, None]
+    images = torch.arange(b)[None, :, None, None]
+    crops = padded[runs, images, :, rows[..., :, None], cols[..., None, :]]  # [R, B, h, w, C]
+    return crops.permute(0, 1, 4, 2, 3).contiguous()
 
 
 def _mlp_groups(hidden: int) -> tuple[PermutationGroup, ...]:
@@ -271,23 +354,73 @@ def _cnn_groups(channels: int) -> tuple[PermutationGroup, ...]:
     )
 
 
+def _convnet_groups(widths: tuple[int, int] = (16, 32)) -> tuple[PermutationGroup, ...]:
+    """Official ``random_permute_cnn``: the channels of each bias-free conv."""
+    return (
+        (widths[0], (("conv1.weight", 0), ("conv2.weight", 1))),
+        (widths[1], (("conv2.weight", 0), ("fc.weight", 1))),
+    )
+
+
+def _actor_groups(hidden: int = 32) -> tuple[PermutationGroup, ...]:
+    """Official ``random_permute_actor``: the units of both hidden layers."""
+    return (
+        (hidden, (("actor.0.weight", 0), ("actor.0.bias", 0), ("actor.2.weight", 1))),
+        (hidden, (("actor.2.weight", 0), ("actor.2.bias", 0), ("actor.4.weight", 1))),
+    )
+
+
+def task_network(name: str) -> nn.Module:
+    """The network of a task, without its data: what a G.pt's layout is checked against. The
+    released models use ``mlp_mnist`` (784-10-10), ``cnn_cifar10`` (``ConvNet``) and, for
+    ``cartpole``, the official actor (``OfficialActor``; this package's own PPO Cartpole task
+    trains a discrete policy, ``cartpole.PolicyMLP``)."""
+    networks = {
+        "mlp_digits": lambda: MLP(64),
+        "mlp_mnist": lambda: MLP(784),
+        "cnn_digits": lambda: CNN(in_channels=1),
+        "cnn_cifar10": lambda: ConvNet(),
+        "cartpole": lambda: OfficialActor(),
+    }
+    if name not in networks:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(networks)}")
+    return networks[name]()
+
+
+def task_permutation_groups(name: str) -> tuple[PermutationGroup, ...]:
+    """The hidden-unit permutation groups (Sec. 3.2.1) of ``task_network(name)``."""
+    groups = {
+        "mlp_digits": _mlp_groups(10),
+        "mlp_mnist": _mlp_groups(10),
+        "cnn_digits": _cnn_groups(16),
+        "cnn_cifar10": _convnet_groups(),
+        "cartpole": _actor_groups(),
+    }
+    return groups[name]
+
+
+#: The released datasets' SGD (official data_gen): Nesterov momentum 0.9, lr 0.1, weight decay
+#: 5e-4, batch 128, cosine annealing set once per epoch.
+OFFICIAL_RECIPE = {"batch_size": 128, "nesterov": True, "schedule": "cosine_epoch"}
+
+
 def build_task(name: str, data_root: str | None = None, **overrides) -> Task:
     """A task by name: ``mlp_digits``, ``cnn_digits`` (offline defaults), ``mlp_mnist``,
     ``cnn_cifar10`` (torchvision's on-disk layouts under ``data_root``) or ``cartpole``."""
     if name == "mlp_digits":
         kw = {"epochs": 25, **overrides}
         return SupervisedTask(name, MLP(64), "digits", _mlp_groups(10), data_root=data_root, **kw)
-    if name == "mlp_mnist":
-        kw = {"epochs": 25, **overrides}
+    if name == "mlp_mnist":  # official data_gen/train_mnist.py
+        kw = {**OFFICIAL_RECIPE, "epochs": 25, **overrides}
         return SupervisedTask(name, MLP(784), "mnist", _mlp_groups(10), data_root=data_root, **kw)
     if name == "cnn_digits":
         kw = {"epochs": 50, **overrides}
         net = CNN(in_channels=1)
         return SupervisedTask(name, net, "digits_image", _cnn_groups(16), data_root=data_root, **kw)
-    if name == "cnn_cifar10":
-        kw = {"epochs": 50, **overrides}
-        net = CNN(in_channels=3)
-        return SupervisedTask(name, net, "cifar10", _cnn_groups(16), data_root=data_root, **kw)
+    if name == "cnn_cifar10":  # official data_gen/train_cifar10.py
+        kw = {**OFFICIAL_RECIPE, "epochs": 50, "augment": "flip_crop", **overrides}
+        net = ConvNet()
+        return SupervisedTask(name, net, "cifar10", _convnet_groups(), data_root=data_root, **kw)
     if name == "cartpole":
         from gpt_checkpoints.cartpole import CartpoleTask
 

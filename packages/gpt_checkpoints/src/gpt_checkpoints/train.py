@@ -20,6 +20,7 @@ from common.runs import Job, run_job
 from common.training import build_trainer
 from gpt_checkpoints.data import CheckpointDataModule
 from gpt_checkpoints.module import GptModule
+from gpt_checkpoints.store import METRIC_UNITS
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
         },
         metric=cfg.metric.name,
         metric_range=list(datamodule.metric_range()),
+        metric_units={k: v for k, v in METRIC_UNITS.items() if k == cfg.metric.name},
         layer_scales=normalizer.layer_scales,
         permutation_groups=datamodule.permutation_groups,
         diffusion=OmegaConf.to_container(cfg.diffusion, resolve=True),
