@@ -171,3 +171,25 @@ def test_released_files_name_their_preset_and_must_fit_it(tiny_preset, tmp_path)
     assert load_gpt(anonymous, preset=tiny_preset).model.num_tokens == 26
     with pytest.raises(ValueError, match="do not fit a network with parameter tensors of sizes"):
         load_gpt(anonymous, preset="mnist_loss")  # the file is not the MNIST model
+
+
+def test_alignment_prompts_official_range_and_data_range(tiny_preset, tmp_path):
+    """Official Gpt/vis.py one_step_prompting: linspace(best_prompt, prompt_start_coeff x start)
+    per network (reversed for returns); this project's: one grid over the training range."""
+    from gpt_checkpoints.evaluation import alignment_prompts
+    from gpt_checkpoints.module import load_gpt
+
+    released = tmp_path / f"{tiny_preset}.pt"
+    released.write_bytes((FIXTURES / "official_gpt_released.pt").read_bytes())
+    module = load_gpt(released)
+    start = torch.tensor([2.0, 1.0])
+    prompts = alignment_prompts(module, start, 5)  # auto: official for a released model
+    torch.testing.assert_close(prompts[0], torch.linspace(0.0, 1.8, 5))
+    torch.testing.assert_close(prompts[1], torch.linspace(0.0, 0.9, 5))
+    module.protocol["minimize"] = False
+    torch.testing.assert_close(alignment_prompts(module, start, 5)[0], torch.linspace(1.8, 0.0, 5))
+    module.metric_normalizer.low, module.metric_normalizer.high = 0.5, 1.5
+    data = alignment_prompts(module, start, 3, "data")
+    torch.testing.assert_close(data, torch.tensor([[0.5, 1.0, 1.5]] * 2))
+    with pytest.raises(ValueError, match="prompt_range='both'"):
+        alignment_prompts(module, start, 3, "both")

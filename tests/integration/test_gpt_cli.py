@@ -156,3 +156,33 @@ def test_neuron_model_trains_and_reloads_from_its_export(dataset, tmp_path):
         permute = lambda v: apply_permutations(v, export.layout, export.groups, perms)  # noqa: E731
         moved = export.ema.module(permute(x), t, permute(theta), loss, target)
     torch.testing.assert_close(moved, permute(out), atol=1e-5, rtol=1e-5)
+
+
+def test_the_official_architecture_trains_on_a_collected_dataset(dataset, tmp_path):
+    """model=mnist_loss (the released network, narrowed here) through the real entry point:
+    parameters scaled by the preset's openai_coeff, raw metrics, and the export reloads."""
+    from gpt_checkpoints.module import load_gpt
+    from gpt_checkpoints.official import OfficialGpt
+
+    run_dir = tmp_path / "run"
+    narrow = [
+        "+model.hidden_size=32",
+        "+model.depth=1",
+        "+model.num_heads=2",
+        "+model.chunk_size=64",
+    ]
+    run_cli(
+        "gpt_checkpoints.train",
+        f"dataset={dataset}",
+        "model=mnist_loss",
+        *narrow,
+        *(a for a in TINY_TRAIN if not a.startswith("model=")),
+        "trainer.max_steps=3",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    module = load_gpt(run_dir)
+    assert isinstance(module.model, OfficialGpt) and module.metric_normalizer.encoding == "raw"
+    assert set(module.normalizer.layer_scales) == {4.185}
+    # the digits MLP's tensors (640, 10, 100, 10) in chunks of at most 64 within each tensor
+    assert module.model.decoder.output_splits == [64] * 10 + [10, 64, 36, 10]

@@ -20,6 +20,7 @@ from common.runs import Job, run_job
 from common.training import build_trainer
 from gpt_checkpoints.data import CheckpointDataModule
 from gpt_checkpoints.module import GptModule
+from gpt_checkpoints.official import PRESETS
 from gpt_checkpoints.store import METRIC_UNITS
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,19 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
             f"the dataset at {cfg.dataset} holds task {manifest['task']!r} but task="
             f"{cfg.task.name}; pass the matching task= or dataset="
         )
-    normalizer = datamodule.normalizer(per_layer=cfg.normalization == "per_layer")
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    official = model_cfg.get("architecture") == "official"
+    if official:  # the released recipe: one openai_coeff for all parameters, raw metrics
+        coeff = PRESETS[model_cfg["preset"]]["openai_coeff"] if model_cfg.get("preset") else None
+        coeff = model_cfg.pop("openai_coeff", coeff)
+        if coeff is None:
+            raise ValueError("model.architecture=official needs a preset or model.openai_coeff")
+        layer_scales = [float(coeff)] * len(datamodule.layout.entries)
+    else:
+        normalizer = datamodule.normalizer(per_layer=cfg.normalization == "per_layer")
+        layer_scales = normalizer.layer_scales
     module = GptModule(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
+        model=model_cfg,
         layout=datamodule.layout.to_list(),
         task={
             "name": cfg.task.name,
@@ -68,7 +79,8 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
         metric=cfg.metric.name,
         metric_range=list(datamodule.metric_range()),
         metric_units={k: v for k, v in METRIC_UNITS.items() if k == cfg.metric.name},
-        layer_scales=normalizer.layer_scales,
+        layer_scales=layer_scales,
+        metric_encoding="raw" if official else "range",
         permutation_groups=datamodule.permutation_groups,
         diffusion=OmegaConf.to_container(cfg.diffusion, resolve=True),
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
@@ -92,10 +104,10 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
 CHECKS = {
     "seed": "int>=0",
     "batch_size": "int>=1",
-    "model.depth": "int>=1",
-    "model.hidden_size": "int>=1",
-    "model.num_heads": "int>=1",
-    "model.max_token_size": "int>=1",
+    "model.depth": "int>=1|null",
+    "model.hidden_size": "int>=1|null",
+    "model.num_heads": "int>=1|null",
+    "model.max_token_size": "int>=1|null",
     "test_fraction": "(0,1)",
     "initial_fraction": "[0,1]",
     "max_runs": "int>=1|null",
