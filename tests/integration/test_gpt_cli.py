@@ -110,7 +110,10 @@ def test_collect_train_resume_prompt_evaluate(dataset, tmp_path):
     assert set(results["recursive_prompting"]) == {"fan_in_uniform", "kaiming", "xavier", "normal"}
     assert len(results["nearest_neighbour_score"]) == 2
     assert results["optimization_curves"]["curves"]["sgd"].keys() >= {"0", "4"}
-    for png in ("one_step.png", "curves.png", "alignment.png", "recursive.png"):
+    novelty = results["novelty"]["methods"]
+    assert set(novelty) >= {"gpt", "nearest_prompted", "interpolation", "independent_runs"}
+    assert len(novelty["gpt"]["distance"]) == 2  # the two held-out runs of test_fraction=0.25
+    for png in ("one_step.png", "curves.png", "alignment.png", "recursive.png", "novelty.png"):
         assert (eval_dir / png).stat().st_size > 0
 
 
@@ -122,6 +125,13 @@ def test_gpt_cli_errors_name_the_fix(dataset, cli_main, tmp_path):
     ]
     for args, phrase in cases:
         code, err = cli_main("gpt_checkpoints.train", *args, *TINY_TRAIN)
+        assert code == 2 and phrase in err.strip().splitlines()[-1], err
+    evaluate_cases = [
+        (["noise_levels=[0.1,-1]"], "error: noise_levels[1]=-1 makes no sense here; pass"),
+        (["analyses=[novelty]"], "the novelty analysis needs dataset=<checkpoint dataset folder>"),
+    ]
+    for args, phrase in evaluate_cases:
+        code, err = cli_main("gpt_checkpoints.evaluate", f"gpt={tmp_path / 'g.safetensors'}", *args)
         assert code == 2 and phrase in err.strip().splitlines()[-1], err
 
 

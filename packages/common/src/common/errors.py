@@ -175,8 +175,9 @@ def _describe(rule: str) -> str:
 def check_values(cfg: Any, rules: dict[str, str]) -> None:
     """Refuse values that make no sense, where a command reads its config. ``rules`` maps dotted
     keys to ``"int>=1"``, ``">0"``, ``">=0"``, ``"[0,1]"``, ``"(0,1]"`` (``int`` prefix: a whole
-    number), with ``"|null"`` when the key may stay unset. Every number must be finite."""
-    from omegaconf import OmegaConf
+    number), with ``"|null"`` when the key may stay unset. Every number must be finite.
+    A list value is checked element by element."""
+    from omegaconf import ListConfig, OmegaConf
 
     for key, spec in rules.items():
         rule, _, nullable = spec.partition("|")
@@ -186,6 +187,9 @@ def check_values(cfg: Any, rules: dict[str, str]) -> None:
             if nullable:
                 continue
             raise ValueError(f"{key} is not set; pass {key}=<{want}>")
-        number_like = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number_like or not math.isfinite(float(value)) or not _rule_ok(value, rule):
-            raise ValueError(f"{key}={value!r} makes no sense here; pass {key}=<{want}>")
+        listed = isinstance(value, (list, tuple, ListConfig))
+        for i, item in enumerate(value if listed else [value]):
+            number_like = isinstance(item, (int, float)) and not isinstance(item, bool)
+            if not number_like or not math.isfinite(float(item)) or not _rule_ok(item, rule):
+                shown = f"{key}[{i}]={item!r}" if listed else f"{key}={value!r}"
+                raise ValueError(f"{shown} makes no sense here; pass {key}=<{want}>")

@@ -5,7 +5,9 @@ one G.pt step vs one tuned step of hand-designed optimizers (Fig. 3.3; keys ``on
 ``one_step_best_sgd``, ``one_step_best_adam``, ...), SGD/Adam optimisation curves vs one G.pt step
 (Fig. 3.4), prompt alignment R^2 (Sec. 3.4.4; ``prompt_alignment_r2``), recursive prompting from
 out-of-distribution initialisations (Fig. 3.6) and the nearest-neighbour memorisation score
-(Sec. 3.5, Fig. 3.9; needs ``dataset=`` for the training and test runs).
+(Sec. 3.5, Fig. 3.9) and the memorisation baselines of Zeng et al. 2025 with their
+performance-vs-novelty figure (``novelty``, ``memorization.novelty_baselines``); the last two
+need ``dataset=`` for the training and test runs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from omegaconf import DictConfig  # noqa: E402
 
 from common.cli import hydra_main
 from gpt_checkpoints import evaluation as ev  # noqa: E402
+from gpt_checkpoints import memorization  # noqa: E402
+from gpt_checkpoints.data import CheckpointDataModule  # noqa: E402
+from gpt_checkpoints.evaluation import best_prompt  # noqa: E402
 from gpt_checkpoints.module import load_gpt  # noqa: E402
 from gpt_checkpoints.prompt import load_task, resolve_better  # noqa: E402
 
@@ -87,7 +92,69 @@ def _plot_recursive(res: dict, metric: str, path: Path) -> None:
     plt.close(fig)
 
 
+NOVELTY_STYLE = {  # method -> (label, colour, marker)
+    "gpt": ("G.pt, one step", "tab:red", "o"),
+    "nearest_prompted": ("nearest training ckpt with the prompted metric", "k", "s"),
+    "interpolation": ("interpolation of two training ckpts (aligned)", "tab:purple", "D"),
+    "independent_runs": ("independent SGD runs (held out)", "tab:green", "^"),
+}
+
+
+def _plot_novelty(res: dict, path: Path) -> None:
+    """Zeng et al. 2025, Figs. 3-4: metric against novelty, per network, per method."""
+    metric = res["metric"]
+    methods = res["methods"]
+    axes_keys = [k for k in ("similarity", "distance") if k in next(iter(methods.values()))]
+    fig, axes = plt.subplots(1, len(axes_keys), figsize=(5.5 * len(axes_keys), 4), squeeze=False)
+    noise = [m for m in methods if m.startswith("noise_")]
+    greys = plt.cm.Blues(torch.linspace(0.4, 0.9, max(len(noise), 1)).tolist())
+    for ax, key in zip(axes[0], axes_keys, strict=True):
+        for name, row in methods.items():
+            if name in NOVELTY_STYLE:
+                label, colour, marker = NOVELTY_STYLE[name]
+            else:
+                label, colour, marker = (
+                    f"training ckpt + noise {name[6:]}",
+                    greys[noise.index(name)],
+                    "x",
+                )
+            ax.scatter(
+                row[key], row[metric], s=14, c=[colour], marker=marker, alpha=0.7, label=label
+            )
+        ax.set_xlabel(
+            "max IoU of mispredictions with a training ckpt (1 = same errors)"
+            if key == "similarity"
+            else "distance to nearest training ckpt (aligned, normalised space)"
+        )
+        ax.set_ylabel(metric)
+    axes[0][0].set_title(f"performance vs novelty, prompt {res['prompt']:.3g}")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _print_novelty(res: dict) -> None:
+    metric = res["metric"]
+    keys = [metric] + [k for k in ("similarity", "distance") if k in res["methods"]["gpt"]]
+    print(
+        f"{'novelty (mean of ' + str(res['num_nets']) + ')':<26}"
+        + "".join(f"{k:>12}" for k in keys)
+    )
+    for name, row in res["methods"].items():
+        print(f"  {name:<24}" + "".join(f"{row['mean'][k]:>12.4f}" for k in keys))
+
+
 def run(cfg: DictConfig) -> dict:
+    analyses = set(cfg.analyses)
+    needs_data = sorted(analyses & {"memorization", "novelty"})
+    if needs_data and not cfg.get("dataset"):
+        what = " and ".join(needs_data) + (
+            " analyses need" if len(needs_data) > 1 else " analysis needs"
+        )
+        raise ValueError(
+            f"the {what} dataset=<checkpoint dataset folder>; or leave them out of analyses=[...]"
+        )
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     module = load_gpt(cfg.gpt, preset=cfg.get("preset"))
@@ -103,7 +170,6 @@ def run(cfg: DictConfig) -> dict:
         "steps": steps,
     }
     plots = {}
-    analyses = set(cfg.analyses)
     if "one_step" in analyses:
         res = ev.one_step_comparison(module, task, better, cfg.num_nets, cfg.prompt, sampler, steps)
         results.update({k: v for k, v in res.items() if k.startswith("one_step") or k == "initial"})
@@ -149,14 +215,14 @@ def run(cfg: DictConfig) -> dict:
         )
         results["recursive_prompting"] = res
         _plot_recursive(res, metric, plots.setdefault("recursive", out / "recursive.png"))
-    if "memorization" in analyses:
-        if not cfg.get("dataset"):
-            raise ValueError("the memorization analysis needs dataset=<checkpoint dataset folder>")
-        from gpt_checkpoints.data import CheckpointDataModule
-
-        dm = CheckpointDataModule(
+    dm = (
+        CheckpointDataModule(
             cfg.dataset, metric, test_fraction=cfg.test_fraction, seed=cfg.split_seed
         )
+        if needs_data
+        else None
+    )
+    if "memorization" in analyses:
         low, high = module.metric_normalizer.low, module.metric_normalizer.high
         prompts = torch.linspace(low, high, cfg.memorization_prompts).tolist()
         results["nearest_neighbour_score"] = ev.nearest_neighbour_score(
@@ -169,6 +235,22 @@ def run(cfg: DictConfig) -> dict:
             sampler,
             steps,
         )
+    if "novelty" in analyses:
+        prompt = best_prompt(module, better) if cfg.prompt is None else cfg.prompt
+        res = memorization.novelty_baselines(
+            module,
+            task,
+            dm.train_runs,
+            dm.test_runs,
+            prompt,
+            cfg.novelty_nets,
+            cfg.noise_levels,
+            sampler,
+            steps,
+        )
+        results["novelty"] = res
+        _plot_novelty(res, plots.setdefault("novelty", out / "novelty.png"))
+        _print_novelty(res)
     path = out / "results.json"
     path.write_text(json.dumps(results, indent=2))
     if cfg.wandb:
@@ -203,6 +285,8 @@ CHECKS = {
     "recursive_steps": "int>=1",
     "memorization_runs": "int>=1",
     "memorization_prompts": "int>=1",
+    "novelty_nets": "int>=2",
+    "noise_levels": ">0",
     "steps": "int>=1|null",
 }
 
