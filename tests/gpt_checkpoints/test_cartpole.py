@@ -7,14 +7,15 @@ import math
 import pytest
 import torch
 
-from gpt_checkpoints.cartpole import (
+from gpt_checkpoints.tasks import build_task
+from gpt_checkpoints.tasks.base import Task
+from gpt_checkpoints.tasks.cartpole import (
     CartpoleEnv,
     CartpoleTask,
     PolicyMLP,
     batched_mlp,
     cartpole_dynamics,
 )
-from gpt_checkpoints.tasks import Task, build_task
 
 P = 4 * 32 + 32 + 32 * 32 + 32 + 32 * 2 + 2
 THETA_LIMIT = 12 * 2 * math.pi / 360

@@ -9,7 +9,7 @@ import torch
 
 from gpt_checkpoints import collect as collect_mod
 from gpt_checkpoints.collect import collect, save_schedule, train_batch
-from gpt_checkpoints.store import CheckpointStore, CorruptShardError
+from gpt_checkpoints.dataset.store import CheckpointStore, CorruptShardError
 from gpt_checkpoints.tasks import build_task
 
 

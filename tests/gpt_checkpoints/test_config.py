@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_module
 
-from gpt_checkpoints.layout import ParamLayout
-from gpt_checkpoints.models import GPT_CONFIGS, Gpt
-from gpt_checkpoints.tasks import CNN, MLP
+from gpt_checkpoints.model.gpt import GPT_CONFIGS, Gpt
+from gpt_checkpoints.params.layout import ParamLayout
+from gpt_checkpoints.tasks.networks import CNN, MLP
 
 
 def _compose(name: str, overrides: list[str]):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt_checkpoints.data import (
+from gpt_checkpoints.dataset.datamodule import (
     IMAGENET_STD,
     CheckpointPairs,
     MetricNormalizer,
     ParameterNormalizer,
     split_runs,
 )
-from gpt_checkpoints.layout import ParamLayout
-from gpt_checkpoints.store import RunData
+from gpt_checkpoints.dataset.store import RunData
+from gpt_checkpoints.params.layout import ParamLayout
 
 
 def _runs(n_runs=6, n_ckpt=5, p=7) -> RunData:

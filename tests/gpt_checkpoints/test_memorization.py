@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt_checkpoints.data import ParameterNormalizer
-from gpt_checkpoints.memorization import (
+from gpt_checkpoints.analysis.memorization import (
     align,
     misprediction_iou,
     mispredictions,
@@ -15,9 +14,10 @@ from gpt_checkpoints.memorization import (
     novelty,
     novelty_baselines,
 )
-from gpt_checkpoints.module import GptModule
-from gpt_checkpoints.permutation import apply_permutations, random_permutations
-from gpt_checkpoints.store import RunData
+from gpt_checkpoints.dataset.datamodule import ParameterNormalizer
+from gpt_checkpoints.dataset.store import RunData
+from gpt_checkpoints.model.module import GptModule
+from gpt_checkpoints.params.permutation import apply_permutations, random_permutations
 from gpt_checkpoints.tasks import build_task
 
 

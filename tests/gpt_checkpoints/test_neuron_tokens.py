@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt_checkpoints.models import Gpt, NeuronTokenizer
-from gpt_checkpoints.permutation import apply_permutations, random_permutations
+from gpt_checkpoints.model.gpt import Gpt, NeuronTokenizer
+from gpt_checkpoints.params.permutation import apply_permutations, random_permutations
 from gpt_checkpoints.tasks import build_task
 
 

@@ -27,7 +27,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gpt_checkpoints.official import (
+from gpt_checkpoints.model.official import (
     PRESETS,
     OfficialGpt,
     build_splits,
@@ -116,7 +116,8 @@ def test_configuration_is_read_off_a_state_dict():
 def tiny_preset(monkeypatch):
     """A preset and task for the ``chunk`` fixture's 12-6-3 MLP, so that the released-file path
     runs end to end on it."""
-    from gpt_checkpoints import official, tasks
+    from gpt_checkpoints.model import module, official
+    from gpt_checkpoints.tasks.networks import MLP, mlp_groups
 
     spec = {
         **PRESETS["mnist_loss"],
@@ -126,20 +127,20 @@ def tiny_preset(monkeypatch):
     monkeypatch.setitem(official.PRESETS, "tiny_loss", spec)
     monkeypatch.setitem(official.SHARED, "num_frequencies", 8)
     monkeypatch.setitem(official.SHARED, "max_freq_log2", 6)
-    network, groups = tasks.task_network, tasks.task_permutation_groups
+    network, groups = module.task_network, module.task_permutation_groups
     monkeypatch.setattr(
-        tasks, "task_network", lambda n: tasks.MLP(12, 6, 3) if n == "mlp_tiny" else network(n)
+        module, "task_network", lambda n: MLP(12, 6, 3) if n == "mlp_tiny" else network(n)
     )
     monkeypatch.setattr(
-        tasks,
+        module,
         "task_permutation_groups",
-        lambda n: tasks._mlp_groups(6) if n == "mlp_tiny" else groups(n),
+        lambda n: mlp_groups(6) if n == "mlp_tiny" else groups(n),
     )
     return "tiny_loss"
 
 
 def test_a_released_file_loads_with_weights_only_and_samples(tiny_preset, tmp_path):
-    from gpt_checkpoints.module import load_gpt
+    from gpt_checkpoints.model.module import load_gpt
 
     released = tmp_path / f"{tiny_preset}.pt"
     released.write_bytes((FIXTURES / "official_gpt_released.pt").read_bytes())
@@ -162,7 +163,7 @@ def test_a_released_file_loads_with_weights_only_and_samples(tiny_preset, tmp_pa
 
 
 def test_released_files_name_their_preset_and_must_fit_it(tiny_preset, tmp_path):
-    from gpt_checkpoints.module import load_gpt
+    from gpt_checkpoints.model.module import load_gpt
 
     anonymous = tmp_path / "my_model.pt"
     anonymous.write_bytes((FIXTURES / "official_gpt_released.pt").read_bytes())
@@ -176,8 +177,8 @@ def test_released_files_name_their_preset_and_must_fit_it(tiny_preset, tmp_path)
 def test_alignment_prompts_official_range_and_data_range(tiny_preset, tmp_path):
     """Official Gpt/vis.py one_step_prompting: linspace(best_prompt, prompt_start_coeff x start)
     per network (reversed for returns); this project's: one grid over the training range."""
-    from gpt_checkpoints.evaluation import alignment_prompts
-    from gpt_checkpoints.module import load_gpt
+    from gpt_checkpoints.analysis.evaluation import alignment_prompts
+    from gpt_checkpoints.model.module import load_gpt
 
     released = tmp_path / f"{tiny_preset}.pt"
     released.write_bytes((FIXTURES / "official_gpt_released.pt").read_bytes())

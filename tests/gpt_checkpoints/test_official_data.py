@@ -16,8 +16,8 @@ import torch
 
 lmdb = pytest.importorskip("lmdb")
 
-from gpt_checkpoints.official_data import OfficialDataset, is_official_dataset  # noqa: E402
-from gpt_checkpoints.store import CheckpointStore  # noqa: E402
+from gpt_checkpoints.dataset.official import OfficialDataset, is_official_dataset  # noqa: E402
+from gpt_checkpoints.dataset.store import CheckpointStore  # noqa: E402
 from gpt_checkpoints.tasks import MLP  # noqa: E402
 
 KEYS = ["ep000_it00000.pt", "ep000_it00117.pt", "ep001_it00003.pt", "ep024_it00468.pt"]

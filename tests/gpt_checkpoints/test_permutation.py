@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt_checkpoints.permutation import apply_permutations, permute_pair, random_permutations
+from gpt_checkpoints.params.permutation import apply_permutations, permute_pair, random_permutations
 from gpt_checkpoints.tasks import build_task
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from gpt_checkpoints.layout import ParamLayout
-from gpt_checkpoints.models import Gpt, ParameterTokenizer, PerTokenLinear
-from gpt_checkpoints.tasks import MLP
+from gpt_checkpoints.model.gpt import Gpt, ParameterTokenizer, PerTokenLinear
+from gpt_checkpoints.params.layout import ParamLayout
+from gpt_checkpoints.tasks.networks import MLP
 
 
 def test_chunking_matches_the_thesis_example():

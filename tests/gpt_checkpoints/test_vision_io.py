@@ -1,4 +1,4 @@
-"""Tests for ``gpt_checkpoints.vision_io`` on tiny MNIST/CIFAR-10 fixtures in the real formats."""
+"""Tests for ``gpt_checkpoints.tasks.vision_io`` on tiny MNIST/CIFAR-10 fixtures."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt_checkpoints.vision_io import (
+from gpt_checkpoints.tasks.vision_io import (
     CIFAR10_FOLDER,
     CIFAR10_TEST_BATCH,
     CIFAR10_TRAIN_BATCHES,

@@ -129,6 +129,7 @@ def test_gpt_cli_errors_name_the_fix(dataset, cli_main, tmp_path):
     evaluate_cases = [
         (["noise_levels=[0.1,-1]"], "error: noise_levels[1]=-1 makes no sense here; pass"),
         (["analyses=[novelty]"], "the novelty analysis needs dataset=<checkpoint dataset folder>"),
+        (["analyses=[novelti]"], "unknown analyses ['novelti']; choose from [one_step,curves,"),
     ]
     for args, phrase in evaluate_cases:
         code, err = cli_main("gpt_checkpoints.evaluate", f"gpt={tmp_path / 'g.safetensors'}", *args)
@@ -139,8 +140,8 @@ def test_neuron_model_trains_and_reloads_from_its_export(dataset, tmp_path):
     """model=neuron through the CLI: the exported file restores the same equivariant model."""
     import torch
 
-    from gpt_checkpoints.module import load_gpt
-    from gpt_checkpoints.permutation import apply_permutations, random_permutations
+    from gpt_checkpoints.model.module import load_gpt
+    from gpt_checkpoints.params.permutation import apply_permutations, random_permutations
 
     run_dir = tmp_path / "run"
     tiny_neuron = ["model=neuron", "model.hidden_size=32", "model.depth=1", "model.num_heads=2"]
@@ -171,8 +172,8 @@ def test_neuron_model_trains_and_reloads_from_its_export(dataset, tmp_path):
 def test_the_official_architecture_trains_on_a_collected_dataset(dataset, tmp_path):
     """model=mnist_loss (the released network, narrowed here) through the real entry point:
     parameters scaled by the preset's openai_coeff, raw metrics, and the export reloads."""
-    from gpt_checkpoints.module import load_gpt
-    from gpt_checkpoints.official import OfficialGpt
+    from gpt_checkpoints.model.module import load_gpt
+    from gpt_checkpoints.model.official import OfficialGpt
 
     run_dir = tmp_path / "run"
     narrow = [

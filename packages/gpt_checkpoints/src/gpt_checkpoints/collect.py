@@ -3,7 +3,7 @@
 Algorithm 1 of the thesis for many runs at once: runs train batched (``Task.train_runs``), each run
 saves ``checkpoints_per_run`` checkpoints (200 in the thesis: the initial one, the final one and
 the rest at random iterations, Sec. 3.3) with the task's metrics, one shard per run
-(``gpt_checkpoints.store``). Run ``s`` is a pure function of its seed: the seed draws its
+(``gpt_checkpoints.dataset.store``). Run ``s`` is a pure function of its seed: the seed draws its
 initialisation, ``s + 1`` its data order (``s + 2`` is reserved for task-internal randomness, e.g.
 the Cartpole critic and environments) and ``s + 3`` the iterations it saves. Re-running a killed
 collection with the same command finishes it: done runs are skipped, none is lost or duplicated.
@@ -21,8 +21,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from common.cli import hydra_main
-from gpt_checkpoints.store import CheckpointStore
-from gpt_checkpoints.tasks import Task, build_task
+from gpt_checkpoints.dataset.store import CheckpointStore
+from gpt_checkpoints.tasks import build_task
+from gpt_checkpoints.tasks.base import Task
 
 log = logging.getLogger(__name__)
 

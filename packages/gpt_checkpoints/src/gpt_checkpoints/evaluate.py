@@ -24,11 +24,11 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from common.cli import hydra_main
-from gpt_checkpoints import evaluation as ev  # noqa: E402
-from gpt_checkpoints import memorization  # noqa: E402
-from gpt_checkpoints.data import CheckpointDataModule  # noqa: E402
-from gpt_checkpoints.evaluation import best_prompt  # noqa: E402
-from gpt_checkpoints.module import load_gpt  # noqa: E402
+from gpt_checkpoints.analysis import evaluation as ev  # noqa: E402
+from gpt_checkpoints.analysis import memorization  # noqa: E402
+from gpt_checkpoints.analysis.evaluation import best_prompt  # noqa: E402
+from gpt_checkpoints.dataset.datamodule import CheckpointDataModule  # noqa: E402
+from gpt_checkpoints.model.module import load_gpt  # noqa: E402
 from gpt_checkpoints.prompt import load_task, resolve_better  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,9 @@ def _plot_recursive(res: dict, metric: str, path: Path) -> None:
     plt.close(fig)
 
 
+ANALYSES = ("one_step", "curves", "alignment", "recursive", "memorization", "novelty")
+DATA_ANALYSES = {"memorization", "novelty"}  # need the training and held-out runs (dataset=)
+
 NOVELTY_STYLE = {  # method -> (label, colour, marker)
     "gpt": ("G.pt, one step", "tab:red", "o"),
     "nearest_prompted": ("nearest training ckpt with the prompted metric", "k", "s"),
@@ -146,9 +149,16 @@ def _print_novelty(res: dict) -> None:
 
 
 def run(cfg: DictConfig) -> dict:
-    analyses = set(cfg.analyses)
-    needs_data = sorted(analyses & {"memorization", "novelty"})
-    if needs_data and not cfg.get("dataset"):
+    analyses = set(ANALYSES if cfg.analyses is None else cfg.analyses)
+    if unknown := sorted(analyses - set(ANALYSES)):
+        raise ValueError(
+            f"unknown analyses {unknown}; choose from [{','.join(ANALYSES)}] or analyses=null (all)"
+        )
+    needs_data = sorted(analyses & DATA_ANALYSES)
+    if needs_data and not cfg.get("dataset") and cfg.analyses is None:
+        print(f"skipping {', '.join(needs_data)}: they need dataset=<checkpoint dataset folder>")
+        analyses -= DATA_ANALYSES
+    elif needs_data and not cfg.get("dataset"):
         what = " and ".join(needs_data) + (
             " analyses need" if len(needs_data) > 1 else " analysis needs"
         )

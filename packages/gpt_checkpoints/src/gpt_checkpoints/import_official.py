@@ -3,8 +3,8 @@
     python -m gpt_checkpoints.import_official src=checkpoint_datasets/mnist preset=mnist_loss \\
         out=checkpoints/mnist_official
 
-Reads the LMDB run folders (``official_data.OfficialDataset``) run by run and writes one
-safetensors shard per run (``store.CheckpointStore``), so ``train``, ``evaluate`` and the
+Reads the LMDB run folders (``dataset.official.OfficialDataset``) run by run and writes one
+safetensors shard per run (``dataset.store.CheckpointStore``), so ``train``, ``evaluate`` and the
 memorisation analysis use it like a collected dataset. Resumable: rerunning skips the runs already
 imported. The network is the preset's task network (or ``task=``); its tensor sizes must equal the
 dataset's ``_arch`` entries. Metrics keep the official units (errors in percent). The shards'
@@ -22,10 +22,10 @@ import torch
 from omegaconf import DictConfig
 
 from common.cli import hydra_main
-from gpt_checkpoints.layout import ParamLayout
-from gpt_checkpoints.official import PRESETS
-from gpt_checkpoints.official_data import OFFICIAL_METRICS, OfficialDataset
-from gpt_checkpoints.store import CheckpointStore
+from gpt_checkpoints.dataset.official import OFFICIAL_METRICS, OfficialDataset
+from gpt_checkpoints.dataset.store import CheckpointStore
+from gpt_checkpoints.model.official import PRESETS
+from gpt_checkpoints.params.layout import ParamLayout
 from gpt_checkpoints.tasks import task_network, task_permutation_groups
 
 _KEY = re.compile(r"ep(\d+)_it(\d+)")

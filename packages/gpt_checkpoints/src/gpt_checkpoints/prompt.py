@@ -17,9 +17,10 @@ from omegaconf import DictConfig
 
 from common.checkpoint import safe_load
 from common.cli import hydra_main
-from gpt_checkpoints.evaluation import UNSEEN_SEED, best_prompt, gpt_step
-from gpt_checkpoints.module import GptModule, load_gpt
-from gpt_checkpoints.tasks import Task, task_from_recipe
+from gpt_checkpoints.analysis.evaluation import UNSEEN_SEED, best_prompt, gpt_step
+from gpt_checkpoints.model.module import GptModule, load_gpt
+from gpt_checkpoints.tasks import task_from_recipe
+from gpt_checkpoints.tasks.base import Task
 
 
 def load_task(module: GptModule, data_root: str | None = None) -> Task:

@@ -18,10 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from common.cli import hydra_main
 from common.runs import Job, run_job
 from common.training import build_trainer
-from gpt_checkpoints.data import CheckpointDataModule
-from gpt_checkpoints.module import GptModule
-from gpt_checkpoints.official import PRESETS
-from gpt_checkpoints.store import METRIC_UNITS
+from gpt_checkpoints.dataset.datamodule import CheckpointDataModule
+from gpt_checkpoints.dataset.store import METRIC_UNITS
+from gpt_checkpoints.model.module import GptModule
+from gpt_checkpoints.model.official import PRESETS
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from gpt_checkpoints import baselines
-from gpt_checkpoints.module import GptModule
-from gpt_checkpoints.store import RunData
-from gpt_checkpoints.tasks import Task
+from gpt_checkpoints.analysis.optimizers import best_one_step, optimization_curve
+from gpt_checkpoints.dataset.store import RunData
+from gpt_checkpoints.model.module import GptModule
+from gpt_checkpoints.tasks.base import Task
 
 UNSEEN_SEED = 10**9  # datasets use seeds 0 .. runs-1; evaluation networks start here
 
@@ -88,7 +88,7 @@ def one_step_comparison(
         "initial": float(task.evaluate(theta0)[metric].mean()),
         "one_step_gpt": float(achieved.mean()),
         "one_step_gpt_std": float(achieved.std()) if num_nets > 1 else 0.0,
-        "optimizers": baselines.best_one_step(task, theta0, metric, better),
+        "optimizers": best_one_step(task, theta0, metric, better),
     }
     for name, best in out["optimizers"].items():
         out[f"one_step_best_{name}"] = best["value"]
@@ -110,7 +110,7 @@ def optimization_curves(
     curves = {}
     for name in ("sgd", "adam"):
         best = optimizers[name]
-        curves[name] = baselines.optimization_curve(
+        curves[name] = optimization_curve(
             task, theta0, name, best["lr"], best["weight_decay"], max_steps, metric
         )
     out = {"curves": {k: {str(s): v for s, v in c.items()} for k, c in curves.items()}}

@@ -4,7 +4,7 @@ Every source returns standardised float tensors and a fixed train/test split, so
 task sees the same data: digits with the training set's mean and standard deviation, MNIST and
 CIFAR-10 with the released G.pt's constants, so its checkpoints see the inputs they were trained
 on.
-MNIST and CIFAR-10 are read from torchvision's on-disk layouts by ``gpt_checkpoints.vision_io``
+MNIST and CIFAR-10 are read from torchvision's on-disk layouts by ``tasks.vision_io``
 (no download here, no unpickling of arbitrary objects).
 """
 
@@ -59,7 +59,7 @@ CIFAR10_STD = (63.0, 62.1, 66.7)
 
 
 def _mnist(root: str) -> SupervisedData:
-    from gpt_checkpoints.vision_io import read_mnist
+    from gpt_checkpoints.tasks.vision_io import read_mnist
 
     x_tr, y_tr, x_te, y_te = read_mnist(root)
     x_tr, x_te = (a.reshape(len(a), -1).astype(np.float32) / 255.0 for a in (x_tr, x_te))
@@ -70,7 +70,7 @@ def _mnist(root: str) -> SupervisedData:
 
 
 def _cifar10(root: str) -> SupervisedData:
-    from gpt_checkpoints.vision_io import read_cifar10
+    from gpt_checkpoints.tasks.vision_io import read_cifar10
 
     x_tr, y_tr, x_te, y_te = read_cifar10(root)
     mean = np.array(CIFAR10_MEAN, np.float32).reshape(1, 3, 1, 1)

@@ -5,7 +5,7 @@ set's loss, for every point of the thesis' grid (footnote 2: the PyTorch default
 x10 and /10; weight decay 0, 5e-5, 5e-4); the best setting by mean metric is reported. Curves:
 the tuned SGD and Adam run for many mini-batch steps and their metric is recorded along the way.
 All networks of a batch update together (stacked parameters, element-wise optimizers), as in
-``tasks.SupervisedTask.train_runs``.
+``tasks.supervised.SupervisedTask.train_runs``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from gpt_checkpoints.tasks import SupervisedTask
+from gpt_checkpoints.tasks.supervised import SupervisedTask
 
 # name -> (constructor, PyTorch's default learning rate)
 OPTIMIZERS = {

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from common.checkpoint import atomic_write_bytes
-from gpt_checkpoints.layout import ParamLayout
+from gpt_checkpoints.params.layout import ParamLayout
 
 log = logging.getLogger(__name__)
 

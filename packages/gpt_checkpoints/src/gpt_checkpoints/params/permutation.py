@@ -3,9 +3,10 @@
 Permuting the hidden units of a layer (the rows of its weight and its bias, i.e. its outgoing
 connections) together with the matching input columns of the next layer leaves the network's
 function unchanged: ``f_{T(theta)}(x) = f_theta(x)``. A task lists its hidden-unit groups as
-``(size, ((param, axis), ...))`` (``tasks.PermutationGroup``); convolutional channels permute the
-same way as MLP units, along axis 0 of a conv weight and axis 1 of the next layer's weight.
-The same permutation is applied to the input checkpoint theta and the target theta* of a pair.
+``(size, ((param, axis), ...))`` (``tasks.base.PermutationGroup``); convolutional channels
+permute the same way as MLP units, along axis 0 of a conv weight and axis 1 of the next
+layer's weight. The same permutation is applied to the input checkpoint theta and the target
+theta* of a pair.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from gpt_checkpoints.layout import ParamLayout
+from gpt_checkpoints.params.layout import ParamLayout
 
 
 def random_permutations(

@@ -22,11 +22,20 @@ from common.checkpoint import checkpoint_kind, plain_container, safe_load
 from common.diffusion import create_diffusion
 from common.ema import EMA
 from common.training import step_seed
-from gpt_checkpoints.data import MetricNormalizer, ParameterNormalizer
-from gpt_checkpoints.layout import ParamLayout
-from gpt_checkpoints.models import GPT_CONFIGS, Gpt
-from gpt_checkpoints.official import ARCHITECTURE_KEYS, OfficialGpt, preset_architecture
-from gpt_checkpoints.permutation import permute_pair
+from gpt_checkpoints.dataset.datamodule import MetricNormalizer, ParameterNormalizer
+from gpt_checkpoints.model.gpt import GPT_CONFIGS, Gpt
+from gpt_checkpoints.model.official import (
+    ARCHITECTURE_KEYS,
+    PRESETS,
+    OfficialGpt,
+    build_splits,
+    infer_config,
+    preset_architecture,
+    split_for,
+)
+from gpt_checkpoints.params.layout import ParamLayout
+from gpt_checkpoints.params.permutation import permute_pair
+from gpt_checkpoints.tasks import task_network, task_permutation_groups
 
 DEFAULT_DIFFUSION = {
     "steps": 1000,
@@ -40,7 +49,8 @@ DEFAULT_DIFFUSION = {
 def build_network(model: dict[str, Any], layout: ParamLayout, groups: list) -> torch.nn.Module:
     """The network of a ``model`` config: this package's ``Gpt`` (a named ``size`` from
     ``GPT_CONFIGS`` plus overrides) or, with ``architecture: official``, the released network
-    (``official.OfficialGpt``, from a ``preset`` of ``official.PRESETS`` plus overrides)."""
+    (``model.official.OfficialGpt``, from a ``preset`` of ``model.official.PRESETS`` plus
+    overrides)."""
     model = dict(model)
     if model.pop("architecture", "project") == "official":
         preset = model.pop("preset", None)
@@ -287,8 +297,6 @@ def load_released(ckpt: dict[str, Any], path: str | Path, preset: str | None = N
     """A released G.pt (``{'G', 'G_ema', 'optim'}``, e.g. ``mnist_loss.pt``) as a ``GptModule``:
     the configuration comes from ``preset`` (default: the file's name), is checked against the
     tensor shapes, and ``G``/``G_ema`` load strictly into the model and its EMA."""
-    from gpt_checkpoints.official import PRESETS, infer_config, split_for
-    from gpt_checkpoints.tasks import task_network, task_permutation_groups
 
     name = preset or Path(path).stem
     if name not in PRESETS:
@@ -331,6 +339,5 @@ def load_released(ckpt: dict[str, Any], path: str | Path, preset: str | None = N
 
 
 def build_network_splits(layout: ParamLayout, architecture: dict[str, Any]) -> list[int]:
-    from gpt_checkpoints.official import build_splits
 
     return build_splits(layout.sizes, architecture["split_policy"], architecture["chunk_size"])

@@ -27,8 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from common.training import step_seed
-from gpt_checkpoints.layout import ParamLayout
-from gpt_checkpoints.store import CheckpointStore, RunData
+from gpt_checkpoints.dataset.store import CheckpointStore, RunData
+from gpt_checkpoints.params.layout import ParamLayout
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class _Offset(torch.utils.data.Sampler):
 
 
 class CheckpointDataModule(L.LightningDataModule):
-    """Loads a collected dataset (``gpt_checkpoints.store``), splits it by run, serves pairs."""
+    """Loads a collected dataset (``dataset.store``), splits it by run, serves pairs."""
 
     def __init__(
         self,

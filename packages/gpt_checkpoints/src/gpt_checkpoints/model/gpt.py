@@ -104,15 +104,15 @@ class ParameterTokenizer:
 class NeuronTokenizer(ParameterTokenizer):
     """One token per hidden unit (addition to the thesis, ``tokenization: neuron``).
 
-    Unit ``u`` of a permutation group (``tasks.PermutationGroup``: the units Sec. 3.2.1 permutes)
-    gathers every parameter attached to it: its row of incoming weights and its bias (axis 0) and
-    its column of outgoing weights in the next layer. All units of a group share one encoder,
-    decoder and positional embedding (one slot), so permuting the units permutes the tokens and
-    the transformer's output the same way: the model is equivariant to the symmetry the
-    augmentation teaches the layer tokenisation. A parameter tensor in two groups (the middle
-    conv of a CNN) belongs to the group that indexes it on axis 0; parameters in no group (the
-    output bias) become layer tokens as in ``ParameterTokenizer``. Tokens wider than ``M`` are
-    chunked, chunk ``c`` of every unit sharing a slot.
+    Unit ``u`` of a permutation group (``tasks.base.PermutationGroup``: the units Sec. 3.2.1
+    permutes) gathers every parameter attached to it: its row of incoming weights and its bias (axis
+    0) and its column of outgoing weights in the next layer. All units of a group share one encoder,
+    decoder and positional embedding (one slot), so permuting the units permutes the tokens and the
+    transformer's output the same way: the model is equivariant to the symmetry the augmentation
+    teaches the layer tokenisation. A parameter tensor in two groups (the middle conv of a CNN)
+    belongs to the group that indexes it on axis 0; parameters in no group (the output bias) become
+    layer tokens as in ``ParameterTokenizer``. Tokens wider than ``M`` are chunked, chunk ``c`` of
+    every unit sharing a slot.
     """
 
     def __init__(

@@ -29,11 +29,12 @@ from collections.abc import Sequence
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from gpt_checkpoints.evaluation import gpt_step
-from gpt_checkpoints.layout import ParamLayout
-from gpt_checkpoints.permutation import apply_permutations
-from gpt_checkpoints.store import RunData
-from gpt_checkpoints.tasks import SupervisedTask, Task
+from gpt_checkpoints.analysis.evaluation import gpt_step
+from gpt_checkpoints.dataset.store import RunData
+from gpt_checkpoints.params.layout import ParamLayout
+from gpt_checkpoints.params.permutation import apply_permutations
+from gpt_checkpoints.tasks.base import Task
+from gpt_checkpoints.tasks.supervised import SupervisedTask
 
 NOISE_LEVELS = (0.02, 0.05, 0.1)
 

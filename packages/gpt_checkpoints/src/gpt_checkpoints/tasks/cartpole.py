@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt_checkpoints.layout import ParamLayout
-from gpt_checkpoints.tasks import PermutationGroup, StepCallback, Task, init_params
+from gpt_checkpoints.params.layout import ParamLayout
+from gpt_checkpoints.tasks.base import PermutationGroup, StepCallback, Task, init_params
 
 # gymnasium's CartPole-v1 constants (gymnasium/envs/classic_control/cartpole.py).
 GRAVITY = 9.8
