@@ -155,7 +155,7 @@ def checkpoint_kind(obj: Any, path: str | os.PathLike | None = None) -> str:
         return "a GANgealing congealer (congealer.pt of python -m gangealing.train)"
     if "x_embedder.proj.weight" in keys:
         return "a DiT state dict (an ema.pt or an official DiT checkpoint)"
-    if {"g_ema", "t_ema"} <= keys:
+    if "t_ema" in keys:
         return "an official GANgealing congealing checkpoint"
     if "g_ema" in keys or ("g" in keys and "d" in keys):
         return "a StyleGAN2 checkpoint (rosinality format)"

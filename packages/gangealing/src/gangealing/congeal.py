@@ -46,8 +46,8 @@ def congeal_folder(
     size: int = 256,
     batch_size: int = 32,
     cluster: int | None = None,
-    flips: bool = False,
-    iters: int = 1,
+    flips: bool | None = None,
+    iters: int | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[str, Path]:
     """Align every image of ``images`` and write the outputs to ``out``; returns their paths."""
@@ -81,14 +81,14 @@ def congeal_folder(
 CHECKS = {
     "size": "int>=8",
     "batch_size": "int>=1",
-    "iters": "int>=1",
+    "iters": "int>=1|null",
     "cluster": "int>=0|null",
 }
 
 
 @hydra_main("congeal", input_paths=("congealer", "images"), checks=CHECKS)
 def main(cfg: DictConfig) -> None:
-    congealer = Congealer.load(cfg.congealer)
+    congealer = Congealer.load(cfg.congealer, preset=cfg.get("preset"))
     paths = congeal_folder(
         congealer,
         cfg.images,

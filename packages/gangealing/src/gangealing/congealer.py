@@ -20,6 +20,7 @@ from torch import nn
 
 from common.checkpoint import checkpoint_kind, safe_load
 from gangealing.module import build_transformer
+from gangealing.released import ReleasedCongealer, is_released
 from gangealing.stn import STNOutput
 from gangealing.target import TargetMode
 
@@ -54,7 +55,15 @@ class Congealer(nn.Module):
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Congealer:
+    def load(
+        cls,
+        path: str | os.PathLike,
+        map_location: str | torch.device = "cpu",
+        preset: str | None = None,
+    ) -> Congealer | ReleasedCongealer:
+        """A congealer of this package (``congealer.pt`` or its run folder) or a released
+        official model (``cat.pt``, ...; ``preset`` names its test settings, default: the file
+        name's, see ``released.PRESETS``)."""
         path = Path(path)
         if path.is_dir():
             path = path / "congealer.pt"
@@ -64,6 +73,13 @@ class Congealer(nn.Module):
                 "or the congealer.pt file it wrote"
             )
         blob = safe_load(path, map_location=map_location)
+        if is_released(blob):
+            return ReleasedCongealer.from_checkpoint(blob, path, preset)
+        if preset not in (None, "auto", "none"):
+            raise ValueError(
+                f"preset={preset} names a released model's test settings, but {path} is a "
+                "congealer of this package; leave preset unset"
+            )
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             kind = checkpoint_kind(blob, path)
             raise ValueError(
@@ -96,8 +112,8 @@ class Congealer(nn.Module):
         images: torch.Tensor,
         cluster: int | None = None,
         output_size: int | None = None,
-        iters: int = 1,
-        flips: bool = False,
+        iters: int | None = None,
+        flips: bool | None = None,
     ) -> STNOutput:
         """Congeal ``images [N, 3, H, W]``: the output is ``output_size`` square (default: the
         training resolution), sampled from the original pixels; ``grid`` maps it into ``images``
@@ -108,6 +124,7 @@ class Congealer(nn.Module):
         image and keeps the smoother warp per image.
         """
         self._check_images(images)
+        iters, flips = (1 if iters is None else iters), bool(flips)  # this package's defaults
         if cluster is None and self.num_modes > 1:
             if self.classifier is None:
                 raise ValueError(

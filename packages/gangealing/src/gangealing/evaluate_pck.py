@@ -237,8 +237,8 @@ def evaluate(
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     batch_size: int = 32,
     cluster: int | None = None,
-    flips: bool = False,
-    iters: int = 1,
+    flips: bool | None = None,
+    iters: int | None = None,
     congealing: dict[str, Any] | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
@@ -301,7 +301,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if method == "gangealing" and cfg.get("congealer") is None:
         raise ValueError(MISSING_CONGEALER)
     benchmark = build_benchmark(cfg)
-    congealer = Congealer.load(cfg.congealer) if method == "gangealing" else None
+    congealer = (
+        Congealer.load(cfg.congealer, preset=cfg.get("preset")) if method == "gangealing" else None
+    )
     began = time.perf_counter()
     results = evaluate(
         benchmark,
@@ -331,7 +333,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 # What makes sense for each number this command reads (common.errors.check_values).
 CHECKS = {
     "size": "int>=8|null",
-    "iters": "int>=1",
+    "iters": "int>=1|null",
     "num_pairs": "int>=1",
     "max_pairs": "int>=1|null",
     "seed": "int>=0",

@@ -62,8 +62,8 @@ def preprocess_folder(
     load_size: int | None = None,
     batch_size: int = 32,
     cluster: int | None = None,
-    flips: bool = False,
-    iters: int = 1,
+    flips: bool | None = None,
+    iters: int | None = None,
     padding_mode: str = "reflection",
     device: torch.device | str = "cpu",
 ) -> dict[str, Path]:
@@ -125,7 +125,7 @@ CHECKS = {
     "size": "int>=8",
     "load_size": "int>=8|null",
     "batch_size": "int>=1",
-    "iters": "int>=1",
+    "iters": "int>=1|null",
     "cluster": "int>=0|null",
 }
 
@@ -133,7 +133,7 @@ CHECKS = {
 @hydra_main("preprocess", input_paths=("congealer", "images"), checks=CHECKS)
 def main(cfg: DictConfig) -> None:
     paths = preprocess_folder(
-        Congealer.load(cfg.congealer),
+        Congealer.load(cfg.congealer, preset=cfg.get("preset")),
         cfg.images,
         cfg.out,
         keep=cfg.keep,

@@ -210,13 +210,19 @@ def propagate_folder(
     image_size: int | None = None,
     batch_size: int = 8,
     cluster: int | None = None,
-    flips: bool = False,
-    iters: int = 1,
+    flips: bool | None = None,
+    iters: int | None = None,
     label_alpha: float = 0.5,
     point_radius: float = 2.0,
     device: torch.device | str = "cpu",
 ) -> dict[str, Path]:
     """Propagate ``edit`` to every image of ``images``; returns the paths written under ``out``."""
+    if congealer.num_modes > 1 and cluster is None:
+        raise ValueError(
+            f"the congealer has {congealer.num_modes} modes and an edit belongs to the average "
+            f"image of one of them: pass cluster=<0..{congealer.num_modes - 1}>, the mode it was "
+            "drawn on (python -m gangealing.congeal ... cluster=k writes that average image)"
+        )
     image_size = image_size or size
     dataset = ImageFolder(images, image_size)
     out = Path(out)
@@ -282,7 +288,7 @@ CHECKS = {
     "label_alpha": "[0,1]",
     "point_radius": ">=0",
     "batch_size": "int>=1",
-    "iters": "int>=1",
+    "iters": "int>=1|null",
     "cluster": "int>=0|null",
 }
 
@@ -291,7 +297,7 @@ CHECKS = {
 def main(cfg: DictConfig) -> None:
     edit = load_edit(cfg.edit, cfg.edit_type, cfg.size, cfg.max_classes)
     paths = propagate_folder(
-        Congealer.load(cfg.congealer),
+        Congealer.load(cfg.congealer, preset=cfg.get("preset")),
         cfg.images,
         edit,
         cfg.out,

@@ -346,16 +346,23 @@ class ConvLayer(nn.Sequential):
 
 
 class ResBlock(nn.Module):
-    """Residual discriminator block: two 3x3 convs (the second downsamples) + 1x1 skip, / sqrt 2."""
+    """Residual discriminator block: two 3x3 convs (the second downsamples, unless
+    ``downsample=False`` as in the flow STN's last blocks) + 1x1 skip, / sqrt 2."""
 
     def __init__(
-        self, in_channel: int, out_channel: int, blur_kernel: Sequence[float] = DEFAULT_BLUR_KERNEL
+        self,
+        in_channel: int,
+        out_channel: int,
+        blur_kernel: Sequence[float] = DEFAULT_BLUR_KERNEL,
+        downsample: bool = True,
     ) -> None:
         super().__init__()
         self.conv1 = ConvLayer(in_channel, in_channel, 3, blur_kernel=blur_kernel)
-        self.conv2 = ConvLayer(in_channel, out_channel, 3, downsample=True, blur_kernel=blur_kernel)
+        self.conv2 = ConvLayer(
+            in_channel, out_channel, 3, downsample=downsample, blur_kernel=blur_kernel
+        )
         self.skip = ConvLayer(
-            in_channel, out_channel, 1, downsample=True, activate=False, bias=False,
+            in_channel, out_channel, 1, downsample=downsample, activate=False, bias=False,
             blur_kernel=blur_kernel,
         )  # fmt: skip
 
