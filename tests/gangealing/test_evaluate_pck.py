@@ -49,6 +49,7 @@ class OracleCongealer(nn.Module):
     ground-truth reverse warp from the canonical frame into it (``alignment_thetas``)."""
 
     num_modes = 1
+    resolution = 32  # where transfer=official predicts its grids
 
     def __init__(self, images: torch.Tensor, thetas: torch.Tensor) -> None:
         super().__init__()
@@ -91,6 +92,13 @@ def test_oracle_congealer_scores_100_through_the_cli_code_path(warps, tmp_path):
     assert ours["pck@0.01"] == 100.0 and ours["num_pairs"] == 30
     identity = evaluate(bench, "none", alphas=[0.01])
     assert identity["num_visible"] == ours["num_visible"] and identity["pck@0.01"] < 50
+    # the released code's nearest-pixel transfer: within a pixel, so not exact at alpha 0.01
+    official = evaluate(
+        bench, "gangealing", oracle, [0.05, 0.01], batch_size=7, transfer="official"
+    )
+    assert official["pck@0.05"] > 95 and official["pck@0.01"] < 90
+    with pytest.raises(ValueError, match="transfer='nearest'; choose one of exact, official"):
+        evaluate(bench, "gangealing", oracle, [0.01], transfer="nearest")
 
 
 def test_flipped_target_needs_the_left_right_permutation(warps):

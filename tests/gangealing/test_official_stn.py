@@ -32,6 +32,7 @@ from gangealing.congealer import Congealer
 from gangealing.official_stn import OfficialClusterClassifier, OfficialComposedSTN
 from gangealing.released import PRESETS, ReleasedCongealer, infer_architecture
 from gangealing.sampling import BilinearDownsample, mipmap_warp
+from gangealing.stn import image_to_image_points, nearest_neighbour_points
 from tests.integration.conftest import run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -141,6 +142,20 @@ def test_congealer_load_reads_released_files(io, tmp_path):
     assert cat.preset == "cat" and cat.settings == {"padding_mode": "border", "iters": 3}
     assert Congealer.load(tmp_path / "cat.pt", preset="none").settings["iters"] == 1
     assert set(PRESETS) >= {"bicycle", "car", "cat", "celeba", "cub", "dog", "horse", "tvmonitor"}
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("iters", [1, 3])
+def test_official_keypoint_transfer_equals_transfer_points(io, stn1, iters):
+    """``transfer=official`` of evaluate_pck: the released code's nearest-neighbour transfer
+    (fixture ``official_pck_io``: ``ComposedSTN.transfer_points`` from each image to the next)."""
+    pk = load_file(FIXTURES / "official_pck_io.safetensors")
+    a, b = io["images"], io["images"].roll(1, 0)
+    grid_a, grid_b = (stn1.congeal(x, iters=iters).grid for x in (a, b))
+    pred = nearest_neighbour_points(pk["points_a"], grid_a, grid_b, 128, 128)
+    torch.testing.assert_close(pred, pk[f"transfer_it{iters}"], **TOL)
+    exact = image_to_image_points(pk["points_a"], grid_a, grid_b, 128, 128)
+    assert 0.2 < (exact - pred).norm(dim=-1).mean() < 2.0  # within about a pixel of the exact map
 
 
 def test_wrong_files_and_presets_are_named(tmp_path):

@@ -46,13 +46,14 @@ from gangealing.datasets import (
     square_window,
 )
 from gangealing.pck import DEFAULT_ALPHAS, combine_pck, image_threshold, pck, write_pck_json
-from gangealing.stn import image_to_image_points
+from gangealing.stn import image_to_image_points, nearest_neighbour_points
 from gangealing.synthetic import all_pairs, read_keypoints_json
 
 log = logging.getLogger(__name__)
 
 DATASETS = ("spair", "cub", "synthetic")
 METHODS = ("gangealing", "congealing", "none")
+TRANSFERS = ("exact", "official")  # keypoint transfer of method=gangealing (gangealing_transfer)
 MISSING_CONGEALER = (
     "method=gangealing needs congealer=<run dir of python -m gangealing.train or its "
     "congealer.pt>; or use method=congealing / method=none for the baselines"
@@ -191,12 +192,18 @@ def gangealing_transfer(
     size_a: int | tuple[int, int],
     size_b: int | tuple[int, int],
     permutation: Sequence[int] | None = None,
+    transfer: str = "exact",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Transfer A's keypoints ``[N, K, 2]`` to B with the congealer outputs of A and B
     (``STNOutput``: reverse ``grid`` into the original image, ``flipped``): forward warp with A's
     grid, reverse warp with B's grid, then :func:`permute_flipped`. Returns ``(pred, visible)``
-    where ``visible`` is A's visibility in B's keypoint order."""
-    pred = image_to_image_points(points_a.float(), out_a.grid, out_b.grid, size_a, size_b)
+    where ``visible`` is A's visibility in B's keypoint order. ``transfer``: ``exact`` (this
+    package: the forward map refined to sub-pixel accuracy) or ``official`` (the released code's
+    nearest congealed pixel, ``stn.nearest_neighbour_points``; grids at the flow size)."""
+    if transfer not in TRANSFERS:
+        raise ValueError(f"transfer={transfer!r}; choose one of {', '.join(TRANSFERS)}")
+    move = image_to_image_points if transfer == "exact" else nearest_neighbour_points
+    pred = move(points_a.float(), out_a.grid, out_b.grid, size_a, size_b)
     flipped_a = out_a.flipped if out_a.flipped is not None else torch.zeros(len(pred), dtype=bool)
     flipped_b = out_b.flipped if out_b.flipped is not None else torch.zeros(len(pred), dtype=bool)
     return permute_flipped(pred, visible_a, flipped_a, flipped_b, permutation)
@@ -222,6 +229,13 @@ def congealing_thetas(
 # ---------------------------------------------------------------------------- evaluation
 
 
+def congealed_size(congealer: Any) -> int:
+    """The size at which the official evaluation predicts grids: the STN's flow size (released
+    models) or the training resolution (this package's congealers)."""
+    stn = getattr(congealer, "stn", None)
+    return int(stn.flow_size) if stn is not None else int(congealer.resolution)
+
+
 def _align(congealer: Congealer, images: torch.Tensor, device, options: dict) -> Any:
     """Congeal a batch and bring the reverse grids and flip flags back to the CPU."""
     out = congealer(images.to(device), **options)
@@ -241,6 +255,7 @@ def evaluate(
     iters: int | None = None,
     congealing: dict[str, Any] | None = None,
     device: torch.device | str = "cpu",
+    transfer: str = "exact",
 ) -> dict[str, Any]:
     """PCK-Transfer of ``method`` on ``benchmark`` (thesis Sec. 4.4.2); :func:`combine_pck` keys."""
     if method not in METHODS:
@@ -268,11 +283,12 @@ def evaluate(
         size_b = tuple(batch["target_image"].shape[-2:])
         visible_a = batch["source_visible"].bool()
         if method == "gangealing":
-            options = {"cluster": cluster, "output_size": size_a[0], "iters": iters, "flips": flips}
+            size = size_a[0] if transfer == "exact" else congealed_size(congealer)
+            options = {"cluster": cluster, "output_size": size, "iters": iters, "flips": flips}
             out_a = _align(congealer, batch["source_image"], device, options)
             out_b = _align(congealer, batch["target_image"], device, options)
             pred, visible_a = gangealing_transfer(
-                points_a, visible_a, out_a, out_b, size_a, size_b, benchmark.permutation
+                points_a, visible_a, out_a, out_b, size_a, size_b, benchmark.permutation, transfer
             )
         elif method == "congealing":
             keys = benchmark.image_keys[start : start + n]
@@ -316,6 +332,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         iters=cfg.iters,
         congealing=OmegaConf.to_container(cfg.congealing, resolve=True),
         device=_device(cfg.device),
+        transfer=cfg.get("transfer", "exact"),
     )
     record = {
         **results,

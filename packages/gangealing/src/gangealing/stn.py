@@ -187,6 +187,32 @@ def image_to_image_points(
     return transfer_points_from_congealed(congealed, grid_b, size_b)
 
 
+def nearest_neighbour_points(
+    points_a: Tensor,
+    grid_a: Tensor,
+    grid_b: Tensor,
+    size_a: Size | None = None,
+    size_b: Size | None = None,
+) -> Tensor:
+    """The released code's correspondence A -> B (official ``ComposedSTN.transfer_points``): the
+    forward map is the congealed pixel whose sampling point is nearest to the keypoint (no
+    sub-pixel refinement), and that pixel index i in [0, S - 1] re-enters B's reverse grid at
+    ``(2 i / (S - 1) - 1) (W_B - 1) / W_B`` (the official ``normalize``, slightly off the pixel
+    centres). Grids at the STN's flow size, as the official evaluation predicts them."""
+    if grid_a.shape[1:3] != grid_b.shape[1:3]:
+        raise ValueError(
+            "grid_a and grid_b must share one congealed size; predict both at one size"
+        )
+    n, h, w, _ = grid_a.shape
+    target = pixel_to_normalized(points_a, size_a or (h, w))
+    index = torch.cdist(target, grid_a.reshape(n, h * w, 2)).argmin(dim=2)
+    cells = torch.stack([index % w, torch.div(index, w, rounding_mode="floor")], -1).to(grid_a)
+    hb, wb = _hw(size_b) if size_b is not None else (h, w)
+    scale = cells.new_tensor([(wb - 1) / wb, (hb - 1) / hb])
+    normalized = (cells / cells.new_tensor([w - 1, h - 1]) * 2 - 1) * scale
+    return normalized_to_pixel(_sample_grid_at(grid_b, normalized), (hb, wb))
+
+
 # ----------------------------------------------------------------------------------------------
 # Networks
 # ----------------------------------------------------------------------------------------------
