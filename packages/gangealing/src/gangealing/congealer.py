@@ -21,7 +21,7 @@ from torch import nn
 from common.checkpoint import checkpoint_kind, safe_load
 from gangealing.module import build_transformer
 from gangealing.released import ReleasedCongealer, is_released
-from gangealing.stn import STNOutput
+from gangealing.stn import STNOutput, check_rgb
 from gangealing.target import TargetMode
 
 FORMAT = "gangealing-congealer-v1"
@@ -100,13 +100,6 @@ class Congealer(nn.Module):
             congealer.classifier.load_state_dict(record["state"])
         return congealer.eval()
 
-    def _check_images(self, images: torch.Tensor) -> None:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(
-                f"expected RGB images [N, 3, H, W] in [-1, 1], got shape {tuple(images.shape)}; "
-                "convert grayscale or RGBA images to RGB first"
-            )
-
     def forward(
         self,
         images: torch.Tensor,
@@ -123,7 +116,7 @@ class Congealer(nn.Module):
         Sec. 4.3.2). ``iters`` re-applies the similarity stage, ``flips`` also tries the mirrored
         image and keeps the smoother warp per image.
         """
-        self._check_images(images)
+        check_rgb(images)
         iters, flips = (1 if iters is None else iters), bool(flips)  # this package's defaults
         if cluster is None and self.num_modes > 1:
             if self.classifier is None:

@@ -50,6 +50,20 @@ def official_channels(channel_multiplier: float, max_channels: int = 512) -> dic
     return table
 
 
+def resblock_trunk(
+    ch: dict[int, int], size: int, end: int, downsamples: int, blur_kernel: Sequence[int]
+) -> tuple[nn.Sequential, int]:
+    """``convs`` of the official STN and classifier: a 1x1 ``ConvLayer`` from RGB, then one
+    ``ResBlock`` per level from log2(size) down to ``end`` + 1 (channels ``ch[2 ** (i - 1)]``),
+    the first ``downsamples`` of them halving the resolution. Returns it and its width."""
+    convs: list[nn.Module] = [ConvLayer(3, ch[size], 1)]
+    in_ch = ch[size]
+    for n, i in enumerate(range(int(math.log2(size)), end, -1)):
+        convs.append(ResBlock(in_ch, ch[2 ** (i - 1)], blur_kernel, downsample=n < downsamples))
+        in_ch = ch[2 ** (i - 1)]
+    return nn.Sequential(*convs), in_ch
+
+
 def unmirror(out: STNOutput, mirrored: Tensor) -> STNOutput:
     """Make the grid (and similarity matrix) of outputs computed from mirrored inputs index the
     original images: x -> -x where ``mirrored`` [N] (the residual flow stays as predicted)."""
@@ -147,18 +161,12 @@ class OfficialSpatialTransformer(nn.Module):
         if supersize > flow_size:
             self.input_downsample = BilinearDownsample(supersize // flow_size, 3)
         ch = official_channels(channel_multiplier, max_channels)
-        log_size, log_down = int(math.log2(flow_size)), int(math.log2(flow_downsample))
+        log_size = int(math.log2(flow_size))
         end = log_size - 4 if self.is_flow else 2
         if end < 0 or (self.is_flow and 2 ** (end + 1) not in ch):
             raise ValueError(f"flow_size={flow_size} is too small for a {transform} STN")
-        convs: list[nn.Module] = [ConvLayer(3, ch[flow_size], 1)]
-        in_ch, downsamples = ch[flow_size], 0
-        for i in range(log_size, end, -1):
-            down = (not self.is_flow) or downsamples < log_down
-            downsamples += down
-            convs.append(ResBlock(in_ch, ch[2 ** (i - 1)], blur_kernel, downsample=down))
-            in_ch = ch[2 ** (i - 1)]
-        self.convs = nn.Sequential(*convs)
+        downsamples = int(math.log2(flow_downsample)) if self.is_flow else log_size - end
+        self.convs, in_ch = resblock_trunk(ch, flow_size, end, downsamples, blur_kernel)
         self.final_conv = ConvLayer(in_ch, ch[4], 3)
         if self.is_flow:
             self.warp_head = FlowHead(ch[4], num_heads, flow_downsample)
@@ -349,12 +357,8 @@ class OfficialClusterClassifier(nn.Module):
         if supersize > flow_size:
             self.input_downsample = BilinearDownsample(supersize // flow_size, 3)
         ch = official_channels(channel_multiplier, max_channels)
-        convs: list[nn.Module] = [ConvLayer(3, ch[flow_size], 1)]
-        in_ch = ch[flow_size]
-        for i in range(int(math.log2(flow_size)), 2, -1):
-            convs.append(ResBlock(in_ch, ch[2 ** (i - 1)], blur_kernel))
-            in_ch = ch[2 ** (i - 1)]
-        self.convs = nn.Sequential(*convs)
+        log_size = int(math.log2(flow_size))
+        self.convs, in_ch = resblock_trunk(ch, flow_size, 2, log_size - 2, blur_kernel)
         self.final_conv = ConvLayer(in_ch, ch[4], 3)
         self.to_logits = EqualLinear(ch[4] * 16, 2 * num_clusters, activation="fused_lrelu")
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gangealing.official_stn import OfficialClusterClassifier, OfficialComposedSTN, unmirror
-from gangealing.stn import STNOutput
+from gangealing.stn import STNOutput, check_rgb
 
 #: Official test-time settings per released model (padding, similarity iterations, clusters).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -154,11 +154,7 @@ class ReleasedCongealer(nn.Module):
         return congealer.eval()
 
     def _inputs(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(
-                f"expected RGB images [N, 3, H, W] in [-1, 1], got shape {tuple(images.shape)}; "
-                "convert grayscale or RGBA images to RGB first"
-            )
+        check_rgb(images)
         size = (self.resolution,) * 2
         if tuple(images.shape[-2:]) == size:
             return images

@@ -171,6 +171,22 @@ def transfer_points_to_congealed(
     return normalized_to_pixel(p, (h, w))
 
 
+def _check_same_congealed_size(grid_a: Tensor, grid_b: Tensor) -> None:
+    if grid_a.shape[1:3] != grid_b.shape[1:3]:
+        raise ValueError(
+            "grid_a and grid_b must share one congealed size; predict both at one size"
+        )
+
+
+def check_rgb(images: Tensor) -> None:
+    """Refuse anything but a batch of RGB images [N, 3, H, W] (what every congealer takes)."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"expected RGB images [N, 3, H, W] in [-1, 1], got shape {tuple(images.shape)}; "
+            "convert grayscale or RGBA images to RGB first"
+        )
+
+
 def image_to_image_points(
     points_a: Tensor,
     grid_a: Tensor,
@@ -179,10 +195,7 @@ def image_to_image_points(
     size_b: Size | None = None,
 ) -> Tensor:
     """Direct correspondence A -> B (Sec. 4.4.2): forward warp of A, then reverse warp of B."""
-    if grid_a.shape[1:3] != grid_b.shape[1:3]:
-        raise ValueError(
-            "grid_a and grid_b must share one congealed size; predict both at one size"
-        )
+    _check_same_congealed_size(grid_a, grid_b)
     congealed = transfer_points_to_congealed(points_a, grid_a, size_a)
     return transfer_points_from_congealed(congealed, grid_b, size_b)
 
@@ -199,10 +212,7 @@ def nearest_neighbour_points(
     sub-pixel refinement), and that pixel index i in [0, S - 1] re-enters B's reverse grid at
     ``(2 i / (S - 1) - 1) (W_B - 1) / W_B`` (the official ``normalize``, slightly off the pixel
     centres). Grids at the STN's flow size, as the official evaluation predicts them."""
-    if grid_a.shape[1:3] != grid_b.shape[1:3]:
-        raise ValueError(
-            "grid_a and grid_b must share one congealed size; predict both at one size"
-        )
+    _check_same_congealed_size(grid_a, grid_b)
     n, h, w, _ = grid_a.shape
     target = pixel_to_normalized(points_a, size_a or (h, w))
     index = torch.cdist(target, grid_a.reshape(n, h * w, 2)).argmin(dim=2)
