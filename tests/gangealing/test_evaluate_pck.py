@@ -17,6 +17,7 @@ from gangealing.congealer import Congealer
 from gangealing.evaluate_pck import (
     Benchmark,
     SyntheticPairs,
+    both_ways_default,
     evaluate,
     gangealing_transfer,
     permute_flipped,
@@ -99,6 +100,17 @@ def test_oracle_congealer_scores_100_through_the_cli_code_path(warps, tmp_path):
     assert official["pck@0.05"] > 95 and official["pck@0.01"] < 90
     with pytest.raises(ValueError, match="transfer='nearest'; choose one of exact, official"):
         evaluate(bench, "gangealing", oracle, [0.01], transfer="nearest")
+    # both ways (the official CUB protocol): every pair also B -> A, twice the keypoints
+    both = evaluate(bench, "gangealing", oracle, alphas=[0.01], batch_size=7, both_ways=True)
+    assert both["pck@0.01"] == 100.0 and both["num_pairs"] == 30 and both["both_ways"]
+    assert both["num_visible"] == 2 * ours["num_visible"]  # all ordered pairs: symmetric counts
+    none_both = evaluate(bench, "none", alphas=[0.01], both_ways=True)
+    assert none_both["num_visible"] == both["num_visible"]
+    assert both_ways_default("cub", None) and not both_ways_default("spair", None)
+    assert not both_ways_default("cub", False) and both_ways_default("synthetic", True)
+    spair = Benchmark("spair", pairs, list(pairs.pairs), lambda k: loaded[k], None)
+    with pytest.raises(ValueError, match="evaluates its fixed pairs one way: pass both_ways=false"):
+        evaluate(spair, "none", alphas=[0.01], both_ways=True)
 
 
 def test_flipped_target_needs_the_left_right_permutation(warps):

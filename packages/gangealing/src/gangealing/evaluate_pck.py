@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 
 DATASETS = ("spair", "cub", "synthetic")
 METHODS = ("gangealing", "congealing", "none")
-TRANSFERS = ("exact", "official")  # keypoint transfer of method=gangealing (gangealing_transfer)
+TRANSFERS = ("exact", "official")
+SIDES = ("source", "target")  # keypoint transfer of method=gangealing (gangealing_transfer)
 MISSING_CONGEALER = (
     "method=gangealing needs congealer=<run dir of python -m gangealing.train or its "
     "congealer.pt>; or use method=congealing / method=none for the baselines"
@@ -229,6 +230,11 @@ def congealing_thetas(
 # ---------------------------------------------------------------------------- evaluation
 
 
+def both_ways_default(dataset: str, both_ways: bool | None) -> bool:
+    """The official protocols: CUB random pairs both ways, SPair-71k fixed pairs one way."""
+    return dataset == "cub" if both_ways is None else bool(both_ways)
+
+
 def congealed_size(congealer: Any) -> int:
     """The size at which the official evaluation predicts grids: the STN's flow size (released
     models) or the training resolution (this package's congealers)."""
@@ -256,8 +262,16 @@ def evaluate(
     congealing: dict[str, Any] | None = None,
     device: torch.device | str = "cpu",
     transfer: str = "exact",
+    both_ways: bool = False,
 ) -> dict[str, Any]:
-    """PCK-Transfer of ``method`` on ``benchmark`` (thesis Sec. 4.4.2); :func:`combine_pck` keys."""
+    """PCK-Transfer of ``method`` on ``benchmark`` (thesis Sec. 4.4.2); :func:`combine_pck` keys.
+    ``both_ways`` also transfers B -> A (the official CUB protocol, image-size threshold); SPair-71k
+    pairs are fixed and evaluated A -> B only, with the target's bounding-box threshold."""
+    if both_ways and benchmark.name == "spair":
+        raise ValueError(
+            "both_ways=true needs the image-size threshold; SPair-71k uses the target's bounding "
+            "box and its official protocol evaluates its fixed pairs one way: pass both_ways=false"
+        )
     if method not in METHODS:
         raise ValueError(f"unknown method={method!r}: use one of {', '.join(METHODS)}")
     if method == "gangealing":
@@ -278,29 +292,37 @@ def evaluate(
     start = 0
     for batch in loader:
         n = batch["source_keypoints"].shape[0]
-        points_a, points_b = batch["source_keypoints"].float(), batch["target_keypoints"].float()
-        size_a = tuple(batch["source_image"].shape[-2:])
-        size_b = tuple(batch["target_image"].shape[-2:])
-        visible_a = batch["source_visible"].bool()
+        points = (batch["source_keypoints"].float(), batch["target_keypoints"].float())
+        sizes = (tuple(batch["source_image"].shape[-2:]), tuple(batch["target_image"].shape[-2:]))
+        visible = (batch["source_visible"].bool(), batch["target_visible"].bool())
         if method == "gangealing":
-            size = size_a[0] if transfer == "exact" else congealed_size(congealer)
+            size = sizes[0][0] if transfer == "exact" else congealed_size(congealer)
             options = {"cluster": cluster, "output_size": size, "iters": iters, "flips": flips}
-            out_a = _align(congealer, batch["source_image"], device, options)
-            out_b = _align(congealer, batch["target_image"], device, options)
-            pred, visible_a = gangealing_transfer(
-                points_a, visible_a, out_a, out_b, size_a, size_b, benchmark.permutation, transfer
-            )
+            aligned = [_align(congealer, batch[f"{s}_image"], device, options) for s in SIDES]
         elif method == "congealing":
             keys = benchmark.image_keys[start : start + n]
-            theta_a = torch.stack([thetas[a] for a, _ in keys])
-            theta_b = torch.stack([thetas[b] for _, b in keys])
-            pred = transfer_keypoints_via_congealing(points_a, theta_a, theta_b, size_a, size_b)
-        else:
-            pred = no_alignment_transfer(points_a, size_a, size_b)
-        visible = batch["target_visible"].bool() & visible_a
-        results.append(pck(pred, points_b, visible, batch["threshold"].float(), alphas))
+            aligned = [torch.stack([thetas[k[i]] for k in keys]) for i in (0, 1)]
+        # A -> B with the target's threshold; B -> A (both_ways) with the image-size rule of A
+        for src, dst in ((0, 1), (1, 0)) if both_ways else ((0, 1),):
+            vis = visible[src]
+            if method == "gangealing":
+                pred, vis = gangealing_transfer(
+                    points[src], vis, aligned[src], aligned[dst], sizes[src], sizes[dst],
+                    benchmark.permutation, transfer,
+                )  # fmt: skip
+            elif method == "congealing":
+                pred = transfer_keypoints_via_congealing(
+                    points[src], aligned[src], aligned[dst], sizes[src], sizes[dst]
+                )
+            else:
+                pred = no_alignment_transfer(points[src], sizes[src], sizes[dst])
+            threshold = batch["threshold"].float() if dst == 1 else float(max(sizes[dst]))
+            results.append(pck(pred, points[dst], visible[dst] & vis, threshold, alphas))
         start += n
-    return combine_pck(results)
+    combined = combine_pck(results)
+    if both_ways:  # two transfers per pair, every keypoint counted in both directions
+        combined["num_pairs"] //= 2
+    return {**combined, "both_ways": both_ways}
 
 
 def _device(name: str) -> torch.device:
@@ -333,6 +355,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         congealing=OmegaConf.to_container(cfg.congealing, resolve=True),
         device=_device(cfg.device),
         transfer=cfg.get("transfer", "exact"),
+        both_ways=both_ways_default(benchmark.name, cfg.get("both_ways")),
     )
     record = {
         **results,
