@@ -43,10 +43,15 @@ def mipmap_levels(grid: Tensor, height: int, width: int, max_levels: float) -> T
     return dist.amax(0).log2().clamp(0.0, max_levels - 1.0)
 
 
+def binomial_kernel() -> Tensor:
+    """The official blur filter [1, 1, 4, 4]: [1, 3, 3, 1] outer product / 64."""
+    k = torch.tensor(_BINOMIAL)
+    return (k[:, None] * k[None, :] / k.sum() ** 2)[None, None]
+
+
 def _blur_half(x: Tensor) -> Tensor:
     """One octave: reflection pad 1, binomial [1, 3, 3, 1] (outer product / 64), stride 2."""
-    k = torch.tensor(_BINOMIAL, dtype=x.dtype, device=x.device)
-    kernel = (k[:, None] * k[None, :] / k.sum() ** 2).expand(x.shape[1], 1, 4, 4)
+    kernel = binomial_kernel().to(x).expand(x.shape[1], 1, 4, 4)
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), kernel, stride=2, groups=x.shape[1])
 
 
@@ -114,8 +119,7 @@ class MipmapWarp(nn.Module):
     def __init__(self, max_levels: float = MIPMAP_LEVELS) -> None:
         super().__init__()
         self.max_levels = max_levels
-        k = torch.tensor(_BINOMIAL)
-        self.register_buffer("blur_filter", (k[:, None] * k[None, :] / k.sum() ** 2)[None, None])
+        self.register_buffer("blur_filter", binomial_kernel())
 
     def forward(self, images: Tensor, grid: Tensor, padding_mode: str = "border") -> Tensor:
         return mipmap_warp(images, grid, padding_mode, self.max_levels)

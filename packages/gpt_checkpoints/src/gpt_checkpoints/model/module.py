@@ -195,28 +195,17 @@ class GptModule(L.LightningModule):
         net.eval()
         kwargs = self.model_inputs(theta, loss, loss_target)
         shape = (n, self.layout.num_params)
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"unknown sampler {sampler!r}; choose ddpm or ddim")
         if sampler == "ddpm":
             process = self.build_diffusion(str(steps) if steps else None)
-            out = process.p_sample_loop(
-                net,
-                shape,
-                clip_denoised=False,
-                model_kwargs=kwargs,
-                device=device,
-                generator=generator,
-            )
-        elif sampler == "ddim":
-            process = self.build_diffusion(f"ddim{steps or 50}")
-            out = process.ddim_sample_loop(
-                net,
-                shape,
-                clip_denoised=False,
-                model_kwargs=kwargs,
-                device=device,
-                generator=generator,
-            )
+            loop = process.p_sample_loop
         else:
-            raise ValueError(f"unknown sampler {sampler!r}; choose ddpm or ddim")
+            process = self.build_diffusion(f"ddim{steps or 50}")
+            loop = process.ddim_sample_loop
+        out = loop(
+            net, shape, clip_denoised=False, model_kwargs=kwargs, device=device, generator=generator
+        )
         net.train(was_training)
         return self.normalizer.denormalize(out)
 
