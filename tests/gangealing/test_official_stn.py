@@ -214,3 +214,12 @@ def test_congeal_command_with_a_released_model(cli_main, tmp_path):
         "gangealing.congeal", f"congealer={K1}", f"images={folder}", "preset=kat",
     )  # fmt: skip
     assert code == 2 and "error: unknown preset 'kat'" in err.strip().splitlines()[-1], err
+    from PIL import Image
+
+    Image.new("RGBA", (64, 64), (255, 0, 0, 128)).save(tmp_path / "edit.png")
+    code, err = cli_main(
+        "gangealing.propagate", f"congealer={K2}", f"images={folder}",
+        f"edit={tmp_path / 'edit.png'}", "size=64",
+    )  # fmt: skip
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and line.startswith("error: the congealer has 2 modes") and "cluster=" in line
