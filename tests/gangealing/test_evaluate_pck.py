@@ -194,7 +194,7 @@ def test_pck_module_runs_the_cli_with_iterations_and_flips_need_a_flow(tmp_path)
     similarity-only congealer refuses ``flips=true`` with advice the command line can act on."""
     torch.manual_seed(0)
     save_generator(tmp_path / "g.pt", Generator(**TINY_G))
-    module = GangealingModule(str(tmp_path / "g.pt"), transform="similarity", **TINY)
+    module = GangealingModule(str(tmp_path / "g.pt"), **{**TINY, "transform": "similarity"})
     atomic_save(module.export(), tmp_path / "run" / "congealer.pt")
     data = tmp_path / "data"
     write_image_folder(SimilarityWarpDataset("astronaut", 16, 3, seed=1), data)

@@ -12,7 +12,8 @@ from gangealing.stylegan2 import Generator, save_generator
 from tests.integration.conftest import run_cli
 
 TINY_G = {"size": 16, "style_dim": 16, "n_mlp": 2, "channels": {4: 16, 8: 16, 16: 8}}
-TINY = {
+TINY = {  # the small CPU trunk; the released architecture is tested with PAPER_TINY below
+    "transform": "composed",
     "resolution": 16,
     "stn": {"widths": [8, 8], "flow_size": 4},
     "cutoff": 3,
@@ -22,6 +23,7 @@ TINY = {
     "batch_size": 4,
 }
 CLI_TINY = [
+    "transform=composed",
     "resolution=16",
     "stn.widths=[8,8]",
     "stn.flow_size=4",
@@ -147,7 +149,7 @@ def test_train_config_defaults_are_the_thesis_settings(generator_path):
         cfg = compose("train", overrides=[f"generator={generator_path}"])
         ssl = compose("train", overrides=["loss.name=ssl_vgg", "loss.checkpoint_path=x"])
     assert (cfg.num_components, cfg.cutoff, cfg.num_modes) == (1, 5, 1)
-    assert (cfg.tv_weight, cfg.identity_weight, cfg.transform) == (1000.0, 1.0, "composed")
+    assert (cfg.tv_weight, cfg.identity_weight, cfg.transform) == (1000.0, 1.0, "paper")
     assert (cfg.stn_lr, cfg.mode_lr, cfg.ema_decay) == (1e-3, 1e-2, 0.999)
     with pytest.raises(FileNotFoundError, match="checkpoint_path='x', which is not a file"):
         GangealingModule(str(generator_path), **{**TINY, "loss": dict(ssl.loss)})

@@ -309,6 +309,24 @@ def flow_smoothness_scores(field: Tensor, kind: str = "grid") -> Tensor:
     return total_variation_huber(field, reduction="none")
 
 
+def out_of_bounds_fraction(grid: Tensor, content_hw: Tensor | None = None) -> Tensor:
+    """Per image [N], the fraction of congealed pixels sampled beyond the photo in x or y (the
+    larger), for a grid [N, S, S, 2] into a square that holds a ``content_hw`` [N, 2] photo
+    centred and padded (None: the photo fills the square). Official
+    ``check_if_warp_exceeds_image_boundaries`` compares it with a threshold (0.025); the bounds
+    are its (round(S h / w) - 1) / S for landscape photos, likewise for portrait."""
+    n, s = grid.shape[0], grid.shape[-2]
+    bound_y = grid.new_full((n,), float(s))
+    bound_x = grid.new_full((n,), float(s))
+    if content_hw is not None:
+        h, w = content_hw.to(grid).unbind(1)
+        landscape = h < w
+        bound_y = torch.where(landscape, (s * h / w).round(), bound_y)
+        bound_x = torch.where(landscape, bound_x, (s * w / h).round())
+    beyond = lambda v, bound: (v.flatten(1).abs() > ((bound - 1) / s)[:, None]).float().mean(1)  # noqa: E731
+    return torch.maximum(beyond(grid[..., 0], bound_x), beyond(grid[..., 1], bound_y))
+
+
 def rank_by_smoothness(scores: Tensor) -> Tensor:
     """Indices ordering the images best (smoothest, lowest score) first; ties keep input order."""
     return torch.sort(scores.detach().flatten().cpu(), stable=True).indices
@@ -318,6 +336,7 @@ __all__ = [
     "MIN_WEIGHT",
     "dense_correspondence",
     "flow_smoothness_scores",
+    "out_of_bounds_fraction",
     "propagate_keypoints",
     "propagate_labels",
     "propagate_overlay",

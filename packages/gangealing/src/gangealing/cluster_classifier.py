@@ -31,6 +31,8 @@ from common.errors import (
 )
 from common.guards import NAN_POLICIES, gradients_finite
 from gangealing.module import GangealingModule
+from gangealing.official_stn import OfficialClusterClassifier, OfficialComposedSTN
+from gangealing.released import official_classifier_for
 from gangealing.stn import ConvTrunk
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def train_cluster_classifier(
     batch_size: int = 32,
     lr: float = 1e-3,
     nan_policy: str = "stop",
-) -> tuple[ClusterClassifier, list[float]]:
+) -> tuple[nn.Module, list[float]]:
     """Train on (G(w), k*) pairs from a trained GANgealing module; returns the classifier and
     its accuracy on each step's fresh batch (before the update). A step with NaN/inf gradients
     stops the training (``nan_policy=stop``) or is skipped (``skip``), as in every other loop."""
@@ -72,16 +74,22 @@ def train_cluster_classifier(
     if hp.num_modes < 2:
         raise ValueError("the run has a single mode (num_modes=1): no clusters to classify")
     stns = module.stn_ema.module
-    trunk = _first_trunk(stns[0])
-    classifier = ClusterClassifier(hp.num_modes, trunk.input_size, _widths(trunk))
-    classifier.trunk.load_state_dict(trunk.state_dict())
+    if isinstance(stns, OfficialComposedSTN):  # official init: the similarity stage's trunk
+        classifier = official_classifier_for(stns)
+        classifier.load_state_dict(stns.stns[0].state_dict(), strict=False)
+    else:
+        trunk = _first_trunk(stns[0])
+        classifier = ClusterClassifier(hp.num_modes, trunk.input_size, _widths(trunk))
+        classifier.trunk.load_state_dict(trunk.state_dict())
     classifier = classifier.to(module.device)
     opt = torch.optim.Adam(classifier.parameters(), lr=lr)
     accuracy, skipped = [], 0
     for step in range(steps):
         with torch.no_grad():
             x, y = module.pairs(batch_size, psi=0.0)
-            labels = module.alignment_losses(stns, x, y)["assignment"] % hp.num_modes
+            labels = module.alignment_losses(stns, x, y)["assignment"]
+            if not isinstance(classifier, OfficialClusterClassifier):  # K logits, no mirror
+                labels = labels % hp.num_modes
         logits = classifier(x)
         loss = F.cross_entropy(logits, labels)
         accuracy.append(float((logits.argmax(1) == labels).float().mean()))
@@ -105,7 +113,10 @@ def _widths(trunk: ConvTrunk) -> list[int]:
     return [m.out_channels for m in trunk.layers if isinstance(m, nn.Conv2d)][::2]
 
 
-def classifier_record(classifier: ClusterClassifier) -> dict[str, Any]:
+def classifier_record(classifier: nn.Module) -> dict[str, Any]:
+    if isinstance(classifier, OfficialClusterClassifier):
+        state = {k: v.detach().cpu() for k, v in classifier.state_dict().items()}
+        return {"kind": "official", "num_modes": classifier.num_clusters, "state": state}
     return {
         "input_size": classifier.trunk.input_size,
         "widths": _widths(classifier.trunk),

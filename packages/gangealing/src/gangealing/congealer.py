@@ -86,6 +86,8 @@ class Congealer(nn.Module):
                 f"{path} is {kind}, not a GANgealing congealer; pass the congealer.pt that "
                 "python -m gangealing.train writes in its run directory (or that run directory)"
             )
+        if blob["config"].get("transform") == "paper":
+            return ReleasedCongealer.from_export(blob, path)
         congealer = cls(blob["config"])
         congealer.stns.load_state_dict(blob["stn"])
         congealer.target.load_state_dict(blob["target"])

@@ -103,11 +103,12 @@ def load_rgb(
 
 
 def resample_window(
-    image: Image.Image, window: tuple[float, float, float, float], size: int
+    image: Image.Image, window: tuple[float, float, float, float], size: int, fill: str = "black"
 ) -> torch.Tensor:
     """Resample ``window = (x0, y0, w, h)`` of ``image`` to ``[3, size, size]`` in ``[-1, 1]``.
 
-    Parts of the window outside the image are black (-1). Antialiased bilinear resampling.
+    Parts of the window outside the image are black (-1), or repeat the nearest edge pixel with
+    ``fill="edge"`` (official ``prepare_data.border_pad``). Antialiased bilinear resampling.
     """
     x0, y0, w, h = window
     width, height = image.size
@@ -116,8 +117,12 @@ def resample_window(
     right = max(0, math.ceil(x0 + w - width))
     bottom = max(0, math.ceil(y0 + h - height))
     if left or top or right or bottom:
-        canvas = Image.new("RGB", (width + left + right, height + top + bottom))
-        canvas.paste(image, (left, top))
+        if fill == "edge":
+            padded = np.pad(np.asarray(image), [(top, bottom), (left, right), (0, 0)], mode="edge")
+            canvas = Image.fromarray(padded)
+        else:
+            canvas = Image.new("RGB", (width + left + right, height + top + bottom))
+            canvas.paste(image, (left, top))
         image, x0, y0 = canvas, x0 + left, y0 + top
     box = (x0, y0, x0 + w, y0 + h)
     resized = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
@@ -147,8 +152,13 @@ def square_window(width: int, height: int, mode: str) -> tuple[float, float, flo
     return (width - side) / 2, (height - side) / 2, side, side
 
 
+SQUARE_MODES = ("crop", "border_pad")
+
+
 class ImageFolder(Dataset):
-    """Every image under ``root`` (sorted, recursive), resized and center-cropped to ``size``.
+    """Every image under ``root`` (sorted, recursive) made square and resized to ``size``:
+    ``square="crop"`` takes the central square, ``"border_pad"`` keeps the whole photo and pads
+    the short side with its edge pixels (official ``prepare_data.border_pad``).
 
     Items are ``[3, size, size]`` tensors in ``[-1, 1]``. Grayscale, palette and RGBA images are
     converted to RGB with a logged warning unless ``strict_channels=True``, which refuses them.
@@ -161,7 +171,11 @@ class ImageFolder(Dataset):
         size: int,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         strict_channels: bool = False,
+        square: str = "crop",
     ) -> None:
+        if square not in SQUARE_MODES:
+            raise ValueError(f"square={square!r}; choose one of {', '.join(SQUARE_MODES)}")
+        self.square = square
         self.root = Path(root)
         self.size = int(size)
         self.extensions = tuple("." + e.lower().lstrip(".") for e in extensions)
@@ -183,7 +197,14 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         image = load_rgb(self.files[index], self.strict_channels, self._warned)
-        return resample_window(image, square_window(*image.size, "crop"), self.size)
+        if self.square == "crop":
+            return resample_window(image, square_window(*image.size, "crop"), self.size)
+        return resample_window(image, square_window(*image.size, "pad"), self.size, fill="edge")
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(height, width) of image ``index`` on disk (read from its header)."""
+        with Image.open(self.files[index]) as image:
+            return image.height, image.width
 
 
 def pair_item(

@@ -22,6 +22,7 @@ import hashlib
 import math
 import warnings
 from collections.abc import Iterator
+from dataclasses import fields
 from typing import Any
 
 import lightning as L
@@ -34,15 +35,45 @@ from common.checkpoint import plain_container
 from common.ema import EMA
 from common.training import step_seed
 from gangealing.losses import identity_loss, perceptual_loss, total_variation_huber
-from gangealing.stn import ComposedTransformer, FlowTransformer, SimilarityTransformer
+from gangealing.official_stn import OfficialComposedSTN
+from gangealing.sampling import BilinearDownsample
+from gangealing.stn import ComposedTransformer, FlowTransformer, SimilarityTransformer, STNOutput
 from gangealing.stylegan2 import Generator, load_generator
 from gangealing.target import TargetMode, fit_w_pca, psi_schedule
 
-TRANSFORMS = ("similarity", "flow", "composed")
+TRANSFORMS = ("paper", "similarity", "flow", "composed")
+
+
+def build_paper_transformer(
+    resolution: int, num_modes: int, stn: dict[str, Any], supersize: int | None = None
+) -> OfficialComposedSTN:
+    """The thesis' T (Sec. 4.3.1) as released: ``ComposedSTN(['similarity', 'flow'])`` with K
+    heads on one trunk, regressing at ``resolution`` (official ``flow_size``) from inputs of
+    ``supersize`` px at test time (official ``real_size``)."""
+    if resolution < 64 or resolution & (resolution - 1):
+        raise ValueError(
+            f"resolution={resolution} does not fit transform=paper (the released STN regresses "
+            "its flow at resolution / 8 down to 4 px): pass a power of two >= 64, or "
+            "transform=composed for the small CPU trunk"
+        )
+    if supersize % resolution:
+        raise ValueError(
+            f"stn.input_size={supersize} is not a multiple of resolution={resolution}; pass a "
+            "multiple (the official real_size is 2x the flow size) or leave it null"
+        )
+    return OfficialComposedSTN(
+        flow_size=resolution,
+        supersize=int(supersize or resolution),
+        channel_multiplier=float(stn.get("channel_multiplier", 0.5)),
+        num_heads=num_modes,
+        flow_downsample=int(stn.get("flow_downsample", 8)),
+        max_channels=int(stn.get("max_channels", 512)),
+    )
 
 
 def build_transformer(transform: str, resolution: int, stn: dict[str, Any]) -> nn.Module:
-    """One Spatial Transformer T (Sec. 4.3.1): ``similarity``, ``flow`` or their composition."""
+    """One small-trunk Spatial Transformer T (Sec. 4.3.1): ``similarity``, ``flow`` or their
+    composition (the CPU option; ``paper`` is :func:`build_paper_transformer`)."""
     stn = dict(stn)
     input_size = int(stn.get("input_size") or resolution)
     widths = tuple(stn.get("widths", (32, 64, 128, 128)))
@@ -59,6 +90,26 @@ def build_transformer(transform: str, resolution: int, stn: dict[str, Any]) -> n
     if transform == "composed":
         return ComposedTransformer(similarity(), flow())
     raise ValueError(f"unknown transform {transform!r}: use one of {TRANSFORMS}")
+
+
+def paper_supersize(stn: dict[str, Any], resolution: int, generator_size: int) -> int:
+    """Test-time input size of a ``paper`` T: ``stn.input_size``, else the generator's size when
+    it is a multiple of ``resolution`` (official ``real_size = gen_size``), else ``resolution``."""
+    if stn.get("input_size"):
+        return int(stn["input_size"])
+    return generator_size if generator_size % resolution == 0 else resolution
+
+
+def head_outputs(out: STNOutput, num_heads: int) -> list[STNOutput]:
+    """Split image-major outputs [N * K] of a K-head T into K outputs [N]."""
+
+    def pick(value: torch.Tensor | None, k: int) -> torch.Tensor | None:
+        return None if value is None else value.unflatten(0, (-1, num_heads))[:, k]
+
+    return [
+        STNOutput(**{f.name: pick(getattr(out, f.name), k) for f in fields(STNOutput)})
+        for k in range(num_heads)
+    ]
 
 
 def generator_fingerprint(generator: nn.Module) -> str:
@@ -80,12 +131,27 @@ class _Steps(IterableDataset):
             step += 1
 
 
+class _AntialiasedResize(nn.Module):
+    """Generated images to the alignment resolution (antialiased bilinear; the small-trunk path
+    and generator sizes that are not a multiple of the resolution)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] == self.size:
+            return images
+        size = (self.size, self.size)
+        return F.interpolate(images, size=size, mode="bilinear", antialias=True)
+
+
 class GangealingModule(L.LightningModule):
     def __init__(
         self,
         generator: str,
         resolution: int = 64,
-        transform: str = "composed",
+        transform: str = "paper",
         stn: dict[str, Any] | None = None,
         num_modes: int = 1,
         num_components: int = 1,
@@ -119,9 +185,23 @@ class GangealingModule(L.LightningModule):
             self.generator.style_dim, num_components, num_modes=num_modes, cutoff=cutoff
         )
         self.register_buffer("target_initialised", torch.tensor(False))
-        self.stns = nn.ModuleList(
-            build_transformer(transform, resolution, stn or {}) for _ in range(num_modes)
-        )
+        stn = dict(stn or {})
+        if transform == "paper":
+            supersize = paper_supersize(stn, resolution, self.generator.size)
+            self.stns = build_paper_transformer(resolution, num_modes, stn, supersize)
+        else:
+            self.stns = nn.ModuleList(
+                build_transformer(transform, resolution, stn) for _ in range(num_modes)
+            )
+        self.padding_mode = stn.get("padding_mode", "reflection")
+        self.sample_from_full_res = bool(stn.get("sample_from_full_res", False))
+        if transform == "paper" and self.generator.size % resolution == 0:
+            factor = self.generator.size // resolution  # official resize_fake2stn
+            self.pair_resize: nn.Module = (
+                BilinearDownsample(factor, 3) if factor > 1 else nn.Identity()
+            )
+        else:
+            self.pair_resize = _AntialiasedResize(resolution)
         self.stn_ema = EMA(self.stns, decay=ema_decay)
         loss = {k: v for k, v in (loss or {"name": "lpips"}).items() if v is not None}
         self.distance = perceptual_loss(loss.pop("name"), **loss)
@@ -181,14 +261,12 @@ class GangealingModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ training
-    def _resize(self, images: torch.Tensor) -> torch.Tensor:
-        size = self.hparams.resolution
-        if images.shape[-1] == size:
-            return images
-        return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
-
-    def pairs(self, batch_size: int, psi: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """GAN-supervised pairs (Eq. 4.3): inputs x [B, 3, R, R] and targets y [B, K, 3, R, R].
+    def pairs(
+        self, batch_size: int, psi: float, with_source: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """GAN-supervised pairs (Eq. 4.3): inputs x [B, 3, R, R] and targets y [B, K, 3, R, R]
+        (official ``sample_gan_supervised_pairs``); ``with_source`` adds the generated inputs at
+        full resolution, which ``stn.sample_from_full_res`` warps instead of x.
 
         Gradients reach the mode coefficients through y; the generator stays frozen.
         """
@@ -196,24 +274,35 @@ class GangealingModule(L.LightningModule):
         z = torch.randn(batch_size, g.style_dim, device=self.device)
         with torch.no_grad():
             w = g.get_latent(z)
-            x, _ = g([w], input_is_latent=True)
+            full, _ = g([w], input_is_latent=True)
         plus = self.target.mix(w, psi, g.n_latent)
         y, _ = g([plus.flatten(0, 1)], input_is_latent=True)
-        y = self._resize(y).unflatten(0, (batch_size, self.hparams.num_modes))
-        return self._resize(x), y
+        y = self.pair_resize(y).unflatten(0, (batch_size, self.hparams.num_modes))
+        x = self.pair_resize(full)
+        return (x, y, full) if with_source else (x, y)
+
+    def warp_modes(
+        self, stns: nn.Module, x: torch.Tensor, source: torch.Tensor | None = None
+    ) -> list[STNOutput]:
+        """T_k(x) for every mode k: one pass of the K-head ``paper`` T, or each small T_k."""
+        if isinstance(stns, OfficialComposedSTN):
+            out = stns(x, source, padding_mode=self.padding_mode)
+            return head_outputs(out, stns.num_heads)
+        return [stn(x) for stn in stns]
 
     def alignment_losses(
-        self, stns: nn.ModuleList, x: torch.Tensor, y: torch.Tensor
+        self, stns: nn.Module, x: torch.Tensor, y: torch.Tensor, source: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """Eq. 4.5 for every candidate (mode k, and mirrored input with flips), min over them
-        (Eq. 4.6). Returns the scalar ``loss`` and its parts, plus ``assignment`` [B] (index of the
-        winning candidate: ``k`` or ``K + k`` for the mirrored input)."""
+        (Eq. 4.6; official ``gangealing_cluster_loss``). Returns the scalar ``loss`` and its parts,
+        plus ``assignment`` [B] (the winning candidate: ``k``, or ``K + k`` for the mirror)."""
         hp = self.hparams
-        inputs = [x, x.flip(-1)] if hp.flips else [x]
+        inputs = [(x, source)]
+        if hp.flips:
+            inputs.append((x.flip(-1), None if source is None else source.flip(-1)))
         distances, regularisers, parts = [], [], []
-        for image in inputs:
-            for k, stn in enumerate(stns):
-                out = stn(image)
+        for image, pixels in inputs:
+            for k, out in enumerate(self.warp_modes(stns, image, pixels)):
                 d = self.distance(out.image, y[:, k]).reshape(-1)
                 if out.flow is not None:
                     tv = total_variation_huber(out.flow, reduction="none")
@@ -240,8 +329,11 @@ class GangealingModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int):
         torch.manual_seed(step_seed(self.hparams.seed, self.global_step, self.global_rank))
         psi = psi_schedule(self.global_step, self.hparams.psi_anneal_steps, self.hparams.psi_anneal)
-        x, y = self.pairs(self.hparams.batch_size, psi)
-        out = self.alignment_losses(self.stns, x, y)
+        if self.sample_from_full_res:
+            x, y, source = self.pairs(self.hparams.batch_size, psi, with_source=True)
+        else:
+            (x, y), source = self.pairs(self.hparams.batch_size, psi), None
+        out = self.alignment_losses(self.stns, x, y, source)
         self.log_dict(
             {f"train/{k}": out[k] for k in ("loss", "distance", "tv", "identity")}, prog_bar=True
         )
@@ -277,6 +369,7 @@ class GangealingModule(L.LightningModule):
             "config": {
                 "transform": hp.transform,
                 "resolution": hp.resolution,
+                "flips": bool(hp.flips),
                 "stn": plain_container(dict(hp.stn or {})),
                 "num_modes": hp.num_modes,
                 "num_components": hp.num_components,

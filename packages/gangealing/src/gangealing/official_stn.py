@@ -163,8 +163,11 @@ class OfficialSpatialTransformer(nn.Module):
         ch = official_channels(channel_multiplier, max_channels)
         log_size = int(math.log2(flow_size))
         end = log_size - 4 if self.is_flow else 2
-        if end < 0 or (self.is_flow and 2 ** (end + 1) not in ch):
-            raise ValueError(f"flow_size={flow_size} is too small for a {transform} STN")
+        if flow_size not in ch or 2**end not in ch:
+            raise ValueError(
+                f"flow_size={flow_size} does not fit a {transform} STN; pass a power of two "
+                f"from {16 if transform == 'similarity' else 64} to 1024"
+            )
         downsamples = int(math.log2(flow_downsample)) if self.is_flow else log_size - end
         self.convs, in_ch = resblock_trunk(ch, flow_size, end, downsamples, blur_kernel)
         self.final_conv = ConvLayer(in_ch, ch[4], 3)
@@ -258,13 +261,15 @@ class OfficialComposedSTN(nn.Module):
         self.transforms = transforms
         self.stns = nn.ModuleList([OfficialSpatialTransformer(t, **kw) for t in transforms])
         self.flow_size, self.supersize, self.num_heads = flow_size, supersize, num_heads
+        self.channel_multiplier, self.max_channels = channel_multiplier, max_channels
 
     @property
     def predicts_flow(self) -> bool:
         return self.transforms[-1] == "flow"
 
-    def _run(self, images, output_size, iters, padding_mode, heads) -> STNOutput:
-        source, n, k = images, images.shape[0], self.num_heads
+    def _run(self, images, output_size, iters, padding_mode, heads, source=None) -> STNOutput:
+        n, k = images.shape[0], self.num_heads
+        source = images if source is None else source
         if heads is None and k > 1 and iters > 1:
             raise ValueError(
                 f"iters={iters} with {k} clusters needs a cluster per image; pass cluster="
@@ -282,10 +287,25 @@ class OfficialComposedSTN(nn.Module):
                 for it in range(iters):
                     size = output_size if (i == last and it == iters - 1) else self.flow_size
                     out, grid, base = stn(out, source, size, padding_mode, heads, base)
-                    if heads is None and k > 1:
-                        source = images.repeat_interleave(k, 0)
+                    if heads is None and k > 1 and source.shape[0] == n:
+                        source = source.repeat_interleave(k, 0)
                 matrix = base
         return STNOutput(image=out, grid=grid, flow=residual, similarity_matrix=matrix)
+
+    def forward(
+        self,
+        images: Tensor,
+        source: Tensor | None = None,
+        *,
+        output_size: int | None = None,
+        padding_mode: str = "reflection",
+    ) -> STNOutput:
+        """Training pass (official ``gangealing_loss``): warp ``source`` (default ``images``) with
+        every head's transform regressed from ``images`` [N, 3, S, S]; outputs are image-major
+        [N * K] at ``output_size`` (default ``flow_size``), ``flow`` the residual flows."""
+        if padding_mode not in OFFICIAL_PADDING:
+            raise ValueError(f"padding_mode={padding_mode!r}; choose one of {OFFICIAL_PADDING}")
+        return self._run(images, output_size or self.flow_size, 1, padding_mode, None, source)
 
     def congeal(
         self,

@@ -46,6 +46,14 @@ _CONSTANT_BUFFERS = (
 )
 
 
+def official_classifier_for(stn: OfficialComposedSTN) -> OfficialClusterClassifier:
+    """The flip-aware cluster classifier matching a K-head official T (official
+    ``train_cluster_classifier.py``: same trunk sizes and channels)."""
+    return OfficialClusterClassifier(
+        stn.num_heads, stn.flow_size, stn.supersize, stn.channel_multiplier, stn.max_channels
+    )
+
+
 def is_released(blob: Any) -> bool:
     return isinstance(blob, dict) and "t_ema" in blob and isinstance(blob["t_ema"], dict)
 
@@ -144,13 +152,38 @@ class ReleasedCongealer(nn.Module):
         congealer = cls(arch, settings, name)
         congealer.stn.load_state_dict(_check_constants(state, congealer.stn), strict=True)
         if blob.get("classifier") is not None:
-            congealer.classifier = OfficialClusterClassifier(
-                arch["num_heads"], arch["flow_size"], arch["supersize"],
-                arch["channel_multiplier"], arch["max_channels"],
-            )  # fmt: skip
+            congealer.classifier = official_classifier_for(congealer.stn)
             congealer.classifier.load_state_dict(
                 _check_constants(blob["classifier"], congealer.classifier), strict=True
             )
+        return congealer.eval()
+
+    @classmethod
+    def from_export(cls, blob: dict[str, Any], path: str | Path) -> ReleasedCongealer:
+        """A ``transform=paper`` congealer written by this package's ``train``: the official
+        network, tested with its training padding, one similarity pass and flip inference where
+        it was trained with flips; a cluster classifier if ``cluster_classifier`` added one."""
+        config, state = blob["config"], blob["stn"]
+        arch = infer_architecture(state)
+        if arch["num_heads"] != int(config["num_modes"]):
+            raise ValueError(
+                f"{path}: its config says num_modes={config['num_modes']} but its transformer has "
+                f"{arch['num_heads']} heads; the file is inconsistent, export it again"
+            )
+        stn_cfg = dict(config.get("stn") or {})
+        settings = {
+            "padding_mode": stn_cfg.get("padding_mode") or "reflection",
+            "iters": 1,
+            "flips": bool(config.get("flips", False)),
+        }
+        congealer = cls(arch, settings, None)
+        congealer.config.update(transform="paper", resolution=config["resolution"])
+        congealer.stn.load_state_dict(state, strict=True)
+        record = blob.get("classifier")
+        if record is not None:
+            congealer.classifier = official_classifier_for(congealer.stn)
+            congealer.classifier.load_state_dict(record["state"], strict=True)
+        congealer.generator_info = dict(blob.get("generator") or {})
         return congealer.eval()
 
     def _inputs(self, images: torch.Tensor) -> torch.Tensor:
@@ -177,7 +210,8 @@ class ReleasedCongealer(nn.Module):
         padding_mode = padding_mode or self.settings["padding_mode"]
         size = output_size or self.stn.flow_size
         if self.num_modes == 1:
-            flips = self.stn.predicts_flow if flips is None else flips
+            if flips is None:
+                flips = self.settings.get("flips", True) and self.stn.predicts_flow
             return self.stn.congeal(
                 x, output_size=size, iters=iters, flips=flips, padding_mode=padding_mode, cluster=0
             )
