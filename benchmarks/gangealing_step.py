@@ -1,0 +1,82 @@
+"""GANgealing training step: the released transformer (``transform=paper``) against the small trunk.
+
+One optimisation step of ``GangealingModule`` (Eqs. 4.3-4.6: generate pairs, warp, perceptual
+distance, TV and identity losses, backward, Adam) with a random 256 px StyleGAN2 of the paper's
+widths, the offline ``pyramid_l1`` distance (no VGG weights here), K = 1, at the official
+``flow_size`` 128: ``transform=paper`` (43.1M parameters) and the small CPU trunk
+``transform=composed`` (the option kept for CPU runs), timed round-robin with the order reversed
+every round. Columns: samples/s (batch over the median step), ms per step, parameters of T and
+the ratio to the paper row. CPU default batch 2; on CUDA, batch 5 (the official per-GPU batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from gangealing.module import GangealingModule
+from gangealing.stylegan2 import Generator, save_generator
+
+
+def _step(module: GangealingModule, optimiser: torch.optim.Optimizer) -> None:
+    x, y = module.pairs(module.hparams.batch_size, psi=0.5)
+    loss = module.alignment_losses(module.stns, x, y)["loss"]
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--batch", type=int, default=5 if cuda else 2)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        generator = Path(tmp) / "g.pt"
+        save_generator(generator, Generator(256, 512, 8))
+        modules = {
+            name: GangealingModule(
+                str(generator), resolution=128, transform=transform, pca_samples=4096,
+                loss={"name": "pyramid_l1"}, batch_size=args.batch,
+            ).to(device)
+            for name, transform in (("paper", "paper"), ("small trunk", "composed"))
+        }  # fmt: skip
+    steps = {}
+    for name, module in modules.items():
+        module.on_fit_start()
+        optimiser = torch.optim.Adam(module.stns.parameters(), lr=1e-3)
+        steps[name] = (module, optimiser)
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for module, optimiser in steps.values():  # warm-up
+        _step(module, optimiser)
+    for r in range(args.rounds):
+        for name in list(steps)[:: 1 if r % 2 == 0 else -1]:
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            _step(*steps[name])
+            if cuda:
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    print(f"GANgealing step, 256 px StyleGAN2, flow size 128, batch {args.batch}, {device}")
+    base = statistics.median(times["paper"])
+    print(f"{'row':<14}{'samples/s':>11}{'ms/step':>10}{'T params':>11}{'x paper':>9}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        params = sum(p.numel() for p in steps[name][0].stns.parameters())
+        print(
+            f"{name:<14}{args.batch / med:>11.2f}{med * 1000:>10.0f}"
+            f"{params / 1e6:>10.2f}M{base / med:>9.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
