@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gangealing.official_stn import OfficialComposedSTN
+from gangealing.align.official_stn import OfficialComposedSTN
 
 
 class PlainWarp(torch.nn.Module):

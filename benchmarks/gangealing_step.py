@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from gangealing.module import GangealingModule
-from gangealing.stylegan2 import Generator, save_generator
+from gangealing.stylegan2.networks import Generator, save_generator
+from gangealing.training.module import GangealingModule
 
 
 def _step(module: GangealingModule, optimiser: torch.optim.Optimizer) -> None:

@@ -1,13 +1,14 @@
 """StyleGAN2 training iteration speed: depthwise FIR resampling vs the batch-folded baseline.
 
-One iteration is the core of ``gangealing.gan_module.StyleGAN2Module.training_step`` without the
-lazy regularisers: a D step on reals and detached fakes (logistic loss, Adam) and a G step through
-D (non-saturating loss, Adam), with style mixing off. Both rows share one generator and one
-discriminator in this process and are timed round-robin, the order reversed every round.
-``depthwise`` is the package's ``upfirdn2d`` (one ``conv2d`` with ``groups=C``); ``batch-folded``
-swaps in the formulation that folds the channels into the batch and runs a single-channel
-``conv2d``, which gives the same numbers. Columns: images/s (batch over the median iteration
-time), ms per iteration, and the speed-up over the baseline row.
+One iteration is the core of
+``gangealing.training.gan_module.StyleGAN2Module.training_step`` without the lazy regularisers: a D
+step on reals and detached fakes (logistic loss, Adam) and a G step through D (non-saturating loss,
+Adam), with style mixing off. Both rows share one generator and one discriminator in this process
+and are timed round-robin, the order reversed every round. ``depthwise`` is the package's
+``upfirdn2d`` (one ``conv2d`` with ``groups=C``); ``batch-folded`` swaps in the formulation that
+folds the channels into the batch and runs a single-channel ``conv2d``, which gives the same
+numbers. Columns: images/s (batch over the median iteration time), ms per iteration, and the
+speed-up over the baseline row.
 
 CPU default: ``gan=tiny`` widths at 32x32, batch 16. On CUDA: the ``gan=paper`` widths at 256x256,
 batch 32 (the thesis' GAN resolution, Sec. 4.4.2).
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gangealing import stylegan2_ops
-from gangealing.stylegan2 import Discriminator, Generator
+from gangealing.stylegan2.networks import Discriminator, Generator
 
 TINY_CHANNELS = {4: 32, 8: 32, 16: 32, 32: 16, 64: 16, 128: 8, 256: 8}
 

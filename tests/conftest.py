@@ -78,3 +78,30 @@ def cli_main(monkeypatch, capsys, tmp_path):
         return stop.value.code, capsys.readouterr().err
 
     return _run
+
+
+@pytest.fixture
+def cli_run(monkeypatch, capsys, tmp_path):
+    """Run a command's real ``main()`` in-process to completion (``sys.argv`` set as a shell
+    would, in ``tmp_path``); returns (stdout, stderr). The in-process twin of ``run_cli``."""
+    import importlib
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+    def _run(module: str, *args: str) -> tuple[str, str]:
+        from hydra.core.global_hydra import GlobalHydra
+
+        main = importlib.import_module(module).main
+        GlobalHydra.instance().clear()
+        monkeypatch.setattr(sys, "argv", [module, *args])
+        capsys.readouterr()
+        try:
+            main()
+        finally:
+            GlobalHydra.instance().clear()
+        captured = capsys.readouterr()
+        return captured.out, captured.err
+
+    return _run

@@ -1,7 +1,7 @@
 """Build the offline PCK-Transfer benchmark of ``docs/gangealing_synthetic/README.md``.
 
 Random similarity warps of a real photograph (scikit-image's ``chelsea`` cat) with exactly
-transferred keypoints (``gangealing.synthetic``), plus per-image photometric jitter (contrast,
+transferred keypoints (``gangealing.data.synthetic``), plus per-image photometric jitter (contrast,
 brightness, per-channel gain) and Gaussian noise, split into a GAN training folder and a
 held-out test folder. Usage: ``python docs/gangealing_synthetic/make_data.py <out dir>
 [--rotation 90] [--num-images 1024] [--num-test 64]``.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from gangealing.synthetic import SimilarityWarpDataset, train_test_split, write_image_folder
+from gangealing.data.synthetic import SimilarityWarpDataset, train_test_split, write_image_folder
 
 
 def photometric_jitter(

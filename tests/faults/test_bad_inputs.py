@@ -22,7 +22,7 @@ from tests.integration.conftest import run_cli
 def files(tmp_path_factory):
     """One file of every kind a user might hand the wrong command."""
     from diffusion_transformer.models import DiT
-    from gangealing.stylegan2 import Generator, save_generator
+    from gangealing.stylegan2.networks import Generator, save_generator
 
     root = tmp_path_factory.mktemp("bad_inputs")
     f = {}
@@ -149,7 +149,7 @@ CASES = [
         ["data={images}", "trainer.max_steps=1", "logger=none", "resolution=16"],
         "cannot read the image",
     ),
-    ("gangealing.evaluate_pck", ["method=none", "dataset=nope", "root=x"], "nope"),
+    ("gangealing.pck", ["method=none", "dataset=nope", "root=x"], "nope"),
     ("gangealing.cluster_classifier", ["missing_run"], "no checkpoint at"),
     ("diffusion_transformer.report", ["missing_sweep"], "is not a directory"),
 ]
@@ -209,7 +209,8 @@ REQUIRED = {
     "gangealing.congeal": ["congealer=c", "images=i"],
     "gangealing.preprocess": ["congealer=c", "images=i"],
     "gangealing.propagate": ["congealer=c", "images=i", "edit=e"],
-    "gangealing.evaluate_pck": ["dataset=spair", "root=r"],
+    "gangealing.pck": ["dataset=spair", "root=r"],
+    "gangealing.cluster_classifier": ["run=r"],
 }
 CHECKED = [
     (module, key, rule)
@@ -219,7 +220,8 @@ CHECKED = [
         "diffusion_transformer.export_diffusers", "gpt_checkpoints.train",
         "gpt_checkpoints.collect", "gpt_checkpoints.prompt", "gpt_checkpoints.evaluate",
         "gangealing.train", "gangealing.train_gan", "gangealing.congeal",
-        "gangealing.preprocess", "gangealing.propagate", "gangealing.evaluate_pck",
+        "gangealing.preprocess", "gangealing.propagate", "gangealing.pck",
+        "gangealing.cluster_classifier",
     )
     for key, rule in importlib.import_module(module).CHECKS.items()
 ]  # fmt: skip

@@ -14,7 +14,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from common.checkpoint import atomic_save
-from gangealing.applications import (
+from gangealing.align.congealer import FORMAT, Congealer
+from gangealing.align.stn import (
+    STNOutput,
+    identity_grid,
+    image_to_image_points,
+    normalized_to_pixel,
+    pixel_to_normalized,
+    warp,
+)
+from gangealing.apps.correspondence import (
     dense_correspondence,
     flow_smoothness_scores,
     propagate_keypoints,
@@ -24,19 +33,10 @@ from gangealing.applications import (
     splat,
     splat_dense,
 )
-from gangealing.congealer import FORMAT, Congealer
-from gangealing.datasets import ImageFolder
-from gangealing.preprocess import preprocess_folder, warp_scores
-from gangealing.propagate import load_edit
-from gangealing.stn import (
-    STNOutput,
-    identity_grid,
-    image_to_image_points,
-    normalized_to_pixel,
-    pixel_to_normalized,
-    warp,
-)
-from gangealing.synthetic import SimilarityWarpDataset, write_image_folder
+from gangealing.apps.preprocess import preprocess_folder, warp_scores
+from gangealing.apps.propagate import load_edit
+from gangealing.data.datasets import ImageFolder
+from gangealing.data.synthetic import SimilarityWarpDataset, write_image_folder
 from tests.integration.conftest import run_cli
 
 CONFIG = {

@@ -6,15 +6,11 @@ import pytest
 import torch
 
 from common.checkpoint import atomic_save, plain_container, safe_load
-from gangealing.cluster_classifier import (
-    ClusterClassifier,
-    load_run,
-    main,
-    train_cluster_classifier,
-)
-from gangealing.congealer import Congealer
-from gangealing.module import GangealingModule
-from gangealing.stylegan2 import Generator, save_generator
+from gangealing.align.classifier import ClusterClassifier
+from gangealing.align.congealer import Congealer
+from gangealing.stylegan2.networks import Generator, save_generator
+from gangealing.training.cluster_classifier import load_run, train_cluster_classifier
+from gangealing.training.module import GangealingModule
 from tests.gangealing.test_gangealing import TINY, TINY_G
 
 
@@ -37,7 +33,7 @@ def _run(tmp_path, num_modes: int = 2):
     return run, module
 
 
-def test_classifier_starts_from_the_transformer_trunk_and_routes_real_images(tmp_path, capsys):
+def test_classifier_starts_from_the_transformer_trunk_and_routes_real_images(tmp_path, cli_run):
     run, module = _run(tmp_path)
     restored = load_run(run)
     torch.testing.assert_close(restored.target.modes(), module.target.modes())
@@ -45,8 +41,8 @@ def test_classifier_starts_from_the_transformer_trunk_and_routes_real_images(tmp
     trunk = restored.stn_ema.module[0].similarity.trunk.state_dict()
     for name, value in fresh.trunk.state_dict().items():
         torch.testing.assert_close(value, trunk[name])
-    main([str(run), "--steps", "5", "--batch-size", "8"])
-    assert "accuracy on generated images" in capsys.readouterr().out
+    out, _ = cli_run("gangealing.cluster_classifier", f"run={run}", "steps=5", "batch_size=8")
+    assert "accuracy on generated images" in out
     record = safe_load(run / "congealer.pt")["classifier"]
     assert record["num_modes"] == 2 and record["widths"] == [8, 8]
 
@@ -61,10 +57,10 @@ def test_classifier_starts_from_the_transformer_trunk_and_routes_real_images(tmp
         torch.testing.assert_close(routed.grid[clusters == k], manual.grid)
 
 
-def test_single_mode_runs_have_nothing_to_classify(tmp_path):
+def test_single_mode_runs_have_nothing_to_classify(tmp_path, cli_main):
     run, _ = _run(tmp_path, num_modes=1)
-    with pytest.raises(ValueError, match="num_modes=1"):
-        main([str(run), "--steps", "1"])
+    code, err = cli_main("gangealing.cluster_classifier", f"run={run}", "steps=1")
+    assert code == 2 and "num_modes=1" in err
     with pytest.raises(FileNotFoundError, match="run=<run dir"):
         load_run(tmp_path / "nowhere")
 
@@ -82,6 +78,15 @@ def test_nan_gradients_stop_the_classifier_or_are_skipped(tmp_path, cli_main):
     classifier, _ = train_cluster_classifier(module, 10, 4, lr=1e10, nan_policy="skip")
     assert find_non_finite(classifier.state_dict()) is None
     before = (run / "congealer.pt").read_bytes()
-    code, err = cli_main("gangealing.cluster_classifier", str(run), "--lr", "1e10", "--steps", "10")
+    code, err = cli_main("gangealing.cluster_classifier", f"run={run}", "lr=1e10", "steps=10")
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: non-finite gradients")
     assert (run / "congealer.pt").read_bytes() == before
+
+
+def test_the_former_argparse_spelling_still_works_with_a_deprecation_line(tmp_path, cli_run):
+    run, _ = _run(tmp_path)
+    out, err = cli_run("gangealing.cluster_classifier", str(run), "--steps", "2", "--batch-size=4")
+    assert "accuracy on generated images (last 2 steps)" in out
+    command = "python -m gangealing.cluster_classifier"
+    assert f"warning: a bare run is deprecated in {command}; use run={run}" in err
+    assert "warning: --steps is deprecated" in err and "use batch_size=4" in err

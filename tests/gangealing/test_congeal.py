@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 
 from common.checkpoint import atomic_save, safe_load
-from gangealing.congeal import congeal_folder
-from gangealing.congealer import Congealer
-from gangealing.module import GangealingModule
-from gangealing.stylegan2 import Generator, save_generator
-from gangealing.synthetic import SimilarityWarpDataset, write_image_folder
+from gangealing.align.congealer import Congealer
+from gangealing.apps.congeal import congeal_folder
+from gangealing.data.synthetic import SimilarityWarpDataset, write_image_folder
+from gangealing.stylegan2.networks import Generator, save_generator
+from gangealing.training.module import GangealingModule
 from tests.gangealing.test_gangealing import TINY, TINY_G
 from tests.integration.conftest import run_cli
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gangealing.congealing_baseline import (
+from gangealing.data.synthetic import SimilarityWarpDataset, all_pairs
+from gangealing.eval.congealing_baseline import (
     congeal,
     gaussian_blur,
     no_alignment_transfer,
@@ -15,8 +16,7 @@ from gangealing.congealing_baseline import (
     theta_from_grid,
     transfer_keypoints_via_congealing,
 )
-from gangealing.pck import pck
-from gangealing.synthetic import SimilarityWarpDataset, all_pairs
+from gangealing.eval.pck import pck
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from gangealing.datasets import (
+from gangealing.data.datasets import (
     CUB_FLIP_PERMUTATION,
     CUB_PART_NAMES,
     CUBPairs,
@@ -47,7 +47,7 @@ def test_image_folder_converts_grayscale_and_rgba_with_a_warning(tmp_path, caplo
     rgba = np.zeros((8, 8, 4), np.uint8)
     rgba[..., 3] = 255
     _save(tmp_path / "rgba.png", rgba)
-    with caplog.at_level(logging.WARNING, logger="gangealing.datasets"):
+    with caplog.at_level(logging.WARNING, logger="gangealing.data.datasets"):
         folder = ImageFolder(tmp_path, size=4)
         assert folder[0].shape == (3, 4, 4) and folder[0].min() == 1.0
         assert folder[1].max() == -1.0

@@ -13,8 +13,10 @@ from torch import nn
 
 import gangealing
 from common.checkpoint import atomic_save
-from gangealing.congealer import Congealer
-from gangealing.evaluate_pck import (
+from gangealing.align.congealer import Congealer
+from gangealing.align.stn import STNOutput
+from gangealing.data.synthetic import SimilarityWarpDataset, all_pairs, write_image_folder
+from gangealing.eval.benchmark import (
     Benchmark,
     SyntheticPairs,
     both_ways_default,
@@ -23,11 +25,9 @@ from gangealing.evaluate_pck import (
     permute_flipped,
     run,
 )
-from gangealing.module import GangealingModule
-from gangealing.pck import flip_keypoints, pck
-from gangealing.stn import STNOutput
-from gangealing.stylegan2 import Generator, save_generator
-from gangealing.synthetic import SimilarityWarpDataset, all_pairs, write_image_folder
+from gangealing.eval.pck import flip_keypoints, pck
+from gangealing.stylegan2.networks import Generator, save_generator
+from gangealing.training.module import GangealingModule
 from tests.gangealing.test_congeal import _congealer_file
 from tests.gangealing.test_gangealing import TINY, TINY_G
 from tests.integration.conftest import run_cli
@@ -146,7 +146,7 @@ def test_cli_writes_pck_json_for_every_method(tmp_path):
     data = tmp_path / "data"
     write_image_folder(SimilarityWarpDataset("astronaut", 16, 4, seed=1), data)
     run_cli(
-        "gangealing.evaluate_pck",
+        "gangealing.pck",
         "-m",
         "method=gangealing,congealing,none",
         f"congealer={congealer}",
@@ -190,8 +190,9 @@ def test_errors_name_the_problem_and_the_fix(tmp_path):
 
 
 def test_pck_module_runs_the_cli_with_iterations_and_flips_need_a_flow(tmp_path):
-    """``python -m gangealing.pck`` (the issue's name) is the same CLI as ``evaluate_pck``; a
-    similarity-only congealer refuses ``flips=true`` with advice the command line can act on."""
+    """``python -m gangealing.pck`` runs the benchmark (``evaluate_pck``, its former name, still
+    does, with a deprecation line); a similarity-only congealer refuses ``flips=true`` with advice
+    the command line can act on."""
     torch.manual_seed(0)
     save_generator(tmp_path / "g.pt", Generator(**TINY_G))
     module = GangealingModule(str(tmp_path / "g.pt"), **{**TINY, "transform": "similarity"})
@@ -202,6 +203,10 @@ def test_pck_module_runs_the_cli_with_iterations_and_flips_need_a_flow(tmp_path)
     run_cli("gangealing.pck", *common, "iters=2", f"out={tmp_path / 'o'}", cwd=tmp_path)
     record = json.loads((tmp_path / "o" / "pck.json").read_text())
     assert record["config"]["iters"] == 2 and record["num_pairs"] == 6
+    old = run_cli("gangealing.evaluate_pck", *common, f"out={tmp_path / 'old'}", cwd=tmp_path)
+    assert "warning: gangealing.evaluate_pck is deprecated" in old.stderr
+    assert "use python -m gangealing.pck" in old.stderr and "PCK-Transfer@0.1" in old.stdout
+    assert (tmp_path / "old" / "pck.json").is_file()
     base = {"dataset": "synthetic", "root": str(data), "size": 16, "out": str(tmp_path / "f")}
     with pytest.raises(ValueError, match="transform='similarity' and predicts no flow: run with"):
         run(_config(**base, congealer=str(tmp_path / "run"), flips=True))

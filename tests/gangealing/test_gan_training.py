@@ -16,16 +16,16 @@ import torch
 from PIL import Image
 
 from common.checkpoint import safe_load
-from gangealing.diffaug import diff_augment, parse_policy
-from gangealing.gan_module import (
+from gangealing.data.image_data import ImageDataModule, build_dataset, random_hflip
+from gangealing.stylegan2.diffaug import diff_augment, parse_policy
+from gangealing.stylegan2.networks import load_generator
+from gangealing.training.gan_module import (
     DEFAULT_EMA_DECAY,
     StyleGAN2Module,
     lazy_adam_hparams,
     path_length_penalty,
     r1_penalty,
 )
-from gangealing.image_data import ImageDataModule, build_dataset, random_hflip
-from gangealing.stylegan2 import load_generator
 
 TINY_NET = {"style_dim": 16, "n_mlp": 2, "channels": {4: 16, 8: 16, 16: 8}}
 TINY_REG = {"d_reg_every": 2, "g_reg_every": 2}
@@ -84,7 +84,7 @@ def _flat(module: torch.nn.Module) -> torch.Tensor:
 
 
 def test_training_steps_update_g_d_ema_and_path_length(tmp_path, monkeypatch):
-    import gangealing.gan_module as gan_module
+    import gangealing.training.gan_module as gan_module
 
     module = _tiny_module(augment="color,translation,cutout")
     g0, d0, e0 = _flat(module.generator), _flat(module.discriminator), _flat(module.g_ema)

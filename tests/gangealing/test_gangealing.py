@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from common.checkpoint import safe_load
-from gangealing.module import GangealingModule, build_transformer, generator_fingerprint
-from gangealing.stylegan2 import Generator, save_generator
+from gangealing.align.transformers import build_transformer
+from gangealing.stylegan2.networks import Generator, save_generator
+from gangealing.training.module import GangealingModule, generator_fingerprint
 from tests.integration.conftest import run_cli
 
 TINY_G = {"size": 16, "style_dim": 16, "n_mlp": 2, "channels": {4: 16, 8: 16, 16: 8}}

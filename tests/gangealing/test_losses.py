@@ -6,13 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gangealing.losses import (
-    VGG16_BACKBONE_FILE,
-    identity_loss,
-    perceptual_loss,
-    total_variation_huber,
-)
-from gangealing.stn import FlowTransformer
+from gangealing.align.flow import identity_loss, total_variation_huber
+from gangealing.align.stn import FlowTransformer
+from gangealing.training.losses import VGG16_BACKBONE_FILE, perceptual_loss
 
 VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 VGG16_WIDTHS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)

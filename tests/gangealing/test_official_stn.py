@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from common.checkpoint import atomic_save, checkpoint_kind, safe_load
-from gangealing.congealer import Congealer
-from gangealing.official_stn import OfficialClusterClassifier, OfficialComposedSTN
-from gangealing.released import PRESETS, ReleasedCongealer, infer_architecture
-from gangealing.sampling import BilinearDownsample, mipmap_warp
-from gangealing.stn import image_to_image_points, nearest_neighbour_points
+from gangealing.align.congealer import Congealer
+from gangealing.align.official_stn import OfficialClusterClassifier, OfficialComposedSTN
+from gangealing.align.released import PRESETS, ReleasedCongealer, infer_architecture
+from gangealing.align.sampling import BilinearDownsample, mipmap_warp
+from gangealing.align.stn import image_to_image_points, nearest_neighbour_points
 from tests.integration.conftest import run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -199,7 +199,7 @@ def test_mipmap_sampling_invariants():
 
 def test_congeal_command_with_a_released_model(cli_main, tmp_path):
     """``python -m gangealing.congeal congealer=cat.pt``: the released model's settings apply."""
-    from gangealing.synthetic import SimilarityWarpDataset, write_image_folder
+    from gangealing.data.synthetic import SimilarityWarpDataset, write_image_folder
 
     folder = write_image_folder(SimilarityWarpDataset("astronaut", 32, 3), tmp_path / "data")
     shutil.copy(K1, tmp_path / "cat.pt")

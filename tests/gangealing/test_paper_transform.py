@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from common.checkpoint import atomic_save, plain_container, safe_load
-from gangealing.cluster_classifier import load_run, main, train_cluster_classifier
-from gangealing.congealer import Congealer
-from gangealing.module import GangealingModule
-from gangealing.official_stn import OfficialClusterClassifier, OfficialComposedSTN
-from gangealing.released import ReleasedCongealer, infer_architecture
-from gangealing.sampling import BilinearDownsample
-from gangealing.stylegan2 import Generator, save_generator
+from gangealing.align.congealer import Congealer
+from gangealing.align.official_stn import OfficialClusterClassifier, OfficialComposedSTN
+from gangealing.align.released import ReleasedCongealer, infer_architecture
+from gangealing.align.sampling import BilinearDownsample
+from gangealing.stylegan2.networks import Generator, save_generator
+from gangealing.training.cluster_classifier import load_run, train_cluster_classifier
+from gangealing.training.module import GangealingModule
 
 G128 = {
     "size": 128,
@@ -171,7 +171,7 @@ def test_a_trained_paper_model_exports_to_a_congealer_with_the_official_warps(
     assert not plain.flipped.any()
 
 
-def test_paper_cluster_classifier_is_the_flip_aware_official_one(tmp_path, generator_path, capsys):
+def test_paper_cluster_classifier_is_the_flip_aware_official_one(tmp_path, generator_path, cli_run):
     """Official ``train_cluster_classifier.py``: 2K logits (cluster x mirror), initialised from
     the similarity stage's trunk; stored in ``congealer.pt`` and used to route real images."""
     _, run = _train_and_save(tmp_path, generator_path, num_modes=2, flips=True)
@@ -182,8 +182,8 @@ def test_paper_cluster_classifier_is_the_flip_aware_official_one(tmp_path, gener
     for name, value in fresh.state_dict().items():
         if name.startswith(("convs.", "final_conv.")):
             torch.testing.assert_close(value, similarity[name])
-    main([str(run), "--steps", "2", "--batch-size", "2"])
-    assert "accuracy on generated images" in capsys.readouterr().out
+    out, _ = cli_run("gangealing.cluster_classifier", f"run={run}", "steps=2", "batch_size=2")
+    assert "accuracy on generated images" in out
     record = safe_load(run / "congealer.pt")["classifier"]
     assert record["kind"] == "official" and record["num_modes"] == 2
     congealer = Congealer.load(run)

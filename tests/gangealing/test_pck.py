@@ -8,12 +8,15 @@ import math
 import pytest
 import torch
 
-from gangealing.datasets import CUB_FLIP_PERMUTATION, CUB_PART_NAMES
-from gangealing.pck import (
+from gangealing.data.datasets import (
+    CUB_FLIP_PERMUTATION,
+    CUB_PART_NAMES,
     bbox_threshold,
+    image_threshold,
+)
+from gangealing.eval.pck import (
     combine_pck,
     flip_keypoints,
-    image_threshold,
     pck,
     write_pck_json,
 )

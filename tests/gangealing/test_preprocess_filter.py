@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from gangealing.applications import out_of_bounds_fraction
-from gangealing.datasets import ImageFolder
-from gangealing.preprocess import preprocess_folder
+from gangealing.apps.correspondence import out_of_bounds_fraction
+from gangealing.apps.preprocess import preprocess_folder
+from gangealing.data.datasets import ImageFolder
 from tests.gangealing.test_applications import _congealer
 
 FIXTURES = Path(__file__).parent / "fixtures"

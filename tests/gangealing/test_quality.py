@@ -69,7 +69,7 @@ def test_gangealing_beats_both_baselines_on_warped_photos(tmp_path):
     scores = {}
     for method in ("gangealing", "congealing", "none"):
         run_cli(
-            "gangealing.evaluate_pck",
+            "gangealing.pck",
             f"method={method}",
             f"congealer={tmp_path / 'gangealing'}",
             "dataset=synthetic",

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gangealing.losses import total_variation_huber
-from gangealing.stn import (
+from gangealing.align.flow import total_variation_huber
+from gangealing.align.stn import (
     ComposedTransformer,
     FlowTransformer,
     SimilarityTransformer,

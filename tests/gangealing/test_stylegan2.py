@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gangealing.stylegan2 import (
+from gangealing.stylegan2.networks import (
     Discriminator,
     Generator,
     default_channels,
@@ -17,7 +17,7 @@ from gangealing.stylegan2 import (
     load_generator,
     save_generator,
 )
-from gangealing.stylegan2_ops import Downsample, ModulatedConv2d, Upsample, make_kernel, upfirdn2d
+from gangealing.stylegan2.ops import Downsample, ModulatedConv2d, Upsample, make_kernel, upfirdn2d
 
 CH = {4: 16, 8: 16, 16: 8}
 STYLE_DIM = 32

@@ -7,9 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gangealing.datasets import ImageFolder
-from gangealing.pck import pck
-from gangealing.synthetic import (
+from gangealing.data.datasets import ImageFolder
+from gangealing.data.synthetic import (
     SimilarityWarpDataset,
     all_pairs,
     read_keypoints_json,
@@ -18,6 +17,7 @@ from gangealing.synthetic import (
     warp_images,
     write_image_folder,
 )
+from gangealing.eval.pck import pck
 
 
 def _sample(image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

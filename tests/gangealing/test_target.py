@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gangealing.target import TargetMode, fit_w_pca, psi_schedule
+from gangealing.align.target import TargetMode, fit_w_pca, psi_schedule
 
 
 def _linear_mapping(dim: int = 6):

@@ -7,40 +7,18 @@ level. Every import counts, those inside functions too.
 
 from __future__ import annotations
 
-import ast
 import importlib
 from pathlib import Path
 
 import gpt_checkpoints
+from tests.layout import find_cycle, package_modules, upward_imports
 
 ROOT = Path(gpt_checkpoints.__file__).parent
 LAYERS = ["params", "tasks", "dataset", "model", "analysis"]  # bottom to top; CLIs above
 
 
 def _modules() -> dict[str, Path]:
-    out = {}
-    for path in ROOT.rglob("*.py"):
-        rel = path.relative_to(ROOT).with_suffix("")
-        parts = [p for p in rel.parts if p != "__init__"]
-        out[".".join(["gpt_checkpoints", *parts])] = path
-    return out
-
-
-def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        found |= {n for n in names if n in modules}
-    return found
-
-
-def _layer(module: str) -> int:
-    parts = module.split(".")
-    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else len(LAYERS)
+    return package_modules("gpt_checkpoints", ROOT)
 
 
 def test_every_module_imports():
@@ -49,30 +27,9 @@ def test_every_module_imports():
 
 
 def test_no_import_cycles():
-    modules = _modules()
-    graph = {m: _imports(p, modules) - {m} for m, p in modules.items()}
-    state: dict[str, int] = {}
-
-    def visit(m: str, stack: list[str]) -> None:
-        state[m] = 1
-        for n in graph[m]:
-            if state.get(n) == 1:
-                raise AssertionError("import cycle: " + " -> ".join([*stack, m, n]))
-            if n not in state:
-                visit(n, [*stack, m])
-        state[m] = 2
-
-    for m in graph:
-        if m not in state:
-            visit(m, [])
+    assert find_cycle(_modules()) is None
 
 
 def test_layers_import_only_downwards():
-    modules = _modules()
-    wrong = [
-        f"{m} imports {n}"
-        for m, p in modules.items()
-        for n in _imports(p, modules)
-        if _layer(n) > _layer(m) and m != "gpt_checkpoints"
-    ]
+    wrong = upward_imports(_modules(), LAYERS)
     assert not wrong, wrong

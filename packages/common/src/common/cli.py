@@ -141,17 +141,69 @@ def _multirun_job() -> int | None:
     return None
 
 
+_HYDRA_VALUE_FLAGS = {
+    "--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",
+    "--config-dir", "-cd", "--info", "-i",
+}  # fmt: skip
+
+
+def translate_legacy_args(
+    args: Sequence[str],
+    flags: dict[str, str] | None = None,
+    positional: Sequence[str] = (),
+    command: str = "this command",
+) -> list[str]:
+    """The argparse spellings of a command that moved to Hydra, as ``key=value`` overrides, with
+    one deprecation line per use on stderr: ``--steps 5`` / ``--steps=5`` -> ``steps=5`` (only
+    the ``flags`` named; Hydra's own ``--help``, ``--cfg``, ``-m`` pass through) and bare
+    arguments -> the ``positional`` keys in order (``<run>`` -> ``run=<run>``)."""
+    flags = flags or {}
+    out: list[str] = []
+    free = list(positional)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, value = arg.partition("=")
+        if arg in _HYDRA_VALUE_FLAGS and i + 1 < len(args):  # --cfg job: "job" is no positional
+            out += [arg, args[i + 1]]
+            i += 2
+            continue
+        if name in flags:
+            if not eq:
+                if i + 1 >= len(args):
+                    raise ValueError(f"{name} needs a value; pass {flags[name]}=<value>")
+                value, i = args[i + 1], i + 1
+            key = flags[name]
+            print(f"warning: {name} is deprecated in {command}; use {key}={value}", file=sys.stderr)
+            out.append(f"{key}={value}")
+        elif free and not arg.startswith("-") and "=" not in arg:
+            key = free.pop(0)
+            print(
+                f"warning: a bare {key} is deprecated in {command}; use {key}={arg}",
+                file=sys.stderr,
+            )
+            out.append(f"{key}={arg}")
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
 def hydra_main(
     config_name: str,
     config_path: str = "conf",
     input_paths: Sequence[str] = (),
     checks: dict[str, str] | None = None,
     aliases: dict[str, str] | None = None,
+    legacy_flags: dict[str, str] | None = None,
+    legacy_positional: Sequence[str] = (),
 ) -> Callable[[Callable[[Any], Any]], Callable[[], Any]]:
     """``@hydra_main("train", input_paths=("resume",), checks={"batch_size": "int>=1"})`` over a
     command's ``main(cfg)``; ``checks`` are ``common.errors.check_values`` rules, applied to the
     composed config before the command runs; ``aliases`` maps other spellings of a key to it
-    (``{"model": "arch"}``: the official DiT scripts' ``--model DiT-XL/2``)."""
+    (``{"model": "arch"}``: the official DiT scripts' ``--model DiT-XL/2``); ``legacy_flags`` and
+    ``legacy_positional`` keep a former argparse interface working for one release
+    (:func:`translate_legacy_args`)."""
     import hydra
 
     def decorator(task: Callable[[Any], Any]) -> Callable[[], Any]:
@@ -182,6 +234,14 @@ def hydra_main(
         @functools.wraps(task)
         def main() -> Any:
             args = sys.argv[1:]
+            if legacy_flags or legacy_positional:
+                try:
+                    args = translate_legacy_args(
+                        args, legacy_flags, legacy_positional, f"python -m {task.__module__}"
+                    )
+                except ValueError as err:
+                    print_error(err)
+                    sys.exit(2)
             debug = any(a in _DEBUG for a in args)
             sys.argv[1:] = normalize_overrides(
                 [a for a in args if a not in _DEBUG], default_groups(config_file), aliases

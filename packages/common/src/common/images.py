@@ -41,6 +41,14 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
+def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
+    """One ``[3, H, W]`` image in [-1, 1] as a PNG (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(image[None])[0]).save(path)
+    return path
+
+
 def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
     """Tile ``[N, H, W, 3]`` uint8 images into one ``[rows*H, cols*W, 3]`` array."""
     n, h, w, c = images.shape

@@ -1,193 +1,54 @@
-"""PCK-Transfer: percentage of correctly transferred keypoints (thesis Sec. 4.4.2).
+"""PCK-Transfer evaluation: ``python -m gangealing.pck congealer=... dataset=...``.
 
-Given a source image x_A, a target image x_B and ground-truth keypoints for both, PCK-Transfer is
-the percentage of keypoints transferred from x_A to x_B that land within ``alpha * threshold``
-pixels of the ground-truth keypoints in x_B. The per-pair distance scale ``threshold`` is
+Thesis Sec. 4.4.2 ("Quantitative Results"): keypoints of a source image x_A are transferred to a
+target image x_B through congealed space, *forward* with A's warp and *reverse* with B's warp
+(:func:`gangealing.align.stn.image_to_image_points`), and PCK-Transfer@alpha counts the transfers
+that land within ``alpha * threshold`` of B's ground truth (``alpha_bbox`` for SPair-71k, ``max(H,
+W)`` for CUB and the synthetic benchmark). When the Spatial Transformer flips exactly one image of a
+pair, keypoints with a left/right distinction are swapped by the dataset's permutation (the last
+sentence of Sec. 4.4.2).
 
-- SPair-71k (``alpha_bbox`` rule): ``max(H_bbox, W_bbox)`` of the object box in the *target*
-  image, see :func:`bbox_threshold`;
-- CUB: ``max(H, W)`` of the target image, see :func:`image_threshold`.
-
-Only keypoints visible in both images count. When the Spatial Transformer flips one image of a
-pair, predictions for keypoints with a left/right distinction are permuted
-(:func:`flip_keypoints`).
-
-Conventions: keypoints are pixel coordinates ``(x, y)`` with pixel centres at integer positions,
-tensors ``[N, K, 2]`` with a boolean visibility mask ``[N, K]``.
+Methods: ``gangealing`` (a trained ``congealer.pt``), ``congealing`` (classic least-squares pixel
+congealing of the evaluation images themselves, Sec. 4.2) and ``none`` (identity transfer).
+Writes ``<out>/pck.json`` with ``pck@<alpha>`` (percent), counts, method, dataset and config.
+The evaluation itself is ``gangealing.eval.benchmark``; ``gangealing.evaluate_pck`` is the old
+name of this command.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from collections.abc import Iterable, Sequence
-from typing import Any
+from pathlib import Path
 
-import numpy as np
-import torch
+from omegaconf import DictConfig
 
-from common.checkpoint import atomic_write_bytes
+from common.cli import hydra_main
+from gangealing.eval.benchmark import run
 
-DEFAULT_ALPHAS: tuple[float, ...] = (0.1, 0.05, 0.01)
-
-
-def _key(alpha: float) -> str:
-    return f"pck@{alpha:g}"
-
-
-def bbox_threshold(bboxes: torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:
-    """SPair-71k ``alpha_bbox`` distance scale ``max(H_bbox, W_bbox)`` (thesis Sec. 4.4.2).
-
-    ``bboxes`` is ``[N, 4]`` (or ``[4]``) as ``(x1, y1, x2, y2)``, the layout of SPair-71k's
-    ``trg_bndbox``. Returns ``[N]`` (or a scalar tensor).
-    """
-    boxes = torch.as_tensor(bboxes, dtype=torch.float32)
-    if boxes.shape[-1] != 4:
-        raise ValueError(f"bboxes must have shape [N, 4] as (x1, y1, x2, y2), got {boxes.shape}")
-    width = boxes[..., 2] - boxes[..., 0]
-    height = boxes[..., 3] - boxes[..., 1]
-    if (width < 0).any() or (height < 0).any():
-        raise ValueError("bboxes must be (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1")
-    return torch.maximum(width, height)
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "size": "int>=8|null",
+    "iters": "int>=1|null",
+    "num_pairs": "int>=1",
+    "max_pairs": "int>=1|null",
+    "seed": "int>=0",
+    "batch_size": "int>=1",
+    "cluster": "int>=0|null",
+}
 
 
-def image_threshold(sizes: torch.Tensor | Sequence[Sequence[int]] | Sequence[int]) -> torch.Tensor:
-    """CUB distance scale ``max(H, W)`` of the target image (thesis Sec. 4.4.2).
-
-    ``sizes`` is ``[N, 2]`` (or ``[2]``) as ``(H, W)``. Returns ``[N]`` (or a scalar tensor).
-    """
-    sizes = torch.as_tensor(sizes, dtype=torch.float32)
-    if sizes.shape[-1] != 2:
-        raise ValueError(f"sizes must have shape [N, 2] as (H, W), got {tuple(sizes.shape)}")
-    return sizes.max(dim=-1).values
-
-
-def pck(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    visible: torch.Tensor,
-    thresholds: torch.Tensor | float,
-    alpha: Iterable[float] = DEFAULT_ALPHAS,
-    visible_source: torch.Tensor | None = None,
-) -> dict[str, float | int]:
-    """PCK-Transfer at each ``alpha`` (thesis Sec. 4.4.2).
-
-    Args:
-        pred: transferred keypoints ``[N, K, 2]`` in target-image pixels.
-        target: ground-truth target keypoints ``[N, K, 2]``.
-        visible: ``[N, K]`` bool, keypoint annotated in the target (and, unless
-            ``visible_source`` is given, also in the source).
-        thresholds: ``[N]`` per-pair distance scale (:func:`bbox_threshold`,
-            :func:`image_threshold`) or one float for all pairs.
-        alpha: fractions of the threshold within which a transfer counts as correct.
-        visible_source: optional ``[N, K]`` source visibility, and-ed with ``visible``.
-
-    Returns:
-        ``{"pck@0.1": percent, ..., "correct@0.1": count, ..., "num_visible": count,
-        "num_pairs": N}``. Percentages are NaN when no keypoint is visible; merge batches with
-        :func:`combine_pck`.
-    """
-    pred = torch.as_tensor(pred, dtype=torch.float32)
-    target = torch.as_tensor(target, dtype=torch.float32)
-    if pred.shape != target.shape or pred.ndim != 3 or pred.shape[-1] != 2:
-        raise ValueError(
-            f"pred and target must both be [N, K, 2]; got {tuple(pred.shape)} and "
-            f"{tuple(target.shape)}"
-        )
-    mask = torch.as_tensor(visible).bool()
-    if mask.shape != pred.shape[:2]:
-        raise ValueError(f"visible must be [N, K] = {tuple(pred.shape[:2])}, got {mask.shape}")
-    if visible_source is not None:
-        mask = mask & torch.as_tensor(visible_source).bool()
-    scale = torch.as_tensor(thresholds, dtype=torch.float32)
-    if scale.ndim == 0:
-        scale = scale.expand(pred.shape[0])
-    if scale.shape != (pred.shape[0],):
-        raise ValueError(f"thresholds must be [N] = [{pred.shape[0]}], got {tuple(scale.shape)}")
-    distance = torch.linalg.vector_norm(pred - target, dim=-1)
-    num_visible = int(mask.sum())
-    results: dict[str, float | int] = {}
-    for a in alpha:
-        correct = (distance <= a * scale[:, None]) & mask
-        count = int(correct.sum())
-        results[_key(a)] = 100.0 * count / num_visible if num_visible else math.nan
-        results[f"correct@{a:g}"] = count
-    results["num_visible"] = num_visible
-    results["num_pairs"] = int(pred.shape[0])
-    return results
+@hydra_main("pck", input_paths=("congealer", "root"), checks=CHECKS)
+def main(cfg: DictConfig) -> None:
+    record = run(cfg)
+    for alpha in cfg.alphas:
+        value = record[f"pck@{alpha:g}"]
+        shown = "n/a" if value is None or math.isnan(value) else f"{value:.2f}%"
+        print(f"PCK-Transfer@{alpha:g} ({record['method']}, {record['dataset']}): {shown}")
+    print(f"pairs: {record['num_pairs']}, keypoints: {record['num_visible']}")
+    print(f"results: {Path(cfg.out) / 'pck.json'}")
 
 
-def combine_pck(results: Iterable[dict[str, float | int]]) -> dict[str, float | int]:
-    """Merge :func:`pck` results of several batches by summing their counts."""
-    results = list(results)
-    if not results:
-        raise ValueError("combine_pck needs at least one pck() result")
-    total: dict[str, float | int] = {}
-    for key in results[0]:
-        if key.startswith("correct@") or key.startswith("num_"):
-            total[key] = sum(int(r[key]) for r in results)
-    visible = int(total["num_visible"])
-    for key in list(total):
-        if key.startswith("correct@"):
-            alpha = key.split("@", 1)[1]
-            total[f"pck@{alpha}"] = 100.0 * int(total[key]) / visible if visible else math.nan
-    return total
+if __name__ == "__main__":
+    from gangealing.pck import main as _main
 
-
-def flip_keypoints(
-    points: torch.Tensor,
-    visible: torch.Tensor,
-    width: int | float,
-    permutation: Sequence[int] | torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mirror keypoints horizontally and swap left/right indices (thesis Sec. 4.4.2).
-
-    With pixel centres at integers, column ``x`` of an image of width ``W`` mirrors to
-    ``W - 1 - x``. Keypoint ``k`` of the result is keypoint ``permutation[k]`` of the input, so a
-    left eye becomes the right eye (e.g. ``CUB_FLIP_PERMUTATION``). ``points`` is ``[..., K, 2]``
-    and ``visible`` ``[..., K]``; returns the flipped ``(points, visible)``.
-    """
-    points = torch.as_tensor(points)
-    visible = torch.as_tensor(visible)
-    num_keypoints = points.shape[-2]
-    if permutation is None:
-        index = torch.arange(num_keypoints)
-    else:
-        index = torch.as_tensor(permutation, dtype=torch.long)
-        if sorted(index.tolist()) != list(range(num_keypoints)):
-            raise ValueError(
-                f"permutation must reorder 0..{num_keypoints - 1} (one entry per keypoint); "
-                f"got {index.tolist()}"
-            )
-    flipped = points.clone()
-    flipped[..., 0] = (width - 1) - flipped[..., 0]
-    return flipped[..., index, :], visible[..., index]
-
-
-def _to_json_value(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _to_json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_json_value(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _to_json_value(value.tolist())
-    if isinstance(value, np.ndarray):
-        return _to_json_value(value.tolist())
-    if isinstance(value, np.generic):
-        return _to_json_value(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_pck_json(path: str | os.PathLike, results: dict[str, Any]) -> None:
-    """Write PCK results as JSON atomically (NaN becomes ``null``; tensors become lists)."""
-    text = json.dumps(_to_json_value(results), indent=2, sort_keys=True, allow_nan=False)
-    atomic_write_bytes((text + "\n").encode("utf-8"), path)
-
-
-if __name__ == "__main__":  # `python -m gangealing.pck ...` runs the PCK-Transfer CLI
-    from gangealing.evaluate_pck import main
-
-    main()
+    _main()

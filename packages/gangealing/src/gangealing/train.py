@@ -20,7 +20,7 @@ from common.checkpoint import atomic_save
 from common.cli import hydra_main
 from common.runs import Job, run_job
 from common.training import build_trainer
-from gangealing.module import GangealingModule
+from gangealing.training.module import GangealingModule
 
 
 @dataclass

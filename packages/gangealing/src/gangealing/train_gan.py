@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from common.cli import hydra_main
 from common.runs import Job, run_job
 from common.training import build_trainer
-from gangealing.gan_module import StyleGAN2Module
-from gangealing.image_data import ImageDataModule
+from gangealing.data.image_data import ImageDataModule
+from gangealing.training.gan_module import StyleGAN2Module
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from common.images import open_image
-from gangealing.pck import bbox_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +204,33 @@ class ImageFolder(Dataset):
         """(height, width) of image ``index`` on disk (read from its header)."""
         with Image.open(self.files[index]) as image:
             return image.height, image.width
+
+
+def bbox_threshold(bboxes: torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:
+    """SPair-71k ``alpha_bbox`` distance scale ``max(H_bbox, W_bbox)`` (thesis Sec. 4.4.2).
+
+    ``bboxes`` is ``[N, 4]`` (or ``[4]``) as ``(x1, y1, x2, y2)``, the layout of SPair-71k's
+    ``trg_bndbox``. Returns ``[N]`` (or a scalar tensor).
+    """
+    boxes = torch.as_tensor(bboxes, dtype=torch.float32)
+    if boxes.shape[-1] != 4:
+        raise ValueError(f"bboxes must have shape [N, 4] as (x1, y1, x2, y2), got {boxes.shape}")
+    width = boxes[..., 2] - boxes[..., 0]
+    height = boxes[..., 3] - boxes[..., 1]
+    if (width < 0).any() or (height < 0).any():
+        raise ValueError("bboxes must be (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1")
+    return torch.maximum(width, height)
+
+
+def image_threshold(sizes: torch.Tensor | Sequence[Sequence[int]] | Sequence[int]) -> torch.Tensor:
+    """CUB distance scale ``max(H, W)`` of the target image (thesis Sec. 4.4.2).
+
+    ``sizes`` is ``[N, 2]`` (or ``[2]``) as ``(H, W)``. Returns ``[N]`` (or a scalar tensor).
+    """
+    sizes = torch.as_tensor(sizes, dtype=torch.float32)
+    if sizes.shape[-1] != 2:
+        raise ValueError(f"sizes must have shape [N, 2] as (H, W), got {tuple(sizes.shape)}")
+    return sizes.max(dim=-1).values
 
 
 def pair_item(

@@ -5,8 +5,8 @@ A released file (official ``train.py``) holds ``g_ema``, ``t``, ``t_ema``, ``ll`
 optimisers and schedulers, ``args`` (an ``argparse.Namespace``) and, for clustering models,
 ``classifier``. It is read with ``weights_only=True`` (``Namespace`` is the one allow-listed
 class); the architecture is read from the tensors' shapes and checked against ``args``.
-``ReleasedCongealer`` aligns images like :class:`gangealing.congealer.Congealer` does, with the
-test-time settings the official applications use for each model (``PRESETS``, from official
+``ReleasedCongealer`` aligns images like :class:`gangealing.align.congealer.Congealer` does, with
+the test-time settings the official applications use for each model (``PRESETS``, from official
 ``utils/download.py``: ``PRETRAINED_TEST_HYPERPARAMS``; flip inference on for K = 1, the cluster
 classifier choosing cluster and mirror for K > 1).
 """
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gangealing.official_stn import OfficialClusterClassifier, OfficialComposedSTN, unmirror
-from gangealing.stn import STNOutput, check_rgb
+from gangealing.align.official_stn import OfficialClusterClassifier, OfficialComposedSTN, unmirror
+from gangealing.align.stn import STNOutput, check_rgb
 
 #: Official test-time settings per released model (padding, similarity iterations, clusters).
 PRESETS: dict[str, dict[str, Any]] = {

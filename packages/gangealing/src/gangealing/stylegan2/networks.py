@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from common.checkpoint import atomic_save, checkpoint_kind, safe_load
-from gangealing.stylegan2_ops import (
+from gangealing.stylegan2.ops import (
     DEFAULT_BLUR_KERNEL,
     ConstantInput,
     ConvLayer,

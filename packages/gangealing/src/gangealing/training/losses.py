@@ -2,8 +2,8 @@
 
 L(T, c) = E_w[ l(T(x), y) + lambda_TV L_TV(T) + lambda_I L_I(T) ]  (Eq. 4.5)
 
-- :func:`total_variation_huber` is L_TV = Huber(Delta_x G) + Huber(Delta_y G);
-- :func:`identity_loss` is L_I, which keeps the residual flow near the identity;
+- L_TV and L_I, the flow regularisers, are ``gangealing.align.flow`` (the flip cost of test-time
+  inference uses L_TV too);
 - :func:`perceptual_loss` builds the distance l: ``lpips`` (LPIPS-VGG, supervised), ``ssl_vgg``
   (VGG-16 trained with SimCLR, the "SSL" rows of Table 4.3) or ``pyramid_l1``, an offline option
   that needs no weights and is NOT a perceptual loss.
@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 VGG16_BACKBONE_FILE = "vgg16-397923af.pth"
@@ -28,46 +27,6 @@ VGG16_BACKBONE_FILE = "vgg16-397923af.pth"
 # (lpips slices: [0, 4), [4, 9), [9, 16), [16, 23), [23, 30) -> relu1_2 ... relu5_3).
 _VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 _SLICE_ENDS = (4, 9, 16, 23, 30)
-
-
-def total_variation_huber(field: Tensor, delta: float = 1.0, reduction: str = "mean") -> Tensor:
-    """L_TV of Sec. 4.3.1: Huber loss of the x and y finite differences of a flow or grid.
-
-    ``field`` is [N, H, W, 2] (channels last, like grids). ``delta`` = 1.0 (in normalised grid
-    units, i.e. half the image width) matches the official implementation; differences between
-    neighbouring pixels are far smaller, so in practice the loss is quadratic (0.5 d^2) and delta
-    only caps the pull of flow discontinuities. Each term is a mean over its elements;
-    ``reduction="none"`` returns [N] per-sample values, "mean" their mean.
-    """
-    dx = field[:, :, 1:] - field[:, :, :-1]
-    dy = field[:, 1:] - field[:, :-1]
-    per_sample = sum(
-        F.huber_loss(d, torch.zeros_like(d), delta=delta, reduction="none").flatten(1).mean(1)
-        for d in (dx, dy)
-    )
-    return _reduce(per_sample, reduction)
-
-
-def identity_loss(flow_residual: Tensor, reduction: str = "mean") -> Tensor:
-    """L_I = ||G - identity||^2 of Sec. 4.3.1, on the residual flow [N, H, W, 2].
-
-    Averaged over pixels AND the two coordinates (i.e. half the mean squared vector norm), as in
-    the official code, so that the thesis' weight lambda_I = 1 keeps its meaning.
-    """
-    return _reduce(flow_residual.pow(2).flatten(1).mean(1), reduction)
-
-
-def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
-    if reduction == "none":
-        return per_sample
-    if reduction == "mean":
-        return per_sample.mean()
-    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-
-
-# ----------------------------------------------------------------------------------------------
-# VGG-16 backbones (torchvision layout) -> lpips' ``net.sliceK.I`` modules
-# ----------------------------------------------------------------------------------------------
 
 
 def _vgg16_features_to_lpips(state_dict: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:

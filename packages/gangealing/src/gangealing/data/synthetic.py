@@ -29,8 +29,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from common.checkpoint import atomic_write_bytes
-from gangealing.datasets import resample_window
-from gangealing.stn import grid_sample
+from gangealing.align.stn import grid_sample
+from gangealing.data.datasets import resample_window
 
 SKIMAGE_IMAGES = (
     "astronaut", "chelsea", "cat", "coffee", "rocket", "camera", "coins",

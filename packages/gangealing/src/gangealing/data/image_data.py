@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from common.training import resumable_loader, step_seed
-from gangealing.datasets import ImageFolder
-from gangealing.synthetic import SKIMAGE_IMAGES, SKLEARN_IMAGES, SimilarityWarpDataset
+from gangealing.data.datasets import ImageFolder
+from gangealing.data.synthetic import SKIMAGE_IMAGES, SKLEARN_IMAGES, SimilarityWarpDataset
 
 BUNDLED_IMAGES = tuple(SKIMAGE_IMAGES) + tuple(SKLEARN_IMAGES)
 

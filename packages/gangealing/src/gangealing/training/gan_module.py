@@ -16,7 +16,7 @@ module trains one from images, with the published recipe (config F, as in rosina
 - style mixing with probability 0.9 (two z, a random crossover layer in W+);
 - an EMA of G (decay ``0.5 ** (32 / 10_000)``: a half-life of 10k images at batch 32), used for
   samples and exported as ``g_ema``;
-- optional DiffAugment (:mod:`gangealing.diffaug`) on everything D sees.
+- optional DiffAugment (:mod:`gangealing.stylegan2.diffaug`) on everything D sees.
 
 G and D alternate, so the module uses manual optimisation. ``trainer.global_step`` counts
 training iterations (one G step each): the D step and the regularisation steps do not advance it.
@@ -41,8 +41,8 @@ from common.checkpoint import plain_container
 from common.ema import EMA
 from common.images import save_grid, to_uint8
 from common.training import step_seed
-from gangealing.diffaug import diff_augment, parse_policy
-from gangealing.stylegan2 import Discriminator, Generator, save_generator
+from gangealing.stylegan2.diffaug import diff_augment, parse_policy
+from gangealing.stylegan2.networks import Discriminator, Generator, save_generator
 
 DEFAULT_EMA_DECAY = 0.5 ** (32 / (10 * 1000))
 """rosinality's G EMA decay: half-life of 10k images at batch size 32."""
@@ -319,7 +319,7 @@ class StyleGAN2Module(L.LightningModule):
 
         ``latent_avg`` ``[style_dim]`` is the mean of 4096 mapped z (a fixed seed), the
         truncation centre;
-        GANgealing loads the file with ``generator=<path>`` (``gangealing.stylegan2``).
+        GANgealing loads the file with ``generator=<path>`` (``gangealing.stylegan2.networks``).
         """
         g = torch.Generator().manual_seed(self.seed)
         z = torch.randn(4096, self.g_ema.style_dim, generator=g).to(self.sample_z.device)

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.checkpoint import checkpoint_kind, safe_load
-from gangealing.module import build_transformer
-from gangealing.released import ReleasedCongealer, is_released
-from gangealing.stn import STNOutput, check_rgb
-from gangealing.target import TargetMode
+from gangealing.align.released import ReleasedCongealer, is_released
+from gangealing.align.stn import STNOutput, check_rgb
+from gangealing.align.target import TargetMode
+from gangealing.align.transformers import build_transformer
 
 FORMAT = "gangealing-congealer-v1"
 
@@ -93,7 +93,7 @@ class Congealer(nn.Module):
         congealer.target.load_state_dict(blob["target"])
         congealer.generator_info = dict(blob.get("generator") or {})
         if blob.get("classifier") is not None:
-            from gangealing.cluster_classifier import ClusterClassifier
+            from gangealing.align.classifier import ClusterClassifier
 
             record = blob["classifier"]
             congealer.classifier = ClusterClassifier(

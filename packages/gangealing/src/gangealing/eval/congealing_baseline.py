@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from gangealing.stn import grid_sample
+from gangealing.align.stn import grid_sample
 
 
 @dataclass

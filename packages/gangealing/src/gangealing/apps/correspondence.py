@@ -20,8 +20,9 @@ splatted samples at most one image pixel apart, which guarantees every image pix
 warped congealed region receives weight. Factor 1 (no resampling) where samples are already
 dense, so an identity warp reproduces the edit exactly.
 
-Conventions follow :mod:`gangealing.stn`: grids [N, Hc, Wc, 2] normalised (``align_corners=False``)
-into the image, so one grid serves any image resolution; pixel centres at integers.
+Conventions follow :mod:`gangealing.align.stn`: grids [N, Hc, Wc, 2] normalised
+(``align_corners=False``) into the image, so one grid serves any image resolution; pixel centres at
+integers.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gangealing.losses import total_variation_huber
-from gangealing.stn import (
+from gangealing.align.flow import total_variation_huber
+from gangealing.align.stn import (
     Size,
     _hw,
     identity_grid,
@@ -228,8 +229,8 @@ def propagate_keypoints(
 
     Where the congealer mirrored an image (``flipped [N]``), point k lands on the mirror-image
     part (a "left eye" drawn on the template lands on the image's right eye); pass the left/right
-    ``permutation`` (as for :func:`gangealing.pck.flip_keypoints`) to reorder those images' points
-    so index k names the same part everywhere, as the thesis does for PCK (Sec. 4.4.2).
+    ``permutation`` (as for :func:`gangealing.eval.pck.flip_keypoints`) to reorder those images'
+    points so index k names the same part everywhere, as the thesis does for PCK (Sec. 4.4.2).
     """
     points = torch.as_tensor(points, dtype=grids.dtype, device=grids.device)
     if points.ndim != 2 or points.shape[-1] != 2:
@@ -256,8 +257,8 @@ def dense_correspondence(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """For every pixel of A ``[N, Ha, Wa]``, its location in B: ``[N, Ha, Wa, 2]`` pixels
     (Sec. 4.4.2, Fig. 4.3). The lattice of A is sent forward into congealed space
-    (:func:`gangealing.stn.transfer_points_to_congealed`, in chunks of ``chunk`` points to bound
-    the nearest-search memory) and back into B.
+    (:func:`gangealing.align.stn.transfer_points_to_congealed`, in chunks of ``chunk`` points to
+    bound the nearest-search memory) and back into B.
 
     ``return_valid=True`` also returns ``valid [N, Ha, Wa]``: the pixel of A is seen by the
     congealed image (the round trip A -> congealed -> A is within 0.5 px); other pixels map to the
@@ -323,7 +324,10 @@ def out_of_bounds_fraction(grid: Tensor, content_hw: Tensor | None = None) -> Te
         landscape = h < w
         bound_y = torch.where(landscape, (s * h / w).round(), bound_y)
         bound_x = torch.where(landscape, bound_x, (s * w / h).round())
-    beyond = lambda v, bound: (v.flatten(1).abs() > ((bound - 1) / s)[:, None]).float().mean(1)  # noqa: E731
+
+    def beyond(v: Tensor, bound: Tensor) -> Tensor:
+        return (v.flatten(1).abs() > ((bound - 1) / s)[:, None]).float().mean(1)
+
     return torch.maximum(beyond(grid[..., 0], bound_x), beyond(grid[..., 1], bound_y))
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.errors import NonFiniteError
-from gangealing.losses import total_variation_huber
+from gangealing.align.flow import total_variation_huber
 
 Size = int | tuple[int, int]
 PADDING_MODES = ("reflection", "border", "zeros")

@@ -22,7 +22,6 @@ import hashlib
 import math
 import warnings
 from collections.abc import Iterator
-from dataclasses import fields
 from typing import Any
 
 import lightning as L
@@ -34,82 +33,21 @@ from torch.utils.data import DataLoader, IterableDataset
 from common.checkpoint import plain_container
 from common.ema import EMA
 from common.training import step_seed
-from gangealing.losses import identity_loss, perceptual_loss, total_variation_huber
-from gangealing.official_stn import OfficialComposedSTN
-from gangealing.sampling import BilinearDownsample
-from gangealing.stn import ComposedTransformer, FlowTransformer, SimilarityTransformer, STNOutput
-from gangealing.stylegan2 import Generator, load_generator
-from gangealing.target import TargetMode, fit_w_pca, psi_schedule
-
-TRANSFORMS = ("paper", "similarity", "flow", "composed")
-
-
-def build_paper_transformer(
-    resolution: int, num_modes: int, stn: dict[str, Any], supersize: int | None = None
-) -> OfficialComposedSTN:
-    """The thesis' T (Sec. 4.3.1) as released: ``ComposedSTN(['similarity', 'flow'])`` with K
-    heads on one trunk, regressing at ``resolution`` (official ``flow_size``) from inputs of
-    ``supersize`` px at test time (official ``real_size``)."""
-    if resolution < 64 or resolution & (resolution - 1):
-        raise ValueError(
-            f"resolution={resolution} does not fit transform=paper (the released STN regresses "
-            "its flow at resolution / 8 down to 4 px): pass a power of two >= 64, or "
-            "transform=composed for the small CPU trunk"
-        )
-    if supersize % resolution:
-        raise ValueError(
-            f"stn.input_size={supersize} is not a multiple of resolution={resolution}; pass a "
-            "multiple (the official real_size is 2x the flow size) or leave it null"
-        )
-    return OfficialComposedSTN(
-        flow_size=resolution,
-        supersize=int(supersize or resolution),
-        channel_multiplier=float(stn.get("channel_multiplier", 0.5)),
-        num_heads=num_modes,
-        flow_downsample=int(stn.get("flow_downsample", 8)),
-        max_channels=int(stn.get("max_channels", 512)),
-    )
-
-
-def build_transformer(transform: str, resolution: int, stn: dict[str, Any]) -> nn.Module:
-    """One small-trunk Spatial Transformer T (Sec. 4.3.1): ``similarity``, ``flow`` or their
-    composition (the CPU option; ``paper`` is :func:`build_paper_transformer`)."""
-    stn = dict(stn)
-    input_size = int(stn.get("input_size") or resolution)
-    widths = tuple(stn.get("widths", (32, 64, 128, 128)))
-    padding = stn.get("padding_mode", "reflection")
-    common = {"input_size": input_size, "widths": widths, "output_size": resolution}
-    similarity = lambda: SimilarityTransformer(**common, padding_mode=padding)  # noqa: E731
-    flow = lambda: FlowTransformer(  # noqa: E731
-        **common, flow_size=int(stn.get("flow_size", 16)), padding_mode=padding
-    )
-    if transform == "similarity":
-        return similarity()
-    if transform == "flow":
-        return flow()
-    if transform == "composed":
-        return ComposedTransformer(similarity(), flow())
-    raise ValueError(f"unknown transform {transform!r}: use one of {TRANSFORMS}")
-
-
-def paper_supersize(stn: dict[str, Any], resolution: int, generator_size: int) -> int:
-    """Test-time input size of a ``paper`` T: ``stn.input_size``, else the generator's size when
-    it is a multiple of ``resolution`` (official ``real_size = gen_size``), else ``resolution``."""
-    if stn.get("input_size"):
-        return int(stn["input_size"])
-    return generator_size if generator_size % resolution == 0 else resolution
-
-
-def head_outputs(out: STNOutput, num_heads: int) -> list[STNOutput]:
-    """Split image-major outputs [N * K] of a K-head T into K outputs [N]."""
-
-    def pick(value: torch.Tensor | None, k: int) -> torch.Tensor | None:
-        return None if value is None else value.unflatten(0, (-1, num_heads))[:, k]
-
-    return [
-        STNOutput(**{f.name: pick(getattr(out, f.name), k) for f in fields(STNOutput)})
-        for k in range(num_heads)
-    ]
+from gangealing.align.flow import identity_loss, total_variation_huber
+from gangealing.align.official_stn import OfficialComposedSTN
+from gangealing.align.sampling import BilinearDownsample
+from gangealing.align.stn import (
+    STNOutput,
+)
+from gangealing.align.target import TargetMode, fit_w_pca, psi_schedule
+from gangealing.align.transformers import (
+    build_paper_transformer,
+    build_transformer,
+    head_outputs,
+    paper_supersize,
+)
+from gangealing.stylegan2.networks import Generator, load_generator
+from gangealing.training.losses import perceptual_loss
 
 
 def generator_fingerprint(generator: nn.Module) -> str:

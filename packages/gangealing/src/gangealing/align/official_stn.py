@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gangealing.losses import total_variation_huber
-from gangealing.sampling import BilinearDownsample, MipmapWarp
-from gangealing.stn import STNOutput
-from gangealing.stylegan2_ops import ConvLayer, EqualConv2d, EqualLinear, ResBlock
+from gangealing.align.flow import total_variation_huber
+from gangealing.align.sampling import BilinearDownsample, MipmapWarp
+from gangealing.align.stn import STNOutput
+from gangealing.stylegan2.ops import ConvLayer, EqualConv2d, EqualLinear, ResBlock
 
 OFFICIAL_PADDING = ("border", "reflection", "zeros")
 

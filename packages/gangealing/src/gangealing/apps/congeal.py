@@ -1,0 +1,61 @@
+"""Congeal a folder of real images (the library of ``python -m gangealing.congeal``).
+
+Thesis Sec. 4.4.1: the trained Spatial Transformer aligns every image; the average of the
+congealed images is the template on which a user draws edits (``gangealing.propagate``). Writes
+``aligned/<name>.png``, ``average.png`` and ``warps.pt`` (per image: the reverse grid into the
+image and whether it was flipped).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from common.checkpoint import atomic_save
+from common.images import save_png
+from gangealing.align.congealer import Congealer
+from gangealing.data.datasets import ImageFolder
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def congeal_folder(
+    congealer: Congealer,
+    images: str | Path,
+    out: str | Path,
+    size: int = 256,
+    batch_size: int = 32,
+    cluster: int | None = None,
+    flips: bool | None = None,
+    iters: int | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, Path]:
+    """Align every image of ``images`` and write the outputs to ``out``; returns their paths."""
+    dataset = ImageFolder(images, size)
+    out = Path(out)
+    congealer = congealer.to(device)
+    total = torch.zeros(3, size, size, dtype=torch.float64)
+    names, grids, flipped = [], [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for start, batch in zip(range(0, len(dataset), batch_size), loader, strict=True):
+        result = congealer(
+            batch.to(device), cluster=cluster, output_size=size, iters=iters, flips=flips
+        )
+        for i, image in enumerate(result.image.cpu()):
+            name = dataset.files[start + i].relative_to(dataset.root).with_suffix(".png")
+            save_png(image, out / "aligned" / name)
+            names.append(str(name))
+        total += result.image.cpu().double().sum(0)
+        grids.append(result.grid.cpu())
+        flipped.append(result.flipped.cpu())
+    average = (total / len(dataset)).float()
+    save_png(average, out / "average.png")
+    atomic_save(
+        {"files": names, "grids": torch.cat(grids), "flipped": torch.cat(flipped), "size": size},
+        out / "warps.pt",
+    )
+    return {"aligned": out / "aligned", "average": out / "average.png", "warps": out / "warps.pt"}

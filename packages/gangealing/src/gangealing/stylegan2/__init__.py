@@ -1,0 +1,1 @@
+"""StyleGAN2 in plain PyTorch (rosinality / GANgealing checkpoint layout) and its augmentations."""

@@ -1,0 +1,43 @@
+"""``common.devices.pick_device`` and ``common.cli.translate_legacy_args`` (one helper each for
+every command of the three packages)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.cli import translate_legacy_args
+from common.devices import pick_device
+
+
+def test_pick_device():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert pick_device("auto").type == expected and pick_device(None).type == expected
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match="device='gpu0' is not a device; pass auto, cpu or cuda"):
+        pick_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU; pass device=cpu or auto"):
+            pick_device("cuda:1")
+
+
+def test_legacy_flags_and_positionals_become_overrides_with_one_line_each(capsys):
+    flags = {"--steps": "steps", "--batch-size": "batch_size"}
+    args = ["runs/a", "--steps", "5", "--batch-size=8", "lr=1", "--cfg", "job", "-m"]
+    out = translate_legacy_args(args, flags, ("run",), "python -m x")
+    assert out == ["run=runs/a", "steps=5", "batch_size=8", "lr=1", "--cfg", "job", "-m"]
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "warning: a bare run is deprecated in python -m x; use run=runs/a",
+        "warning: --steps is deprecated in python -m x; use steps=5",
+        "warning: --batch-size is deprecated in python -m x; use batch_size=8",
+    ]
+    assert translate_legacy_args(["steps=2"], flags, ("run",)) == ["steps=2"]  # new form untouched
+    assert translate_legacy_args(["--cfg", "job", "r"], flags, ("run",)) == [
+        "--cfg",
+        "job",
+        "run=r",
+    ]
+    with pytest.raises(ValueError, match="--steps needs a value; pass steps=<value>"):
+        translate_legacy_args(["--steps"], flags)
