@@ -7,7 +7,7 @@
 #         on synthetic latent shards (the speed does not depend on the data), throughput callback
 # fsdp  : the same run under strategy=fsdp (sharded checkpoints), eager
 # sample: dit_sample.py, DDPM-250 vs DDIM-50 vs flow-Euler-50 with guidance, fp32 and bf16
-# gan   : stylegan2_step.py, a StyleGAN2 iteration (gan=paper widths, 256x256, batch 32)
+# gan   : stylegan2_step.py, a StyleGAN2 iteration (model=stylegan2/paper widths, 256x256, batch 32)
 # Outputs (logs, metrics.csv) go to OUT_DIR (default gpu_checks/). train/fsdp pass the OVERRIDEs on
 # to the training CLI (e.g. compile=true); STEPS sets the number of steps (default 200), TAG is
 # appended to the run directory's name.

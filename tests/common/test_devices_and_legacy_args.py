@@ -41,3 +41,14 @@ def test_legacy_flags_and_positionals_become_overrides_with_one_line_each(capsys
     ]
     with pytest.raises(ValueError, match="--steps needs a value; pass steps=<value>"):
         translate_legacy_args(["--steps"], flags)
+
+
+def test_renamed_keys_and_groups_become_their_new_spelling(capsys):
+    renamed = {"gan": "model=stylegan2/{}", "gan.": "model.", "transform": "model.transform"}
+    args = ["gan=paper", "gan.style_dim=16", "transform=flow", "organ=1", "model=x"]
+    out = translate_legacy_args(args, renamed, (), "python -m y")
+    assert out == ["model=stylegan2/paper", "model.style_dim=16", "model.transform=flow", "organ=1",
+                   "model=x"]  # fmt: skip
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "warning: gan= is deprecated in python -m y; use model=stylegan2/paper"
+    assert len(err) == 3

@@ -30,14 +30,14 @@ from gangealing.training.gan_module import (
 TINY_NET = {"style_dim": 16, "n_mlp": 2, "channels": {4: 16, 8: 16, 16: 8}}
 TINY_REG = {"d_reg_every": 2, "g_reg_every": 2}
 CLI_OVERRIDES = [
-    "gan=tiny",
+    "model=stylegan2/tiny",
     "logger=none",
     "resolution=16",
     "batch_size=4",
     "synthetic_size=16",
-    "gan.style_dim=16",
-    "gan.n_mlp=2",
-    "gan.channels={4:16,8:16,16:8}",
+    "model.style_dim=16",
+    "model.n_mlp=2",
+    "model.channels={4:16,8:16,16:8}",
     "regularization.d_reg_every=2",
     "regularization.g_reg_every=2",
     "num_samples=4",
@@ -232,9 +232,9 @@ def test_config_composes():
     from gangealing.train_gan import build_module
 
     with initialize_config_module("gangealing.conf", version_base="1.3"):
-        paper = compose("train_gan", overrides=["gan=paper", "augment=[color,cutout]"])
+        paper = compose("train_gan", overrides=["model=stylegan2/paper", "augment=[color,cutout]"])
         tiny = compose("train_gan", overrides=["logger=none", *CLI_OVERRIDES[2:10]])
-    assert paper.gan.style_dim == 512 and paper.gan.n_mlp == 8 and paper.gan.channels is None
+    assert paper.model.style_dim == 512 and paper.model.n_mlp == 8 and paper.model.channels is None
     assert paper.trainer._target_ == "lightning.pytorch.Trainer"
     assert "wandb" in paper.logger and tiny.logger == {}
     assert paper.regularization.r1_gamma == 10 and paper.optim.lr == 0.002

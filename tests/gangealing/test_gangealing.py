@@ -24,10 +24,10 @@ TINY = {  # the small CPU trunk; the released architecture is tested with PAPER_
     "batch_size": 4,
 }
 CLI_TINY = [
-    "transform=composed",
+    "model=stn/small",
     "resolution=16",
-    "stn.widths=[8,8]",
-    "stn.flow_size=4",
+    "model.widths=[8,8]",
+    "model.flow_size=4",
     "cutoff=3",
     "pca_samples=512",
     "loss.name=pyramid_l1",
@@ -150,7 +150,7 @@ def test_train_config_defaults_are_the_thesis_settings(generator_path):
         cfg = compose("train", overrides=[f"generator={generator_path}"])
         ssl = compose("train", overrides=["loss.name=ssl_vgg", "loss.checkpoint_path=x"])
     assert (cfg.num_components, cfg.cutoff, cfg.num_modes) == (1, 5, 1)
-    assert (cfg.tv_weight, cfg.identity_weight, cfg.transform) == (1000.0, 1.0, "paper")
+    assert (cfg.tv_weight, cfg.identity_weight, cfg.model.transform) == (1000.0, 1.0, "paper")
     assert (cfg.stn_lr, cfg.mode_lr, cfg.ema_decay) == (1e-3, 1e-2, 0.999)
     with pytest.raises(FileNotFoundError, match="checkpoint_path='x', which is not a file"):
         GangealingModule(str(generator_path), **{**TINY, "loss": dict(ssl.loss)})
@@ -164,3 +164,35 @@ def test_train_config_defaults_are_the_thesis_settings(generator_path):
 def test_aligning_above_the_generator_resolution_warns(generator_path):
     with pytest.warns(UserWarning, match="resolution=32 exceeds the 16px output"):
         GangealingModule(str(generator_path), **{**TINY, "resolution": 32})
+
+
+def test_the_former_flat_keys_still_compose_with_a_deprecation_line(cli_run):
+    """``transform=``/``stn.*`` (now the ``model`` group of ``train``) and ``gan=``/``gan.*`` (of
+    ``train_gan``) keep working for one release."""
+    out, err = cli_run(
+        "gangealing.train", "generator=g.pt", "transform=flow", "stn.widths=[8]", "--cfg", "job"
+    )
+    assert "transform: flow" in out and "widths:\n  - 8" in out.replace("    - 8", "  - 8")
+    command = "python -m gangealing.train"
+    legacy = "use model=stn/small model.transform=flow"
+    assert f"warning: transform= is deprecated in {command}; {legacy}" in err
+    assert "use model.widths=[8]" in err
+    out, err = cli_run("gangealing.train_gan", "gan=paper", "gan.n_mlp=3", "--cfg", "job")
+    assert "style_dim: 512" in out and "n_mlp: 3" in out
+    assert "use model=stylegan2/paper" in err
+
+
+def test_experiment_synthetic_selects_the_small_similarity_trunk():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("gangealing.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["generator=g.pt", "experiment=synthetic"])
+    assert (cfg.model.transform, cfg.module.transform, cfg.resolution) == ("similarity",) * 2 + (
+        32,
+    )
+    assert list(cfg.model.widths) == [32, 64, 128, 256] and "channel_multiplier" not in cfg.model
+
+
+def test_a_small_trunk_flow_size_below_one_is_refused(generator_path):
+    with pytest.raises(ValueError, match="model.flow_size=0 must be at least 1"):
+        GangealingModule(str(generator_path), **{**TINY, "stn": {"widths": [8], "flow_size": 0}})

@@ -68,8 +68,8 @@ def test_paper_is_the_default_and_builds_the_released_architecture(generator_pat
 
     with initialize_config_module("gangealing.conf", version_base="1.3"):
         cfg = compose("train", overrides=[f"generator={generator_path}"])
-    assert cfg.transform == "paper"
-    assert (cfg.stn.channel_multiplier, cfg.stn.flow_downsample) == (0.5, 8)  # official get_stn
+    assert cfg.model.transform == "paper" and cfg.module.transform == "paper"
+    assert (cfg.model.channel_multiplier, cfg.model.flow_downsample) == (0.5, 8)  # get_stn
     assert inspect.signature(GangealingModule).parameters["transform"].default == "paper"
     module = GangealingModule(str(generator_path), **PAPER_TINY)
     assert isinstance(module.stns, OfficialComposedSTN) and module.stns.num_heads == 1
@@ -202,7 +202,7 @@ def test_paper_cluster_classifier_is_the_flip_aware_official_one(tmp_path, gener
     ("overrides", "message"),
     [
         ({"resolution": 32}, "resolution=32 does not fit transform=paper"),
-        ({"resolution": 96}, "pass a power of two >= 64, or transform=composed"),
+        ({"resolution": 96}, "pass a power of two >= 64, or model=stn/small"),
         ({"stn": {"input_size": 100}}, "stn.input_size=100 is not a multiple of resolution=64"),
     ],
 )

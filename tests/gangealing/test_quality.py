@@ -35,7 +35,8 @@ TRAIN_GAN = [
 ]
 TRAIN_GANGEALING = [
     "resolution=32",
-    "transform=similarity",
+    "model=stn/small",
+    "model.transform=similarity",
     "loss.name=pyramid_l1",
     "flips=false",
     "cutoff=4",

@@ -149,14 +149,17 @@ _HYDRA_VALUE_FLAGS = {
 
 def translate_legacy_args(
     args: Sequence[str],
-    flags: dict[str, str] | None = None,
+    flags: dict[str, Any] | None = None,
     positional: Sequence[str] = (),
     command: str = "this command",
 ) -> list[str]:
-    """The argparse spellings of a command that moved to Hydra, as ``key=value`` overrides, with
-    one deprecation line per use on stderr: ``--steps 5`` / ``--steps=5`` -> ``steps=5`` (only
-    the ``flags`` named; Hydra's own ``--help``, ``--cfg``, ``-m`` pass through) and bare
-    arguments -> the ``positional`` keys in order (``<run>`` -> ``run=<run>``)."""
+    """Former spellings of a command's arguments, as today's ``key=value`` overrides, with one
+    deprecation line per use on stderr. ``flags`` maps argparse flags (``--steps 5`` /
+    ``--steps=5`` -> ``steps=5``; Hydra's own ``--help``, ``--cfg``, ``-m`` pass through) and
+    renamed keys: ``"transform": "model.transform"``, a prefix ``"stn.": "model."``, a group
+    whose options moved, ``"gan": "model=stylegan2/{}"``, or a function of the value returning
+    the overrides that replace it. Bare arguments become the
+    ``positional`` keys in order (``<run>`` -> ``run=<run>``)."""
     flags = flags or {}
     out: list[str] = []
     free = list(positional)
@@ -168,7 +171,7 @@ def translate_legacy_args(
             out += [arg, args[i + 1]]
             i += 2
             continue
-        if name in flags:
+        if name in flags and name.startswith("-"):
             if not eq:
                 if i + 1 >= len(args):
                     raise ValueError(f"{name} needs a value; pass {flags[name]}=<value>")
@@ -176,6 +179,10 @@ def translate_legacy_args(
             key = flags[name]
             print(f"warning: {name} is deprecated in {command}; use {key}={value}", file=sys.stderr)
             out.append(f"{key}={value}")
+        elif eq and not arg.startswith("-") and (renamed := _renamed(name, value, flags)):
+            use = " ".join(renamed)
+            print(f"warning: {name}= is deprecated in {command}; use {use}", file=sys.stderr)
+            out += renamed
         elif free and not arg.startswith("-") and "=" not in arg:
             key = free.pop(0)
             print(
@@ -189,13 +196,27 @@ def translate_legacy_args(
     return out
 
 
+def _renamed(key: str, value: str, renames: dict[str, Any]) -> list[str] | None:
+    """``key=value`` under its new name(s) (``translate_legacy_args``), or None if not renamed."""
+    for old, new in renames.items():
+        if old.startswith("-"):
+            continue
+        if old.endswith(".") and key.startswith(old):
+            return [f"{new}{key[len(old) :]}={value}"]
+        if key == old:
+            if callable(new):
+                return list(new(value))
+            return [new.format(value) if "{}" in new else f"{new}={value}"]
+    return None
+
+
 def hydra_main(
     config_name: str,
     config_path: str = "conf",
     input_paths: Sequence[str] = (),
     checks: dict[str, str] | None = None,
     aliases: dict[str, str] | None = None,
-    legacy_flags: dict[str, str] | None = None,
+    legacy_flags: dict[str, Any] | None = None,
     legacy_positional: Sequence[str] = (),
 ) -> Callable[[Callable[[Any], Any]], Callable[[], Any]]:
     """``@hydra_main("train", input_paths=("resume",), checks={"batch_size": "int>=1"})`` over a

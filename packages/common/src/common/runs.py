@@ -187,6 +187,19 @@ class Job:
             write_job(self.run_dir, self.record)
 
 
+@dataclass
+class TrainResult:
+    """What every ``train`` command returns: its run folder, the resumable checkpoint, the file
+    the next command reads (``export``: DiT's EMA weights, G.pt's checkpoint, a StyleGAN2
+    generator, a congealer), the last sample grid if any, and the trained module."""
+
+    run_dir: Path
+    checkpoint: Path
+    export: Path
+    module: Any
+    samples: Path | None = None
+
+
 def finish_wandb(exit_code: int = 0) -> None:
     """Finish the active W&B run of this process, if any (``exit_code=1`` marks it failed)."""
     wandb = sys.modules.get("wandb")

@@ -9,33 +9,20 @@ be the same file (checked by fingerprint). At the end it writes ``checkpoints/la
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-from pathlib import Path
-
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from common.checkpoint import atomic_save
 from common.cli import hydra_main
-from common.runs import Job, run_job
+from common.runs import Job, TrainResult, run_job
 from common.training import build_trainer
 from gangealing.training.module import GangealingModule
 
 
-@dataclass
-class TrainResult:
-    run_dir: Path
-    checkpoint: Path
-    congealer: Path
-    module: GangealingModule
-
-
 def build_module(cfg: DictConfig) -> GangealingModule:
-    """The GANgealing LightningModule described by a ``train`` config."""
-    kwargs = OmegaConf.to_container(cfg, resolve=True)
-    names = list(inspect.signature(GangealingModule.__init__).parameters)[1:]
-    return GangealingModule(**{k: kwargs[k] for k in names})
+    """The GANgealing LightningModule of a ``train`` config (its ``module`` node)."""
+    return instantiate(cfg.module)
 
 
 def train(cfg: DictConfig) -> TrainResult | None:
@@ -76,15 +63,26 @@ CHECKS = {
     "batch_size": "int>=1",
     "ema_decay": "[0,1]",
     "checkpoint_every": "int>=0",
-    "stn.flow_size": "int>=1",
-    "stn.input_size": "int>=8|null",
+    "model.input_size": "int>=8|null",
 }
+
+
+def _legacy_transform(value: str) -> list[str]:
+    """``transform=`` of the flat config: paper, or the small trunk's similarity/flow/composed."""
+    return (
+        ["model=stn/paper"] if value == "paper" else ["model=stn/small", f"model.transform={value}"]
+    )
+
+
+# The keys before the Spatial Transformer became the model group (one release).
+RENAMED = {"transform": _legacy_transform, "stn.": "model."}
 
 
 @hydra_main(
     "train",
     input_paths=("generator", "resume", "loss.backbone_path", "loss.checkpoint_path"),
     checks=CHECKS,
+    legacy_flags=RENAMED,
 )
 def main(cfg: DictConfig) -> None:
     train(cfg)

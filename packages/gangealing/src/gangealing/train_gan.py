@@ -2,8 +2,9 @@
 
 GANgealing (thesis Ch. 4) aligns a category with a StyleGAN2 generator G trained on it (256x256
 center crops in Sec. 4.4.2). With no overrides this trains a tiny 32x32 StyleGAN2 on the offline
-``data=astronaut`` set on the CPU. ``gan=paper resolution=256 trainer=gpu`` is the published
-configuration; ``augment=[color,translation,cutout]`` adds DiffAugment for small datasets.
+``data=astronaut`` set on the CPU. ``model=stylegan2/paper resolution=256 trainer=gpu`` is the
+published configuration; ``augment=[color,translation,cutout]`` adds DiffAugment for small
+datasets.
 ``resume=<run dir>`` continues a run (same step, optimizers, EMA, path-length mean, data order).
 At the end it writes ``checkpoints/last.ckpt`` and ``stylegan2.pt`` (rosinality format), which
 the GANgealing stage loads with ``generator=<run dir>/stylegan2.pt``.
@@ -12,14 +13,13 @@ the GANgealing stage loads with ``generator=<run dir>/stylegan2.pt``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from common.cli import hydra_main
-from common.runs import Job, run_job
+from common.runs import Job, TrainResult, run_job
 from common.training import build_trainer
 from gangealing.data.image_data import ImageDataModule
 from gangealing.training.gan_module import StyleGAN2Module
@@ -27,33 +27,9 @@ from gangealing.training.gan_module import StyleGAN2Module
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainResult:
-    run_dir: Path
-    checkpoint: Path
-    export: Path
-    samples: Path
-    module: StyleGAN2Module
-
-
 def build_module(cfg: DictConfig) -> StyleGAN2Module:
-    """The StyleGAN2 LightningModule described by a ``train_gan`` config."""
-    return StyleGAN2Module(
-        resolution=cfg.resolution,
-        network=OmegaConf.to_container(cfg.gan, resolve=True),
-        lr=cfg.optim.lr,
-        betas=tuple(cfg.optim.betas),
-        regularization=OmegaConf.to_container(cfg.regularization, resolve=True),
-        mixing=cfg.mixing,
-        augment=OmegaConf.to_container(cfg.augment)
-        if OmegaConf.is_list(cfg.augment)
-        else cfg.augment,
-        ema_decay=cfg.ema_decay,
-        num_samples=cfg.num_samples,
-        sample_every=cfg.sample_every,
-        export_every=cfg.export_every,
-        seed=cfg.seed,
-    )
+    """The StyleGAN2 LightningModule of a ``train_gan`` config (its ``module`` node)."""
+    return instantiate(cfg.module)
 
 
 def train(cfg: DictConfig) -> TrainResult | None:
@@ -88,7 +64,7 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
         print(f"checkpoint    : {checkpoint} (step {trainer.global_step})")
         print(f"samples       : {samples}")
         print(f"StyleGAN2     : {export} (rosinality format; GANgealing: generator={export})")
-    return TrainResult(run_dir, checkpoint, export, samples, module)
+    return TrainResult(run_dir, checkpoint, export, module, samples)
 
 
 # What makes sense for each number this command reads (common.errors.check_values).
@@ -112,7 +88,11 @@ CHECKS = {
 }
 
 
-@hydra_main("train_gan", input_paths=("data", "resume"), checks=CHECKS)
+# The keys before the StyleGAN2 widths became the model group (one release).
+RENAMED = {"gan": "model=stylegan2/{}", "gan.": "model."}
+
+
+@hydra_main("train_gan", input_paths=("data", "resume"), checks=CHECKS, legacy_flags=RENAMED)
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

@@ -139,7 +139,7 @@ class Congealer(nn.Module):
                 "flips=true keeps, per image, the original or its mirror by the smoothness of the "
                 "predicted flow (Sec. 4.3.1), but this congealer was trained with "
                 f"transform={self.config.get('transform')!r} and predicts no flow: run with "
-                "flips=false, or train with transform=composed (the default)"
+                "flips=false, or train with a flow stage (model=stn/paper, the default)"
             )
         size = output_size or self.resolution
         small = F.interpolate(images, size=(self.resolution,) * 2, mode="bilinear", antialias=True)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from common.errors import require_positive_int
 from gangealing.align.official_stn import OfficialComposedSTN
 from gangealing.align.stn import (
     ComposedTransformer,
@@ -31,7 +32,7 @@ def build_paper_transformer(
         raise ValueError(
             f"resolution={resolution} does not fit transform=paper (the released STN regresses "
             "its flow at resolution / 8 down to 4 px): pass a power of two >= 64, or "
-            "transform=composed for the small CPU trunk"
+            "model=stn/small for the small CPU trunk"
         )
     if supersize % resolution:
         raise ValueError(
@@ -57,8 +58,9 @@ def build_transformer(transform: str, resolution: int, stn: dict[str, Any]) -> n
     padding = stn.get("padding_mode", "reflection")
     common = {"input_size": input_size, "widths": widths, "output_size": resolution}
     similarity = lambda: SimilarityTransformer(**common, padding_mode=padding)  # noqa: E731
+    flow_size = require_positive_int("model.flow_size", stn.get("flow_size", 16))
     flow = lambda: FlowTransformer(  # noqa: E731
-        **common, flow_size=int(stn.get("flow_size", 16)), padding_mode=padding
+        **common, flow_size=flow_size, padding_mode=padding
     )
     if transform == "similarity":
         return similarity()
