@@ -1,7 +1,6 @@
 """The real entry points, run as users run them, on tiny configs (W&B disabled)."""
 
 import json
-import zipfile
 
 import numpy as np
 import pytest
@@ -172,77 +171,3 @@ def test_multirun_over_model_and_patch(tmp_path):
 def test_gflops_cli(tmp_path):
     out = run_cli("diffusion_transformer.gflops", cwd=tmp_path).stdout
     assert "DiT-XL/2    118.6" in out and "DiT-XL/4     29.1" in out
-
-
-def test_wheels_run_from_any_directory(tmp_path):
-    """Configs travel inside the wheels: unpack them and compose outside the repository (one
-    command of each package; the other commands' configs compose in their packages' tests)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[2]
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path / "wheels"),
-            str(repo / "packages/common"),
-            str(repo / "packages/diffusion_transformer"),
-            str(repo / "packages/gpt_checkpoints"),
-            str(repo / "packages/gangealing"),
-        ],
-        check=True,
-    )
-    site = tmp_path / "site"
-    for wheel in (tmp_path / "wheels").glob("*.whl"):
-        zipfile.ZipFile(wheel).extractall(site)
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    code = (
-        "import diffusion_transformer, common; print(diffusion_transformer.__file__); "
-        "print(common.__file__)"
-    )
-    env_extra = {"PYTHONPATH": str(site)}
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=elsewhere,
-        capture_output=True,
-        text=True,
-        env={**__import__("os").environ, **env_extra},
-    )
-    assert str(site) in proc.stdout
-    out = run_cli(
-        "diffusion_transformer.train",
-        "model=xl",
-        "patch=2",
-        "--cfg",
-        "job",
-        cwd=elsewhere,
-        env_extra=env_extra,
-    ).stdout
-    assert "hidden_size: 1152" in out and "_target_: lightning.pytorch.Trainer" in out
-    out = run_cli(
-        "gpt_checkpoints.collect",
-        "task=cartpole",
-        "--cfg",
-        "job",
-        cwd=elsewhere,
-        env_extra=env_extra,
-    ).stdout
-    assert "iterations: 500" in out
-    out = run_cli(
-        "gangealing.train",
-        "generator=g.pt",
-        "--cfg",
-        "job",
-        cwd=elsewhere,
-        env_extra=env_extra,
-    ).stdout
-    assert "tv_weight: 1000.0" in out and "cutoff: 5" in out
