@@ -18,10 +18,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from common.digits import digits_split, load_digits_images
 from common.training import resumable_loader
 
 log = logging.getLogger(__name__)
@@ -53,20 +53,7 @@ def to_tensor(arr: np.ndarray) -> torch.Tensor:
 # ----------------------------------------------------------------------------- datasets
 def load_digits_tensors(image_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 1,797 real 8x8 handwritten digits: ``[N, 1, S, S]`` in [-1, 1], labels."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.from_numpy(digits.images).float().div(16.0).mul(2.0).sub(1.0).unsqueeze(1)
-    if image_size != 8:
-        images = F.interpolate(images, size=image_size, mode="bilinear", align_corners=False)
-    return images.clamp(-1, 1), torch.from_numpy(digits.target).long()
-
-
-def digits_split(num: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic split of digit indices into (train, held out)."""
-    order = np.random.default_rng(seed).permutation(num)
-    n_holdout = int(round(num * holdout_fraction))
-    return np.sort(order[n_holdout:]), np.sort(order[:n_holdout])
+    return load_digits_images(image_size)
 
 
 class ImageFolderDataset(Dataset):

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.checkpoint import atomic_save, safe_load
+from common.digits import digits_split, load_digits_images
 from common.metrics.inputs import default_cache_dir
 
 CLASSIFIER_FILE = "digits_classifier_v1.safetensors"
@@ -70,18 +71,7 @@ class DigitsClassifier(nn.Module):
 
 def load_digits_data() -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's digits as ``[1797, 1, 8, 8]`` floats in [-1, 1] and integer labels."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.from_numpy(digits.images).float().div(8.0).sub(1.0).unsqueeze(1)
-    return images, torch.from_numpy(digits.target).long()
-
-
-def digits_split(num: int = 1797, test_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic (train, held-out) index split used to train and test the classifier."""
-    order = np.random.default_rng(SEED).permutation(num)
-    n_test = int(round(num * test_fraction))
-    return np.sort(order[n_test:]), np.sort(order[:n_test])
+    return load_digits_images(8)
 
 
 def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -102,7 +92,7 @@ def train_digits_classifier(
     count keeps float reductions in a fixed order, so every machine trains the same weights.
     """
     images, labels = load_digits_data()
-    train, test = digits_split(len(images))
+    train, test = digits_split(len(images), 0.2, SEED)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

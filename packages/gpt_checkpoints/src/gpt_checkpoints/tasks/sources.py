@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from common.digits import load_digits_arrays
+
 SOURCES = ("digits", "digits_image", "mnist", "cifar10")
 
 
@@ -35,12 +37,9 @@ def _standardise(x_train: np.ndarray, x_test: np.ndarray, axis) -> tuple[np.ndar
 
 def _digits(image: bool) -> SupervisedData:
     """scikit-learn's 1,797 real 8x8 digits; a fixed stratified 80/20 split (seed 0)."""
-    from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    x = digits.images.astype(np.float32) / 16.0  # [N, 8, 8] in [0, 1]
-    y = digits.target.astype(np.int64)
+    x, y = load_digits_arrays()  # [N, 8, 8] in [0, 1]
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
     x_tr, x_te = _standardise(x_tr, x_te, axis=None)
     if image:
