@@ -81,27 +81,32 @@ def cli_main(monkeypatch, capsys, tmp_path):
 
 
 @pytest.fixture
-def cli_run(monkeypatch, capsys, tmp_path):
-    """Run a command's real ``main()`` in-process to completion (``sys.argv`` set as a shell
-    would, in ``tmp_path``); returns (stdout, stderr). The in-process twin of ``run_cli``."""
+def run_main(monkeypatch, capsys, tmp_path):
+    """Run a command's real ``main()`` in-process, ``sys.argv`` set as a shell would, in
+    ``tmp_path`` with W&B disabled; returns (exit code, stdout, stderr), exit code 0 when
+    ``main`` returns. The in-process twin of ``run_cli``."""
     import importlib
     import sys
 
+    from hydra.core.global_hydra import GlobalHydra
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
 
-    def _run(module: str, *args: str) -> tuple[str, str]:
-        from hydra.core.global_hydra import GlobalHydra
-
+    def _run(module: str, *args: str) -> tuple[int, str, str]:
         main = importlib.import_module(module).main
         GlobalHydra.instance().clear()
         monkeypatch.setattr(sys, "argv", [module, *args])
         capsys.readouterr()
+        code = 0
         try:
             main()
+        except SystemExit as stop:
+            code = stop.code or 0
         finally:
             GlobalHydra.instance().clear()
         captured = capsys.readouterr()
-        return captured.out, captured.err
+        return code, captured.out, captured.err
 
     return _run

@@ -6,7 +6,6 @@ import torch
 from common.checkpoint import atomic_save, safe_load
 from common.flops import count_macs
 from diffusion_transformer.gflops import gflops_table
-from diffusion_transformer.gflops import main as gflops_main
 from diffusion_transformer.models import BLOCK_TYPES, DiT, DiT_models, create_model, dit_flops
 
 
@@ -127,9 +126,10 @@ def test_gflops_reproduce_table_2_1_and_section_2_5():
     assert round(table["DiT-XL/2"] * 128 / 1000, 1) == 15.2
 
 
-def test_gflops_cli_prints_one_line_per_config(capsys):
-    gflops_main([])
-    lines = capsys.readouterr().out.strip().splitlines()
+def test_gflops_cli_prints_one_line_per_config(run_main):
+    code, out, _ = run_main("diffusion_transformer.gflops")
+    lines = out.strip().splitlines()
+    assert code == 0
     assert len(lines) == 12
     assert any(line.split() == ["DiT-XL/2", "118.6"] for line in lines)
 

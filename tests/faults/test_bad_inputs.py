@@ -151,7 +151,7 @@ CASES = [
     ),
     ("gangealing.pck", ["method=none", "dataset=nope", "root=x"], "nope"),
     ("gangealing.cluster_classifier", ["missing_run"], "no checkpoint at"),
-    ("diffusion_transformer.report", ["missing_sweep"], "is not a directory"),
+    ("diffusion_transformer.report", ["sweep=missing_sweep"], "is not a directory"),
 ]
 
 

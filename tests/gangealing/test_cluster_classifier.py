@@ -33,7 +33,7 @@ def _run(tmp_path, num_modes: int = 2):
     return run, module
 
 
-def test_classifier_starts_from_the_transformer_trunk_and_routes_real_images(tmp_path, cli_run):
+def test_classifier_starts_from_the_transformer_trunk_and_routes_real_images(tmp_path, run_main):
     run, module = _run(tmp_path)
     restored = load_run(run)
     torch.testing.assert_close(restored.target.modes(), module.target.modes())
@@ -41,7 +41,7 @@ def test_classifier_starts_from_the_transformer_trunk_and_routes_real_images(tmp
     trunk = restored.stn_ema.module[0].similarity.trunk.state_dict()
     for name, value in fresh.trunk.state_dict().items():
         torch.testing.assert_close(value, trunk[name])
-    out, _ = cli_run("gangealing.cluster_classifier", f"run={run}", "steps=5", "batch_size=8")
+    _, out, _ = run_main("gangealing.cluster_classifier", f"run={run}", "steps=5", "batch_size=8")
     assert "accuracy on generated images" in out
     record = safe_load(run / "congealer.pt")["classifier"]
     assert record["num_modes"] == 2 and record["widths"] == [8, 8]
@@ -83,9 +83,11 @@ def test_nan_gradients_stop_the_classifier_or_are_skipped(tmp_path, cli_main):
     assert (run / "congealer.pt").read_bytes() == before
 
 
-def test_the_former_argparse_spelling_still_works_with_a_deprecation_line(tmp_path, cli_run):
+def test_the_former_argparse_spelling_still_works_with_a_deprecation_line(tmp_path, run_main):
     run, _ = _run(tmp_path)
-    out, err = cli_run("gangealing.cluster_classifier", str(run), "--steps", "2", "--batch-size=4")
+    _, out, err = run_main(
+        "gangealing.cluster_classifier", str(run), "--steps", "2", "--batch-size=4"
+    )
     assert "accuracy on generated images (last 2 steps)" in out
     command = "python -m gangealing.cluster_classifier"
     assert f"warning: a bare run is deprecated in {command}; use run={run}" in err

@@ -166,10 +166,10 @@ def test_aligning_above_the_generator_resolution_warns(generator_path):
         GangealingModule(str(generator_path), **{**TINY, "resolution": 32})
 
 
-def test_the_former_flat_keys_still_compose_with_a_deprecation_line(cli_run):
+def test_the_former_flat_keys_still_compose_with_a_deprecation_line(run_main):
     """``transform=``/``stn.*`` (now the ``model`` group of ``train``) and ``gan=``/``gan.*`` (of
     ``train_gan``) keep working for one release."""
-    out, err = cli_run(
+    _, out, err = run_main(
         "gangealing.train", "generator=g.pt", "transform=flow", "stn.widths=[8]", "--cfg", "job"
     )
     assert "transform: flow" in out and "widths:\n  - 8" in out.replace("    - 8", "  - 8")
@@ -177,7 +177,7 @@ def test_the_former_flat_keys_still_compose_with_a_deprecation_line(cli_run):
     legacy = "use model=stn/small model.transform=flow"
     assert f"warning: transform= is deprecated in {command}; {legacy}" in err
     assert "use model.widths=[8]" in err
-    out, err = cli_run("gangealing.train_gan", "gan=paper", "gan.n_mlp=3", "--cfg", "job")
+    _, out, err = run_main("gangealing.train_gan", "gan=paper", "gan.n_mlp=3", "--cfg", "job")
     assert "style_dim: 512" in out and "n_mlp: 3" in out
     assert "use model=stylegan2/paper" in err
 

@@ -171,7 +171,9 @@ def test_a_trained_paper_model_exports_to_a_congealer_with_the_official_warps(
     assert not plain.flipped.any()
 
 
-def test_paper_cluster_classifier_is_the_flip_aware_official_one(tmp_path, generator_path, cli_run):
+def test_paper_cluster_classifier_is_the_flip_aware_official_one(
+    tmp_path, generator_path, run_main
+):
     """Official ``train_cluster_classifier.py``: 2K logits (cluster x mirror), initialised from
     the similarity stage's trunk; stored in ``congealer.pt`` and used to route real images."""
     _, run = _train_and_save(tmp_path, generator_path, num_modes=2, flips=True)
@@ -182,7 +184,7 @@ def test_paper_cluster_classifier_is_the_flip_aware_official_one(tmp_path, gener
     for name, value in fresh.state_dict().items():
         if name.startswith(("convs.", "final_conv.")):
             torch.testing.assert_close(value, similarity[name])
-    out, _ = cli_run("gangealing.cluster_classifier", f"run={run}", "steps=2", "batch_size=2")
+    _, out, _ = run_main("gangealing.cluster_classifier", f"run={run}", "steps=2", "batch_size=2")
     assert "accuracy on generated images" in out
     record = safe_load(run / "congealer.pt")["classifier"]
     assert record["kind"] == "official" and record["num_modes"] == 2

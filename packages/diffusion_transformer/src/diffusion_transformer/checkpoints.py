@@ -19,7 +19,7 @@ import torch
 from common.checkpoint import checkpoint_kind, safe_load
 from diffusion_transformer.models import DIT_CONFIGS, DiT, DiT_models
 
-_HEADS_BY_WIDTH = {hidden: heads for _depth, hidden, heads in DIT_CONFIGS.values()}
+_HEADS_BY_WIDTH = {size.hidden_size: size.num_heads for size in DIT_CONFIGS.values()}
 
 
 def infer_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -149,8 +149,7 @@ def load_dit(
         if model not in DiT_models:
             raise KeyError(f"unknown DiT model {model!r}; valid names: {', '.join(DiT_models)}")
         size, patch = model[len("DiT-") :].split("/")
-        depth, hidden, heads = DIT_CONFIGS[size]
-        config.update(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=int(patch))
+        config.update(**DIT_CONFIGS[size]._asdict(), patch_size=int(patch))
     if image_size is not None:
         config["input_size"] = image_size // 8 if config.get("in_channels", 4) == 4 else image_size
     if num_classes is not None:

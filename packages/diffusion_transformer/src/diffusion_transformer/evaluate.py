@@ -1,6 +1,7 @@
 """Score samples against a reference: ``python -m diffusion_transformer.evaluate``.
 
-    python -m diffusion_transformer.evaluate samples=outputs/sample/<run>/samples.npz \\
+    python -m diffusion_transformer.evaluate \\
+        samples=outputs/diffusion_transformer/sample/<run>/samples.npz \\
         reference=VIRTUAL_imagenet256_labeled.npz metrics.names=[fid,is,precision,recall] \\
         metrics.inception_weights=/models/weights-inception-2015-12-05-6726825d.pth
     python -m diffusion_transformer.evaluate samples=<npz> reference=digits \\

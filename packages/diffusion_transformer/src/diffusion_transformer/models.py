@@ -1,12 +1,15 @@
 """Diffusion Transformers (DiT), thesis chapter 2.
 
 One file, as in the official code: patchify, four conditioning block designs (Sec. 2.3.2, Fig. 2.3),
-the linear decoder, the registry of the twelve Table 2.1 configurations, and the analytic Gflops
-count. Parameter names equal the released checkpoints', so ``DiT-XL-2-256x256.pt`` loads with
-``strict=True`` into ``DiT_models["DiT-XL/2"]()``.
+the linear decoder, and the registry of the twelve Table 2.1 models (``DiT_XL_2`` ... ``DiT_S_8``)
+over ``DIT_CONFIGS``, the one table of model sizes (the Hydra model configs read it too).
+Parameter names equal the released checkpoints', so ``DiT-XL-2-256x256.pt`` loads with
+``strict=True`` into ``DiT_models["DiT-XL/2"]()``. Gflops: ``diffusion_transformer.flops``.
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -20,6 +23,7 @@ from common.layers import (
     get_2d_sincos_pos_embed,
     modulate,
 )
+from diffusion_transformer.flops import dit_flops
 
 BLOCK_TYPES = ("adaln_zero", "adaln", "in_context", "cross_attention")
 
@@ -311,82 +315,99 @@ class DiT(nn.Module):
         return self.flops()["total"] / 1e9
 
 
-def dit_flops(
-    input_size: int = 32,
-    patch_size: int = 2,
-    in_channels: int = 4,
-    hidden_size: int = 1152,
-    depth: int = 28,
-    mlp_ratio: float = 4.0,
-    learn_sigma: bool = True,
-    block: str = "adaln_zero",
-) -> dict[str, int]:
-    """Forward flops per image in the DiT paper's convention (Table 2.1, Sec. 2.3.2).
-
-    One multiply-add is one flop. ``matmul``: every matrix product (patchify, every linear layer
-    including the adaLN regressions and the timestep MLP, attention's ``QK^T`` and ``AV``); this
-    equals ``common.flops.count_macs`` of a real forward pass. ``elementwise``: one flop per token
-    channel for each elementwise transform that feeds a matrix product (per self-attention block:
-    the two (adaptive) layer-norm modulations and the attention query scaling; the cross-attention
-    block adds its norm and query scaling), the final modulation and the position-embedding
-    addition. Matrix products alone give 29.04 for DiT-XL/4, below the paper's 29.05; with the
-    elementwise terms the count reproduces Table 2.1 (S/B/L/XL at p=4: 1.4/5.6/19.7/29.1),
-    XL/2 118.6, XL/2 at 512px 524.6, in-context 119.4 and cross-attention 137.6 (Sec. 2.5).
-    """
-    d, p = hidden_size, patch_size
-    c_out = in_channels * 2 if learn_sigma else in_channels
-    tokens = (input_size // p) ** 2
-    seq = tokens + 2 if block == "in_context" else tokens
-    mlp_hidden = int(d * mlp_ratio)
-    embed = tokens * in_channels * p * p * d + 256 * d + d * d  # patchify + timestep MLP
-    per_block = seq * (3 * d * d + d * d + 2 * d * mlp_hidden) + 2 * seq * seq * d
-    per_block_elementwise = 3 * seq * d
-    final = tokens * d * p * p * c_out
-    if block == "adaln_zero":
-        per_block += 6 * d * d
-        final += 2 * d * d
-    elif block == "adaln":
-        per_block += 4 * d * d
-        final += 2 * d * d
-    elif block == "cross_attention":
-        # q and output projections over the tokens, k/v over 2 condition tokens, attention.
-        per_block += 2 * seq * d * d + 2 * 2 * d * d + 2 * seq * 2 * d
-        per_block_elementwise += 2 * seq * d
-    matmul = embed + depth * per_block + final
-    elementwise = depth * per_block_elementwise + 2 * tokens * d
-    return {"matmul": matmul, "elementwise": elementwise, "total": matmul + elementwise}
-
-
 #################################################################################
 #                                   DiT Configs                                 #
 #################################################################################
 
-#: Table 2.1: name -> (layers N, hidden size d, heads).
-DIT_CONFIGS = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+
+class DiTSize(NamedTuple):
+    """One row of Table 2.1: layers N, hidden size d and attention heads of a DiT model size."""
+
+    depth: int
+    hidden_size: int
+    num_heads: int
+
+
+#: Table 2.1, the one table of model sizes: the registry below and ``conf/model/*.yaml`` read it.
+DIT_CONFIGS: dict[str, DiTSize] = {
+    "S": DiTSize(depth=12, hidden_size=384, num_heads=6),
+    "B": DiTSize(depth=12, hidden_size=768, num_heads=12),
+    "L": DiTSize(depth=24, hidden_size=1024, num_heads=16),
+    "XL": DiTSize(depth=28, hidden_size=1152, num_heads=16),
+}
 PATCH_SIZES = (2, 4, 8)
 
 
-def _make_constructor(size: str, patch: int):
-    depth, hidden, heads = DIT_CONFIGS[size]
+def size_value(size: str, key: str, override: int | None = None) -> int:
+    """``key`` (a ``DiTSize`` field) of Table 2.1's ``size``, or ``override`` when it is set."""
+    if override is not None:
+        return override
+    if size not in DIT_CONFIGS:
+        raise ValueError(
+            f"model size {size!r} is not in Table 2.1 ({', '.join(DIT_CONFIGS)}): pick one with "
+            f"model=s|b|l|xl, or set model.{key}=<value> for a size of your own"
+        )
+    return getattr(DIT_CONFIGS[size], key)
 
-    def constructor(**kwargs) -> DiT:
-        return DiT(depth=depth, hidden_size=hidden, patch_size=patch, num_heads=heads, **kwargs)
 
-    constructor.__name__ = f"DiT_{size}_{patch}"
-    constructor.__doc__ = f"DiT-{size}/{patch}: {depth} layers, hidden {hidden}, {heads} heads."
-    return constructor
+def DiT_XL_2(**kwargs: Any) -> DiT:
+    return DiT(patch_size=2, **DIT_CONFIGS["XL"]._asdict(), **kwargs)
 
 
+def DiT_XL_4(**kwargs: Any) -> DiT:
+    return DiT(patch_size=4, **DIT_CONFIGS["XL"]._asdict(), **kwargs)
+
+
+def DiT_XL_8(**kwargs: Any) -> DiT:
+    return DiT(patch_size=8, **DIT_CONFIGS["XL"]._asdict(), **kwargs)
+
+
+def DiT_L_2(**kwargs: Any) -> DiT:
+    return DiT(patch_size=2, **DIT_CONFIGS["L"]._asdict(), **kwargs)
+
+
+def DiT_L_4(**kwargs: Any) -> DiT:
+    return DiT(patch_size=4, **DIT_CONFIGS["L"]._asdict(), **kwargs)
+
+
+def DiT_L_8(**kwargs: Any) -> DiT:
+    return DiT(patch_size=8, **DIT_CONFIGS["L"]._asdict(), **kwargs)
+
+
+def DiT_B_2(**kwargs: Any) -> DiT:
+    return DiT(patch_size=2, **DIT_CONFIGS["B"]._asdict(), **kwargs)
+
+
+def DiT_B_4(**kwargs: Any) -> DiT:
+    return DiT(patch_size=4, **DIT_CONFIGS["B"]._asdict(), **kwargs)
+
+
+def DiT_B_8(**kwargs: Any) -> DiT:
+    return DiT(patch_size=8, **DIT_CONFIGS["B"]._asdict(), **kwargs)
+
+
+def DiT_S_2(**kwargs: Any) -> DiT:
+    return DiT(patch_size=2, **DIT_CONFIGS["S"]._asdict(), **kwargs)
+
+
+def DiT_S_4(**kwargs: Any) -> DiT:
+    return DiT(patch_size=4, **DIT_CONFIGS["S"]._asdict(), **kwargs)
+
+
+def DiT_S_8(**kwargs: Any) -> DiT:
+    return DiT(patch_size=8, **DIT_CONFIGS["S"]._asdict(), **kwargs)
+
+
+#: The twelve models of Table 2.1 by their paper names, as the official ``DiT_models``.
 DiT_models = {
-    f"DiT-{size}/{patch}": _make_constructor(size, patch)
-    for size in ("XL", "L", "B", "S")
-    for patch in PATCH_SIZES
-}
-for _name, _fn in DiT_models.items():
-    globals()[_fn.__name__] = _fn
+    "DiT-XL/2": DiT_XL_2, "DiT-XL/4": DiT_XL_4, "DiT-XL/8": DiT_XL_8,
+    "DiT-L/2": DiT_L_2, "DiT-L/4": DiT_L_4, "DiT-L/8": DiT_L_8,
+    "DiT-B/2": DiT_B_2, "DiT-B/4": DiT_B_4, "DiT-B/8": DiT_B_8,
+    "DiT-S/2": DiT_S_2, "DiT-S/4": DiT_S_4, "DiT-S/8": DiT_S_8,
+}  # fmt: skip
 
 
-def create_model(name: str, **kwargs) -> DiT:
+def create_model(name: str, **kwargs: Any) -> DiT:
     """Build a registered DiT, with an error that lists the valid names."""
     if name not in DiT_models:
         raise KeyError(f"unknown DiT model {name!r}; valid names: {', '.join(DiT_models)}")

@@ -1,7 +1,9 @@
-"""Gather a sweep into the thesis' scaling figures: ``python -m diffusion_transformer.report DIR``.
+"""Gather a sweep into the thesis' scaling figures (Figs. 2.8, 2.10, 2.11).
 
-Reads every ``run_summary.json`` / ``eval.jsonl`` pair under ``DIR`` (a Hydra multirun directory
-of ``diffusion_transformer.train``) and writes to ``DIR/report`` (or ``--out``):
+    python -m diffusion_transformer.report sweep=<multirun dir of diffusion_transformer.train>
+
+Reads every ``run_summary.json`` / ``eval.jsonl`` pair under ``sweep`` and writes to
+``<sweep>/report`` (or ``out=``):
 
 - ``fid_vs_gflops.csv``: one row per (run, metric, step, sampling steps) with ``model``, ``patch``,
   ``gflops``, ``train_compute``, ``metric``, ``value``, ``step``, ``sampling_steps``,
@@ -14,12 +16,13 @@ of ``diffusion_transformer.train``) and writes to ``DIR/report`` (or ``--out``):
 - ``correlations.json``.
 
 The same table and figures go to W&B (``wandb.Table``, ``wandb.plot.scatter``) unless
-``--wandb disabled``; the default follows ``WANDB_MODE`` and is ``offline`` (no account needed).
+``wandb=disabled``; the default follows ``WANDB_MODE`` and is ``offline`` (no account needed).
+The former ``report DIR --out ... --wandb ...`` spelling still works for one release, with a
+deprecation line.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -29,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
 
-from common.cli import user_errors
+from common.cli import hydra_main
 from common.runs import expected_jobs
 
 COLUMNS = (
@@ -52,6 +56,7 @@ COLUMNS = (
     "run_dir",
 )
 MODEL_ORDER = {"S": 0, "B": 1, "L": 2, "XL": 3}
+WANDB_MODES = ("offline", "online", "disabled")
 
 
 def collect(root: str | Path) -> list[dict[str, Any]]:
@@ -359,6 +364,10 @@ def report(
 ) -> dict[str, Any]:
     """Write the table, figures and correlations of a sweep and log them to the sweep's W&B
     project and group (``project``/``group`` override what the runs recorded)."""
+    if wandb_mode not in (None, *WANDB_MODES):
+        raise ValueError(
+            f"wandb={wandb_mode!r} is not a W&B mode; pass one of {', '.join(WANDB_MODES)}"
+        )
     rows = collect(root)
     metrics = sorted({r["metric"] for r in rows})
     if metric is None:
@@ -409,23 +418,21 @@ def report(
     return result
 
 
-@user_errors
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("root", help="multirun directory of diffusion_transformer.train")
-    parser.add_argument("--out", default=None, help="output folder (default ROOT/report)")
-    parser.add_argument("--metric", default=None, help="metric to plot (default fid or fd_digits)")
-    parser.add_argument(
-        "--wandb",
-        default=None,
-        choices=["offline", "online", "disabled"],
-        help="W&B mode (default $WANDB_MODE or offline)",
-    )
-    parser.add_argument("--project", default=None, help="W&B project (default: the runs')")
-    parser.add_argument("--group", default=None, help="W&B group (default: the runs')")
-    args = parser.parse_args(argv)
-    report(args.root, args.out, args.metric, args.wandb, args.project, args.group)
+LEGACY_FLAGS = {f"--{key}": key for key in ("out", "metric", "wandb", "project", "group")}
+
+
+@hydra_main(
+    "report",
+    input_paths=("sweep", "out"),
+    legacy_flags=LEGACY_FLAGS,
+    legacy_positional=("sweep",),
+)
+def main(cfg: DictConfig) -> None:
+    report(cfg.sweep, cfg.out, cfg.metric, cfg.wandb, cfg.project, cfg.group)
 
 
 if __name__ == "__main__":
-    main()
+    # Through the imported module, so that messages name diffusion_transformer.report.
+    from diffusion_transformer.report import main as _main
+
+    _main()

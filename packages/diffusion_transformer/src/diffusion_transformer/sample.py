@@ -1,6 +1,7 @@
 """Sample images from a DiT checkpoint (ours or an official one).
 
-    python -m diffusion_transformer.sample ckpt=outputs/train/<run>/checkpoints/last.ckpt
+    python -m diffusion_transformer.sample \\
+        ckpt=outputs/diffusion_transformer/train/<run>/checkpoints/last.ckpt
     python -m diffusion_transformer.sample ckpt=DiT-XL-2-256x256.pt vae=/models/sd-vae-ft-ema \\
         cfg_scale=4.0 labels=[207,360,387,974] sampler=ddpm steps=250
 

@@ -84,9 +84,9 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
 CHECKS = {
     "seed": "int>=0",
     "patch": "int>=1",
-    "model.depth": "int>=1",
-    "model.hidden_size": "int>=1",
-    "model.num_heads": "int>=1",
+    "model.depth": "int>=1|null",  # null: Table 2.1's value for model.size
+    "model.hidden_size": "int>=1|null",
+    "model.num_heads": "int>=1|null",
     "model.mlp_ratio": ">0",
     "data.datamodule.batch_size": "int>=1",
     "optim.lr": ">0",
