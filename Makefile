@@ -29,7 +29,7 @@ test-all: $(STAMP)
 	WANDB_MODE=disabled $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for script in benchmarks/[!_]*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 lint: $(STAMP)
 	$(PY) -m ruff check packages tests benchmarks

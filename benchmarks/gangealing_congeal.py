@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from _timing import round_robin
 from gangealing.align.official_stn import OfficialComposedSTN
 
 
@@ -61,19 +61,8 @@ def main() -> None:
         "iters=3, flips": run(3, True),
         "iters=1, plain bilinear": run(1, False, plain=True),
     }
-    times: dict[str, list[float]] = {k: [] for k in rows}
     with torch.inference_mode():
-        for fn in rows.values():  # warm-up
-            fn()
-        for r in range(args.rounds):
-            for name in list(rows)[:: 1 if r % 2 == 0 else -1]:
-                if cuda:
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                rows[name]()
-                if cuda:
-                    torch.cuda.synchronize()
-                times[name].append(time.perf_counter() - t0)
+        times = round_robin(rows, args.rounds)
     print(f"official STN, {params / 1e6:.1f}M parameters, batch {args.batch}, {device}")
     base = statistics.median(times["iters=1"])
     print(f"{'row':<26}{'img/s':>9}{'ms/batch':>10}{'x iters=1':>11}")

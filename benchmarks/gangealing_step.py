@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from _timing import round_robin
 from gangealing.stylegan2.networks import Generator, save_generator
 from gangealing.training.module import GangealingModule
 
@@ -54,18 +54,7 @@ def main() -> None:
         module.on_fit_start()
         optimiser = torch.optim.Adam(module.stns.parameters(), lr=1e-3)
         steps[name] = (module, optimiser)
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for module, optimiser in steps.values():  # warm-up
-        _step(module, optimiser)
-    for r in range(args.rounds):
-        for name in list(steps)[:: 1 if r % 2 == 0 else -1]:
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            _step(*steps[name])
-            if cuda:
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - t0)
+    times = round_robin({name: lambda s=s: _step(*s) for name, s in steps.items()}, args.rounds)
     print(f"GANgealing step, 256 px StyleGAN2, flow size 128, batch {args.batch}, {device}")
     base = statistics.median(times["paper"])
     print(f"{'row':<14}{'samples/s':>11}{'ms/step':>10}{'T params':>11}{'x paper':>9}")

@@ -10,8 +10,8 @@ folds the channels into the batch and runs a single-channel ``conv2d``, which gi
 numbers. Columns: images/s (batch over the median iteration time), ms per iteration, and the
 speed-up over the baseline row.
 
-CPU default: ``model=stylegan2/tiny`` widths at 32x32, batch 16. On CUDA: the ``model=stylegan2/paper`` widths at 256x256,
-batch 32 (the thesis' GAN resolution, Sec. 4.4.2).
+CPU default: ``model=stylegan2/tiny`` widths at 32x32, batch 16. On CUDA: the
+``model=stylegan2/paper`` widths at 256x256, batch 32 (the thesis' GAN resolution, Sec. 4.4.2).
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     parser.add_argument("--resolution", type=int, default=256 if cuda else 32)
     parser.add_argument("--batch-size", type=int, default=32 if cuda else 16)
-    parser.add_argument("--paper", action="store_true", default=cuda, help="model=stylegan2/paper widths")
+    parser.add_argument(
+        "--paper", action="store_true", default=cuda, help="model=stylegan2/paper widths"
+    )
     parser.add_argument("--steps", type=int, default=20 if cuda else 10)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -22,7 +24,12 @@ def _run(tmp_path, num_modes: int = 2):
     with torch.no_grad():  # distinct transformers, so routing is visible
         for k, stn in enumerate(module.stn_ema.module):
             stn.similarity.head[-1].bias.copy_(torch.tensor([0.3 * k, 0.0, 0.1 * k, 0.0]))
-    run = tmp_path / "run"
+    return save_run(module, tmp_path / "run"), module
+
+
+def save_run(module: GangealingModule, run: Path) -> Path:
+    """A run folder as ``gangealing.train`` leaves it: ``checkpoints/last.ckpt`` (what
+    ``load_run`` reads) and ``congealer.pt``."""
     ckpt = {
         "hyper_parameters": plain_container(dict(module.hparams)),
         "state_dict": module.state_dict(),
@@ -30,7 +37,7 @@ def _run(tmp_path, num_modes: int = 2):
     }
     atomic_save(ckpt, run / "checkpoints" / "last.ckpt")
     atomic_save(module.export(), run / "congealer.pt")
-    return run, module
+    return run
 
 
 def test_classifier_starts_from_the_transformer_trunk_and_routes_real_images(tmp_path, run_main):

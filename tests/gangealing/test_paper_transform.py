@@ -15,7 +15,7 @@ import lightning as L
 import pytest
 import torch
 
-from common.checkpoint import atomic_save, plain_container, safe_load
+from common.checkpoint import safe_load
 from gangealing.align.congealer import Congealer
 from gangealing.align.official_stn import OfficialClusterClassifier, OfficialComposedSTN
 from gangealing.align.released import ReleasedCongealer, infer_architecture
@@ -23,6 +23,7 @@ from gangealing.align.sampling import BilinearDownsample
 from gangealing.stylegan2.networks import Generator, save_generator
 from gangealing.training.cluster_classifier import load_run, train_cluster_classifier
 from gangealing.training.module import GangealingModule
+from tests.gangealing.test_cluster_classifier import save_run
 
 G128 = {
     "size": 128,
@@ -140,15 +141,7 @@ def _train_and_save(tmp_path, generator_path, **overrides) -> tuple:
     trainer.fit(module)
     changed = [k for k, v in module.stns.state_dict().items() if not torch.equal(v, before[k])]
     assert any("warp_head" in k for k in changed)  # the zero-initialised heads learn
-    run = tmp_path / "run"
-    ckpt = {
-        "hyper_parameters": plain_container(dict(module.hparams)),
-        "state_dict": module.state_dict(),
-        "generator_fingerprint": module.fingerprint,
-    }
-    atomic_save(ckpt, run / "checkpoints" / "last.ckpt")
-    atomic_save(module.export(), run / "congealer.pt")
-    return module, run
+    return module, save_run(module, tmp_path / "run")
 
 
 def test_a_trained_paper_model_exports_to_a_congealer_with_the_official_warps(

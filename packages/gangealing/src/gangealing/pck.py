@@ -1,18 +1,9 @@
-"""PCK-Transfer evaluation: ``python -m gangealing.pck congealer=... dataset=...``.
+"""PCK-Transfer evaluation (thesis Sec. 4.4.2):
+``python -m gangealing.pck congealer=<run> dataset=spair|cub|synthetic root=<...>``.
 
-Thesis Sec. 4.4.2 ("Quantitative Results"): keypoints of a source image x_A are transferred to a
-target image x_B through congealed space, *forward* with A's warp and *reverse* with B's warp
-(:func:`gangealing.align.stn.image_to_image_points`), and PCK-Transfer@alpha counts the transfers
-that land within ``alpha * threshold`` of B's ground truth (``alpha_bbox`` for SPair-71k, ``max(H,
-W)`` for CUB and the synthetic benchmark). When the Spatial Transformer flips exactly one image of a
-pair, keypoints with a left/right distinction are swapped by the dataset's permutation (the last
-sentence of Sec. 4.4.2).
-
-Methods: ``gangealing`` (a trained ``congealer.pt``), ``congealing`` (classic least-squares pixel
-congealing of the evaluation images themselves, Sec. 4.2) and ``none`` (identity transfer).
-Writes ``<out>/pck.json`` with ``pck@<alpha>`` (percent), counts, method, dataset and config.
-The evaluation itself is ``gangealing.eval.benchmark``; ``gangealing.evaluate_pck`` is the old
-name of this command.
+Methods ``gangealing`` (a congealer: ours or a released one), ``congealing`` (classic pixel
+congealing) and ``none``; writes ``<out>/pck.json``. The protocols and transfers are documented
+in ``gangealing.eval.benchmark``; ``gangealing.evaluate_pck`` is the old name of this command.
 """
 
 from __future__ import annotations

@@ -1,28 +1,8 @@
-"""Automated GAN dataset pre-processing (thesis Sec. 4.4.3, Fig. 4.6).
+"""Automated GAN dataset pre-processing (thesis Sec. 4.4.3):
+``python -m gangealing.preprocess congealer=<run> images=<folder> out=<dir> keep=0.9 size=256``.
 
-``python -m gangealing.preprocess congealer=<run> images=<folder> out=<dir> keep=0.9 size=256``
-
-1. Score every image by how smoothly the congealer warps it
-   (:func:`gangealing.apps.correspondence.flow_smoothness_scores` on the residual flow
-   ``STNOutput.flow``, the official ``flow_scores``; lower is better): rough flows flag images the
-   aligner cannot explain (occlusions, several objects, wrong category).
-   A congealer with only a similarity stage has no flow; its images are ranked by the similarity
-   scale instead, ``score = -log s`` with ``s`` the scale of the reverse similarity matrix: the
-   smaller the object in the image, the more its aligned crop is upsampled and blurred.
-2. Keep the best ``keep`` fraction (at least one image) and, among them, drop the ones the
-   official ``congeal_dataset.py`` drops: aligned crops that sample more than
-   ``max_out_of_bounds`` of their pixels beyond the photo (official threshold 0.025; with
-   ``square=border_pad`` the photo is padded, not cropped, as official ``border_pad``, and the
-   padding counts as beyond), and crops whose object covers fewer than
-   ``min_effective_resolution`` pixels of the photo (official 192 at 256 px output; measured
-   here as the crop's side in photo pixels, scale x square side, where the official code
-   multiplies by the photo's short side).
-3. Write the kept images *similarity-aligned* (the thesis aligns datasets with the similarity
-   Spatial Transformer, so objects keep their shape), sampled once from the original pixels at
-   ``size`` x ``size``. A flow-only congealer has no similarity stage: its full warp is written.
-
-Outputs: ``ranking.csv`` (``file,score,out_of_bounds,effective_resolution,kept``, best first)
-and ``aligned/<file>.png``.
+Ranks the images by warp quality, filters them as the official ``congeal_dataset.py`` does and
+writes ``ranking.csv`` and ``aligned/``; the steps are documented in ``gangealing.apps.preprocess``.
 """
 
 from __future__ import annotations

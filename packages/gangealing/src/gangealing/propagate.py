@@ -1,23 +1,8 @@
-"""Propagate one edit from congealed space to a folder of images (thesis Sec. 4.4.1, Fig. 4.4).
+"""Propagate one edit from congealed space to a folder of images (thesis Sec. 4.4.1):
+``python -m gangealing.propagate congealer=<run> images=<folder> edit=<file> size=256``.
 
-``python -m gangealing.propagate congealer=<run> images=<folder> edit=<file> size=256``
-
-The edit is drawn on the average congealed image (``average.png`` of ``gangealing.congeal``), at
-any resolution (it is resized to ``size`` x ``size``, nearest neighbour for labels):
-
-- an RGBA PNG with transparency: an **overlay** composited onto every image -> ``edited/``;
-- a single-channel or palette PNG of class indices 0..K-1: a **label map** -> ``labels/`` (8-bit
-  palette PNGs holding the class index, 255 where no congealed pixel lands) and ``overlays/``
-  (the colours blended over the image; class 0 counts as background and is not drawn);
-- a ``.json`` file: **keypoints** in congealed pixels, either ``[[x, y], ...]`` at ``size`` or
-  ``{"points": [[x, y], ...], "size": S}`` at resolution S -> ``keypoints/`` (points drawn on the
-  images) and ``keypoints.json`` (every image's points, in-image visibility and flip).
-
-Images are loaded center-cropped at ``image_size`` (default ``size``); the congealer runs at
-``size`` and its grids, being normalised, map straight into the ``image_size`` images.
-Videos: extract frames first, ``ffmpeg -i video.mp4 frames/%05d.png``, propagate with
-``images=frames``, and reassemble ``ffmpeg -i <out>/edited/%05d.png edited.mp4`` (the thesis
-applies T per frame, without temporal information).
+The edit kinds (overlay, label map, keypoints) and the outputs are documented in
+``gangealing.apps.propagate``.
 """
 
 from __future__ import annotations
