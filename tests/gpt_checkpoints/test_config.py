@@ -6,6 +6,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from gpt_checkpoints.model.gpt import GPT_CONFIGS, Gpt
+from gpt_checkpoints.model.module import sized_config
 from gpt_checkpoints.params.layout import ParamLayout
 from gpt_checkpoints.tasks.networks import CNN, MLP
 
@@ -18,18 +19,22 @@ def _compose(name: str, overrides: list[str]):
 def test_default_train_config_is_the_cpu_digits_recipe():
     cfg = _compose("train", [])
     assert (cfg.task.name, cfg.metric.name, cfg.metric.best) == ("mlp_digits", "test_loss", "min")
-    assert cfg.model.hidden_size == GPT_CONFIGS["small"]["hidden_size"]
-    assert cfg.model.max_token_size <= cfg.model.hidden_size  # M below the hidden size
+    model = sized_config(dict(cfg.model))
+    assert cfg.model.size == "small" and cfg.model.hidden_size is None  # numbers: the table's
+    assert model["hidden_size"] == GPT_CONFIGS["small"]["hidden_size"] == 128
+    assert model["max_token_size"] <= model["hidden_size"]  # M below the hidden size
+    bigger = sized_config(dict(_compose("train", ["model.hidden_size=256"]).model))
+    assert (bigger["hidden_size"], bigger["depth"]) == (256, 4)  # a number overrides the size
     assert cfg.task.recipe.lr == 0.1 and cfg.task.recipe.weight_decay == 5e-4
 
 
 @pytest.mark.parametrize("model", ["paper"])
 def test_paper_model_on_the_mnist_mlp(model):
     cfg = _compose("train", [f"model={model}", "task=mlp_mnist", "metric=test_error"])
-    assert (cfg.model.hidden_size, cfg.model.depth, cfg.model.num_heads) == (1536, 12, 12)
+    kw = sized_config(dict(cfg.model))
+    assert (kw["hidden_size"], kw["depth"], kw["num_heads"]) == (1536, 12, 12)
     layout = ParamLayout.from_module(MLP(784))
     assert layout.num_params == 784 * 10 + 10 + 10 * 10 + 10
-    kw = {k: v for k, v in cfg.model.items() if k != "size"}
     import torch
 
     with torch.device("meta"):
@@ -49,3 +54,10 @@ def test_collect_configs_for_every_task():
         cfg = _compose("collect", [f"task={task}"])
         assert cfg.checkpoints_per_run == 200 and recipe_key in cfg.task.recipe
     assert CNN(3).conv1.in_channels == 3
+
+
+def test_an_unknown_size_names_the_sizes():
+    with pytest.raises(
+        ValueError, match="model.size='huge' is not a G.pt size; choose one of small"
+    ):
+        sized_config({"size": "huge"})

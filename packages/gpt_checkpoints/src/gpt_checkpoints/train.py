@@ -9,29 +9,19 @@ trains with AdamW and an EMA, and writes ``checkpoints/last.ckpt`` (resumable wi
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import lightning as L
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from common.cli import hydra_main
-from common.runs import Job, run_job
+from common.runs import Job, TrainResult, run_job
 from common.training import build_trainer
 from gpt_checkpoints.dataset.datamodule import CheckpointDataModule
 from gpt_checkpoints.dataset.store import METRIC_UNITS
-from gpt_checkpoints.model.module import GptModule
 from gpt_checkpoints.model.official import PRESETS
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    checkpoint: Path
-    export: Path
-    module: GptModule
 
 
 def train(cfg: DictConfig) -> TrainResult | None:
@@ -68,7 +58,7 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
     else:
         normalizer = datamodule.normalizer(per_layer=cfg.normalization == "per_layer")
         layer_scales = normalizer.layer_scales
-    module = GptModule(
+    module = instantiate(cfg.module)(
         model=model_cfg,
         layout=datamodule.layout.to_list(),
         task={
@@ -76,17 +66,11 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
             "data_root": cfg.task.get("data_root"),
             "recipe": manifest["recipe"],
         },
-        metric=cfg.metric.name,
         metric_range=list(datamodule.metric_range()),
         metric_units={k: v for k, v in METRIC_UNITS.items() if k == cfg.metric.name},
         layer_scales=layer_scales,
         metric_encoding="raw" if official else "range",
         permutation_groups=datamodule.permutation_groups,
-        diffusion=OmegaConf.to_container(cfg.diffusion, resolve=True),
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        ema_decay=cfg.ema_decay,
-        augment=cfg.augment,
-        seed=cfg.seed,
     )
     trainer: L.Trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)

@@ -56,9 +56,22 @@ def build_network(model: dict[str, Any], layout: ParamLayout, groups: list) -> t
         preset = model.pop("preset", None)
         config = {**(preset_architecture(preset) if preset else {}), **model}
         return OfficialGpt(layout.sizes, **{k: config[k] for k in ARCHITECTURE_KEYS if k in config})
-    size = model.pop("size", None)
-    config = {**GPT_CONFIGS.get(size, {}), **model} if size else model
+    config = sized_config({**model, "size": model.pop("size", None)})
     return Gpt(layout.sizes, param_shapes=layout.entries, permutation_groups=groups, **config)
+
+
+def sized_config(model: dict[str, Any]) -> dict[str, Any]:
+    """``Gpt`` arguments of a project ``model`` config: the named ``size``'s numbers from
+    ``GPT_CONFIGS`` (the one table of sizes), where the config leaves them null, then the rest."""
+    size = model.get("size")
+    if size is not None and size not in GPT_CONFIGS:
+        raise ValueError(
+            f"model.size={size!r} is not a G.pt size; choose one of {', '.join(GPT_CONFIGS)} or "
+            "size=null with explicit numbers"
+        )
+    table = GPT_CONFIGS.get(size, {}) if size else {}
+    rest = {k: v for k, v in model.items() if k not in ("architecture", "size")}
+    return {**table, **{k: v for k, v in rest.items() if v is not None or k not in table}}
 
 
 class GptModule(L.LightningModule):
