@@ -128,7 +128,7 @@ def test_per_row_generators_make_rows_independent():
 
 # ----------------------------------------------------------------------------- networks
 def test_policy_network_and_layout():
-    task = CartpoleTask()
+    task = build_task("cartpole")
     assert task.name == "cartpole" and task.metric_names == ("return",)
     assert task.iterations == 500 and task.layout.num_params == P
     assert isinstance(task, Task) and isinstance(build_task("cartpole"), CartpoleTask)
@@ -144,7 +144,7 @@ def test_policy_network_and_layout():
 
 
 def test_permuting_hidden_units_leaves_the_policy_unchanged():
-    task = CartpoleTask()
+    task = build_task("cartpole")
     assert task.permutation_groups == (
         (32, (("fc1.weight", 0), ("fc1.bias", 0), ("fc2.weight", 1))),
         (32, (("fc2.weight", 0), ("fc2.bias", 0), ("fc3.weight", 1))),
@@ -164,7 +164,7 @@ def test_permuting_hidden_units_leaves_the_policy_unchanged():
 
 # ----------------------------------------------------------------------------- training
 def test_batched_runs_follow_their_solo_trajectories():
-    task = CartpoleTask(iterations=3, num_envs=4, rollout_steps=16)
+    task = build_task("cartpole", iterations=3, num_envs=4, rollout_steps=16)
     together, alone = train(task, [3, 4]), train(task, [4])
     assert sorted(together) == [0, 1, 2, 3]
     for i, theta in together.items():
@@ -175,7 +175,7 @@ def test_batched_runs_follow_their_solo_trajectories():
 
 
 def test_evaluate_is_deterministic_and_bounded():
-    task = CartpoleTask()
+    task = build_task("cartpole")
     theta = task.init(5, torch.Generator().manual_seed(0))
     ret = task.evaluate(theta)["return"]
     assert ret.shape == (5,)
@@ -187,7 +187,7 @@ def test_evaluate_is_deterministic_and_bounded():
 def test_ppo_learns_to_balance():
     # Observed (16 seeds, 40 iterations, defaults): initial 9-43, final 152-470 (mean 16 -> 300).
     # Seeds 0, 1 give 10.2 -> 396.9 and 42.8 -> 302.0.
-    task = CartpoleTask(iterations=40)
+    task = build_task("cartpole", iterations=40)
     seen = train(task, [0, 1])
     before = task.evaluate(seen[0])["return"]
     after = task.evaluate(seen[40])["return"]

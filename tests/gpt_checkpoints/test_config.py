@@ -61,3 +61,54 @@ def test_an_unknown_size_names_the_sizes():
         ValueError, match="model.size='huge' is not a G.pt size; choose one of small"
     ):
         sized_config({"size": "huge"})
+
+
+def test_diffusion_group_uses_dits_keys_and_reads_the_former_steps_key():
+    """G.pt's ``diffusion=ddpm`` has the keys of DiT's; a checkpoint saved with ``steps`` loads."""
+    from gpt_checkpoints.model.module import diffusion_config
+
+    cfg = _compose("train", ["diffusion.diffusion_steps=40"])
+    with initialize_config_module("diffusion_transformer.conf", version_base="1.3"):
+        dit = compose(config_name="train", overrides=["diffusion=ddpm"])
+    shared = {"objective", "noise_schedule", "diffusion_steps", "sigma_small", "sampler"}
+    assert shared <= set(cfg.diffusion) & set(dit.diffusion)
+    assert diffusion_config(dict(cfg.diffusion))["diffusion_steps"] == 40
+    assert diffusion_config({"steps": 7})["diffusion_steps"] == 7  # written before the rename
+    with pytest.raises(ValueError, match="diffusion.objective='flow' is not available for G.pt"):
+        diffusion_config({"objective": "flow"})
+
+
+def test_the_former_diffusion_steps_key_still_works_with_a_warning(capsys, monkeypatch):
+    from gpt_checkpoints import train
+
+    monkeypatch.setattr("sys.argv", ["train", "diffusion.steps=30", "--cfg", "job"])
+    train.main()
+    out, err = capsys.readouterr()
+    assert "warning: diffusion.steps= is deprecated" in err and "diffusion.diffusion_steps=30" in err
+    assert "diffusion_steps: 30" in out
+
+
+@pytest.mark.parametrize("task", ["mlp_digits", "cnn_digits", "mlp_mnist", "cnn_cifar10", "cartpole"])
+def test_a_tasks_recipe_is_written_once_in_its_yaml(task):
+    """``collect task=<name>`` and ``build_task(<name>)`` read the same recipe: the YAML's."""
+    from omegaconf import OmegaConf
+
+    from gpt_checkpoints.tasks import task_recipe
+
+    cfg = _compose("collect", [f"task={task}"])
+    assert OmegaConf.to_container(cfg.task.recipe) == task_recipe(task)
+
+
+def test_released_tasks_use_the_official_sgd_and_digits_the_thesis():
+    """official data_gen/train_mnist.py: mb_size 128, Nesterov, cosine set per epoch, 25 epochs."""
+    from gpt_checkpoints.tasks import build_task, task_recipe
+
+    mnist = task_recipe("mlp_mnist")
+    assert (mnist["batch_size"], mnist["nesterov"], mnist["schedule"]) == (128, True, "cosine_epoch")
+    assert (mnist["epochs"], mnist["lr"], mnist["weight_decay"]) == (25, 0.1, 5e-4)
+    assert task_recipe("cnn_cifar10")["augment"] == "flip_crop"
+    digits = build_task("mlp_digits", epochs=2).config()
+    assert (digits["epochs"], digits["batch_size"], digits["nesterov"]) == (2, 64, False)
+    assert digits["schedule"] == "cosine_step" and digits["lr"] == 0.1
+    with pytest.raises(ValueError, match="unknown task 'mlp_huge'; choose one of mlp_digits"):
+        task_recipe("mlp_huge")

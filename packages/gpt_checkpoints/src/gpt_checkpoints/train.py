@@ -100,12 +100,21 @@ CHECKS = {
     "optim.weight_decay": ">=0",
     "ema_decay": "[0,1]",
     "checkpoint_every": "int>=0",
-    "diffusion.steps": "int>=1",
+    "diffusion.diffusion_steps": "int>=1",
     "diffusion.sampling_steps": "int>=1|null",
 }
 
 
-@hydra_main("train", input_paths=("dataset", "resume", "task.data_root"), checks=CHECKS)
+# Former spellings, kept one release with a deprecation line (the key of DiT's diffusion=ddpm).
+LEGACY = {"diffusion.steps": "diffusion.diffusion_steps"}
+
+
+@hydra_main(
+    "train",
+    input_paths=("dataset", "resume", "task.data_root"),
+    checks=CHECKS,
+    legacy_flags=LEGACY,
+)
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

@@ -12,10 +12,9 @@ network learns the update theta* - theta. With x0 (signal) prediction the output
 theta* of Eq. 3.1.
 
 Addition (``noisy_skip``, on by default): a learned gate g_j of the step embedding,
-zero-initialised, adds g_j (theta*_j - theta) to the output. Without it the transformer must
-learn to copy theta*_j through its tokens at small j, which a CPU-sized model fails to do (its
-x0 error at j = 0 stayed 200x that of theta*_j itself on the digits task), and every DDPM/DDIM
-sample ends noisy. A fresh model still returns theta exactly.
+zero-initialised, adds g_j (theta*_j - theta) to the output, so a CPU-sized model can pass
+theta*_j through at small j (why: docs/gpt_digits/README.md). A fresh model still returns theta
+exactly.
 
 Addition (``tokenization: neuron``, ``model=neuron``): one token per hidden unit instead of per
 layer chunk (``NeuronTokenizer``), with encoders, decoders and positional embeddings shared by the

@@ -38,7 +38,8 @@ from gpt_checkpoints.params.permutation import permute_pair
 from gpt_checkpoints.tasks import task_network, task_permutation_groups
 
 DEFAULT_DIFFUSION = {
-    "steps": 1000,
+    "objective": "ddpm",
+    "diffusion_steps": 1000,
     "noise_schedule": "linear",
     "sigma_small": False,  # fixed variances (Sec. 3.2.2): beta_t
     "sampler": "ddpm",
@@ -72,6 +73,22 @@ def sized_config(model: dict[str, Any]) -> dict[str, Any]:
     table = GPT_CONFIGS.get(size, {}) if size else {}
     rest = {k: v for k, v in model.items() if k not in ("architecture", "size")}
     return {**table, **{k: v for k, v in rest.items() if v is not None or k not in table}}
+
+
+def diffusion_config(diffusion: dict[str, Any] | None) -> dict[str, Any]:
+    """The diffusion settings of a G.pt (``conf/diffusion/ddpm.yaml``, DiT's keys) over the
+    defaults; ``steps``, the key of checkpoints written before it was ``diffusion_steps``, is
+    read as ``diffusion_steps``. G.pt is trained with Gaussian diffusion only (Sec. 3.2.2)."""
+    diffusion = dict(diffusion or {})
+    if "steps" in diffusion:
+        diffusion.setdefault("diffusion_steps", diffusion.pop("steps"))
+    config = {**DEFAULT_DIFFUSION, **diffusion}
+    if config["objective"] != "ddpm":
+        raise ValueError(
+            f"diffusion.objective={config['objective']!r} is not available for G.pt; "
+            "it is trained with Gaussian diffusion: diffusion=ddpm"
+        )
+    return config
 
 
 class GptModule(L.LightningModule):
@@ -108,7 +125,7 @@ class GptModule(L.LightningModule):
         # The released models' prompting protocol (official Gpt/tasks.py, configs/test):
         # best_prompt, recursive_prompt, prompt_start_coeff, minimize; None for this package's.
         self.protocol = dict(protocol or {})
-        self.diffusion_cfg = {**DEFAULT_DIFFUSION, **(diffusion or {})}
+        self.diffusion_cfg = diffusion_config(diffusion)
         self.process = self.build_diffusion(None)
         self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.1, "betas": (0.9, 0.999), **(optim or {})}
         self.augment, self.seed = augment, seed
@@ -121,7 +138,7 @@ class GptModule(L.LightningModule):
             predict_xstart=True,  # signal prediction (Sec. 3.2.2)
             learn_sigma=False,
             sigma_small=d["sigma_small"],
-            diffusion_steps=d["steps"],
+            diffusion_steps=d["diffusion_steps"],
         )
 
     def configure_optimizers(self):
@@ -292,7 +309,7 @@ def legacy_units(hparams: dict[str, Any]) -> dict[str, Any]:
 
 
 #: The released models' diffusion (official main.py: 1000 linear-beta steps, fixed large variance).
-OFFICIAL_DIFFUSION = {"steps": 1000, "noise_schedule": "linear", "sigma_small": False}
+OFFICIAL_DIFFUSION = {"diffusion_steps": 1000, "noise_schedule": "linear", "sigma_small": False}
 
 
 def load_released(ckpt: dict[str, Any], path: str | Path, preset: str | None = None) -> GptModule:

@@ -10,13 +10,8 @@ trains R policies together with their parameters stacked along a leading run axi
 the stacked tensors (Adam is element-wise, so each run follows the trajectory it would follow
 alone). A checkpoint's metric is the mean return of its greedy policy.
 
-Measured speed with the defaults (16 envs x 32 steps, 4 epochs x 2 minibatches per iteration), one
-torch thread on a 2-core CPU shared with another training job: 64 runs x 500 iterations in 125 s
-(about 257 run-iterations/s; the 64 final policies average a return of 492, 60 of them 500), and
-``evaluate`` scores about 830 checkpoints/s on a mix whose mean return is 305 (fewer when most
-episodes last the full 500 steps). On a shared machine prefer
-``torch.set_num_threads(1)``: with two threads competing for a busy core, the many small ops stall
-(we saw 10x slowdowns).
+Speed (run-iterations/s, checkpoints scored/s) and the thread setting to use on a shared CPU:
+BENCHMARKS.md, "G.pt Cartpole".
 """
 
 from __future__ import annotations
@@ -198,24 +193,26 @@ class CartpoleTask(Task):
     normalised per run and minibatch; truncated episodes bootstrap from the critic). Policy and
     critic share one Adam (beta1 0.9, beta2 0.999); only the policy's parameters are modelled.
     Gradients are clipped per run to ``max_grad_norm`` (policy and critic together, as
-    ``clip_grad_norm_`` would for a run alone); ``None`` disables clipping.
+    ``clip_grad_norm_`` would for a run alone); ``None`` disables clipping. The recipe's values
+    come from ``conf/task/cartpole.yaml`` (``tasks.build_task("cartpole")``).
     """
 
     def __init__(
         self,
-        iterations: int = 500,
-        num_envs: int = 16,
-        rollout_steps: int = 32,
-        ppo_epochs: int = 4,
-        minibatches: int = 2,
-        lr: float = 3e-4,
-        gamma: float = 0.99,
-        gae_lambda: float = 0.95,
-        clip: float = 0.2,
-        value_coef: float = 0.5,
-        entropy_coef: float = 0.0,
-        max_grad_norm: float | None = 0.5,
-        eval_episodes: int = 8,
+        *,
+        iterations: int,
+        num_envs: int,
+        rollout_steps: int,
+        ppo_epochs: int,
+        minibatches: int,
+        lr: float,
+        gamma: float,
+        gae_lambda: float,
+        clip: float,
+        value_coef: float,
+        entropy_coef: float,
+        max_grad_norm: float | None,
+        eval_episodes: int,
         eval_seed: int = 0,
         hidden: int = 32,
         eval_chunk: int = 8192,

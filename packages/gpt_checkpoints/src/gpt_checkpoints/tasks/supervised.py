@@ -2,7 +2,7 @@
 
 Recipe (Sec. 3.3): SGD, momentum 0.9, lr 0.1, weight decay 5e-4, half-period cosine annealing,
 25 epochs for the MLP and 50 for the CNN, weights and biases ~ U(-1/sqrt(n), 1/sqrt(n)) with n
-the fan-in; the released datasets' variant is ``tasks.OFFICIAL_RECIPE``.
+the fan-in; the recipes (the thesis', the released datasets') are ``conf/task/*.yaml``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from gpt_checkpoints.tasks.sources import SupervisedData, load_source
 
 
 class SupervisedTask(Task):
-    """Classification with the SGD recipe of Sec. 3.3, batched over runs."""
+    """Classification with the SGD recipe of Sec. 3.3, batched over runs; the recipe's values
+    come from ``conf/task/<name>.yaml`` (``tasks.build_task``)."""
 
     def __init__(
         self,
@@ -27,16 +28,17 @@ class SupervisedTask(Task):
         network: nn.Module,
         source: str,
         permutation_groups: tuple[PermutationGroup, ...],
+        *,
         epochs: int,
-        batch_size: int = 64,
-        lr: float = 0.1,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
+        batch_size: int,
+        lr: float,
+        momentum: float,
+        weight_decay: float,
+        nesterov: bool,
+        schedule: str,
+        augment: str | None,
         data_root: str | None = None,
         eval_chunk: int = 1024,
-        nesterov: bool = False,
-        schedule: str = "cosine_step",
-        augment: str | None = None,
     ) -> None:
         super().__init__(
             name,
