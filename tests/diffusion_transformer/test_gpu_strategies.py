@@ -29,7 +29,7 @@ FP32 = ["trainer.precision=32-true", "tf32=false"]
 
 
 def _ema(result) -> dict[str, torch.Tensor]:
-    return safe_load(result.ema_weights)
+    return safe_load(result.export)
 
 
 def _assert_states_close(a: dict, b: dict) -> None:

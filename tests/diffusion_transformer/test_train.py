@@ -65,7 +65,7 @@ def test_checkpoint_holds_ema_and_loads_without_pickle(compose_train, tmp_path):
     sd = ckpt["state_dict"]
     assert any(k.startswith("ema.module.") for k in sd) and ckpt["global_step"] == 3
     assert ckpt["dit_config"]["hidden_size"] == 32
-    ema = safe_load(result.ema_weights)
+    ema = safe_load(result.export)
     assert set(ema) == {k[len("ema.module.") :] for k in sd if k.startswith("ema.module.")}
     # After 3 updates at decay 0.5 the EMA differs from both the init and the model.
     w = "blocks.0.mlp.fc1.weight"

@@ -217,7 +217,8 @@ CHECKED = [
     for module in (
         "diffusion_transformer.train", "diffusion_transformer.sample",
         "diffusion_transformer.evaluate", "diffusion_transformer.extract_latents",
-        "diffusion_transformer.export_diffusers", "gpt_checkpoints.train",
+        "diffusion_transformer.export_diffusers", "diffusion_transformer.gflops",
+        "gpt_checkpoints.train",
         "gpt_checkpoints.collect", "gpt_checkpoints.prompt", "gpt_checkpoints.evaluate",
         "gangealing.train", "gangealing.train_gan", "gangealing.congeal",
         "gangealing.preprocess", "gangealing.propagate", "gangealing.pck",

@@ -84,11 +84,15 @@ def test_the_former_diffusion_steps_key_still_works_with_a_warning(capsys, monke
     monkeypatch.setattr("sys.argv", ["train", "diffusion.steps=30", "--cfg", "job"])
     train.main()
     out, err = capsys.readouterr()
-    assert "warning: diffusion.steps= is deprecated" in err and "diffusion.diffusion_steps=30" in err
+    assert (
+        "warning: diffusion.steps= is deprecated" in err and "diffusion.diffusion_steps=30" in err
+    )
     assert "diffusion_steps: 30" in out
 
 
-@pytest.mark.parametrize("task", ["mlp_digits", "cnn_digits", "mlp_mnist", "cnn_cifar10", "cartpole"])
+@pytest.mark.parametrize(
+    "task", ["mlp_digits", "cnn_digits", "mlp_mnist", "cnn_cifar10", "cartpole"]
+)
 def test_a_tasks_recipe_is_written_once_in_its_yaml(task):
     """``collect task=<name>`` and ``build_task(<name>)`` read the same recipe: the YAML's."""
     from omegaconf import OmegaConf
@@ -104,7 +108,11 @@ def test_released_tasks_use_the_official_sgd_and_digits_the_thesis():
     from gpt_checkpoints.tasks import build_task, task_recipe
 
     mnist = task_recipe("mlp_mnist")
-    assert (mnist["batch_size"], mnist["nesterov"], mnist["schedule"]) == (128, True, "cosine_epoch")
+    assert (mnist["batch_size"], mnist["nesterov"], mnist["schedule"]) == (
+        128,
+        True,
+        "cosine_epoch",
+    )
     assert (mnist["epochs"], mnist["lr"], mnist["weight_decay"]) == (25, 0.1, 5e-4)
     assert task_recipe("cnn_cifar10")["augment"] == "flip_crop"
     digits = build_task("mlp_digits", epochs=2).config()

@@ -20,7 +20,7 @@ def test_train_then_sample_from_the_checkpoint(tmp_path):
         "hydra.run.dir=run",
         cwd=tmp_path,
     ).stdout
-    assert "sample grid" in out and "checkpoint" in out
+    assert "samples       :" in out and "checkpoint    :" in out
     run = tmp_path / "run"
     assert (run / "checkpoints" / "last.ckpt").is_file() and (
         run / "samples" / "final.png"

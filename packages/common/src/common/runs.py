@@ -200,6 +200,41 @@ class TrainResult:
     samples: Path | None = None
 
 
+@dataclass
+class Export:
+    """What a ``train`` command writes for the next command: the file, the name the summary gives
+    it, how to use it, and the last sample grid if any."""
+
+    path: Path
+    label: str
+    usage: str = ""
+    samples: Path | None = None
+
+
+def fit_and_export(
+    job: Job,
+    trainer: Any,
+    module: Any,
+    export: Callable[[Any], Export],
+    datamodule: Any = None,
+) -> TrainResult:
+    """The end of every ``train`` command: fit (continuing from ``job.ckpt_path``), write the
+    resumable ``checkpoints/last.ckpt``, call ``export(trainer)`` on every rank (FSDP gathers its
+    shards there; writing is rank zero's), print the summary and return the ``TrainResult``."""
+    ckpt = job.ckpt_path
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    checkpoint = job.run_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(checkpoint, weights_only=False)
+    out = export(trainer)
+    if trainer.is_global_zero:
+        print(f"run directory : {job.run_dir}")
+        print(f"checkpoint    : {checkpoint} (step {trainer.global_step})")
+        if out.samples is not None:
+            print(f"samples       : {out.samples}")
+        print(f"{out.label:<14}: {out.path}" + (f" ({out.usage})" if out.usage else ""))
+    return TrainResult(job.run_dir, checkpoint, out.path, module, out.samples)
+
+
 def finish_wandb(exit_code: int = 0) -> None:
     """Finish the active W&B run of this process, if any (``exit_code=1`` marks it failed)."""
     wandb = sys.modules.get("wandb")

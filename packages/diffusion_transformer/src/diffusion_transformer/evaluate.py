@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.checkpoint import atomic_write_bytes
 from common.cli import hydra_main
-from diffusion_transformer.sample import resolve_device
+from common.devices import pick_device
 
 REFERENCES = ("digits",)
 
@@ -107,7 +107,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         labels=labels,
         inception_weights=cfg.metrics.inception_weights,
         batch_size=cfg.batch_size,
-        device=resolve_device(cfg.device),
+        device=pick_device(cfg.device),
         cache_dir=cfg.metrics.cache_dir,
     )
     values = {k: float(v) for k, v in values.items()}

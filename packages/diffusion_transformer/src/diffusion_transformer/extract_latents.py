@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from common.checkpoint import atomic_write_bytes
 from common.cli import hydra_main
+from common.devices import pick_device
 from diffusion_transformer.data import ImageFolderDataset
-from diffusion_transformer.sample import resolve_device
 from diffusion_transformer.vae import build_vae
 
 
@@ -68,7 +68,7 @@ def _shard_complete(path: Path) -> int | None:
 def extract(cfg: DictConfig) -> Path:
     folder = ImageFolderDataset(cfg.data_root, cfg.image_size)
     vae = build_vae({"path": cfg.vae, "scale": cfg.scale})
-    device = resolve_device(cfg.device)
+    device = pick_device(cfg.device)
     vae.to(device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from common.cli import hydra_main
+from common.devices import pick_device
 from common.images import save_grid, save_npz, to_uint8
 from diffusion_transformer.checkpoints import load_dit
 from diffusion_transformer.sampling import sample_latents
@@ -38,12 +39,6 @@ class SampleResult:
     labels: np.ndarray
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def choose_labels(labels, num_samples: int, num_classes: int, generator: torch.Generator):
     """Given labels cycled to ``num_samples``, or uniformly random classes when none are given."""
     if labels is None or len(labels) == 0:
@@ -57,7 +52,7 @@ def choose_labels(labels, num_samples: int, num_classes: int, generator: torch.G
 def sample(cfg: DictConfig) -> SampleResult:
     if not cfg.get("ckpt"):
         raise ValueError("set ckpt=<path to a .ckpt, ema.pt or official DiT .pt file>")
-    device = resolve_device(cfg.device)
+    device = pick_device(cfg.device)
     model, meta = load_dit(
         cfg.ckpt,
         model=cfg.arch,

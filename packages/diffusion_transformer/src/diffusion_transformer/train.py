@@ -9,8 +9,6 @@ optimizer, EMA, data order, logs and W&B run. ``strategy=ddp|fsdp`` (``conf/stra
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import hydra
 import lightning as L
@@ -19,20 +17,11 @@ from omegaconf import DictConfig
 
 from common.checkpoint import atomic_save
 from common.cli import hydra_main
-from common.runs import Job, run_job
+from common.runs import Export, Job, TrainResult, fit_and_export, run_job
 from common.strategies import full_state_dict
 from common.training import build_trainer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    checkpoint: Path
-    ema_weights: Path
-    samples: Path | None
-    module: L.LightningModule
 
 
 def train(cfg: DictConfig) -> TrainResult | None:
@@ -58,26 +47,20 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
             "params": sum(p.numel() for p in module.model.parameters()),
         },
     )
-    ckpt_path = job.ckpt_path
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(checkpoint, weights_only=False)
-    ema_weights = run_dir / "checkpoints" / "ema.pt"
-    state = full_state_dict(trainer)  # every rank takes part: FSDP gathers the shards
-    if trainer.is_global_zero:
-        # The EMA weights as a plain state dict with the official key names.
-        prefix = "ema.module."
-        ema = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        atomic_save(ema, ema_weights)
-    grids = [c.last_path for c in trainer.callbacks if getattr(c, "last_path", None) is not None]
-    result = TrainResult(run_dir, checkpoint, ema_weights, grids[-1] if grids else None, module)
-    if trainer.is_global_zero:
-        print(f"run directory : {run_dir}")
-        print(f"sample grid   : {result.samples}")
-        print(f"checkpoint    : {checkpoint}")
-        print(f"EMA weights   : {ema_weights}")
-    return result
+    def export(trainer: L.Trainer) -> Export:
+        """The EMA weights as a plain state dict with the official key names."""
+        ema_weights = run_dir / "checkpoints" / "ema.pt"
+        state = full_state_dict(trainer)  # every rank takes part: FSDP gathers the shards
+        if trainer.is_global_zero:
+            prefix = "ema.module."
+            ema = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            atomic_save(ema, ema_weights)
+        grids = [c.last_path for c in trainer.callbacks if getattr(c, "last_path", None)]
+        usage = f"python -m diffusion_transformer.sample ckpt={ema_weights}"
+        return Export(ema_weights, "EMA weights", usage, grids[-1] if grids else None)
+
+    return fit_and_export(job, trainer, module, export, datamodule=datamodule)
 
 
 # What makes sense for each number this command reads (common.errors.check_values).

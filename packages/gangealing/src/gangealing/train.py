@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from common.checkpoint import atomic_save
 from common.cli import hydra_main
-from common.runs import Job, TrainResult, run_job
+from common.runs import Export, Job, TrainResult, fit_and_export, run_job
 from common.training import build_trainer
 from gangealing.training.module import GangealingModule
 
@@ -31,20 +31,18 @@ def train(cfg: DictConfig) -> TrainResult | None:
 
 
 def _fit(cfg: DictConfig, job: Job) -> TrainResult:
-    run_dir, ckpt_path = job.run_dir, job.ckpt_path
+    run_dir = job.run_dir
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
     trainer: L.Trainer = build_trainer(cfg)
-    trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(checkpoint, weights_only=False)
-    congealer = run_dir / "congealer.pt"
-    if trainer.is_global_zero:
-        atomic_save(module.export(), congealer)
-        print(f"run directory : {run_dir}")
-        print(f"checkpoint    : {checkpoint} (step {trainer.global_step})")
-        print(f"congealer     : {congealer} (python -m gangealing.congeal congealer={congealer})")
-    return TrainResult(run_dir, checkpoint, congealer, module)
+
+    def export(trainer: L.Trainer) -> Export:
+        congealer = run_dir / "congealer.pt"
+        if trainer.is_global_zero:
+            atomic_save(module.export(), congealer)
+        return Export(congealer, "congealer", f"python -m gangealing.congeal congealer={congealer}")
+
+    return fit_and_export(job, trainer, module, export)
 
 
 # What makes sense for each number this command reads (common.errors.check_values).

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from common.cli import hydra_main
-from common.runs import Job, TrainResult, run_job
+from common.runs import Export, Job, TrainResult, fit_and_export, run_job
 from common.training import build_trainer
 from gangealing.data.image_data import ImageDataModule
 from gangealing.training.gan_module import StyleGAN2Module
@@ -38,7 +38,7 @@ def train(cfg: DictConfig) -> TrainResult | None:
 
 
 def _fit(cfg: DictConfig, job: Job) -> TrainResult:
-    run_dir, ckpt_path = job.run_dir, job.ckpt_path
+    run_dir = job.run_dir
     L.seed_everything(cfg.seed, workers=True)
     datamodule = ImageDataModule(
         cfg.data,
@@ -52,19 +52,17 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
     datamodule.setup()  # fail early on a bad data= (missing/empty folder)
     module = build_module(cfg)
     trainer: L.Trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(checkpoint, weights_only=False)
-    export = run_dir / "stylegan2.pt"
-    samples = run_dir / "samples" / f"step{trainer.global_step:07d}.png"
-    if trainer.is_global_zero:
-        module.export(export)
-        module.save_samples(samples)
-        print(f"run directory : {run_dir}")
-        print(f"checkpoint    : {checkpoint} (step {trainer.global_step})")
-        print(f"samples       : {samples}")
-        print(f"StyleGAN2     : {export} (rosinality format; GANgealing: generator={export})")
-    return TrainResult(run_dir, checkpoint, export, module, samples)
+
+    def export(trainer: L.Trainer) -> Export:
+        generator = run_dir / "stylegan2.pt"
+        samples = run_dir / "samples" / f"step{trainer.global_step:07d}.png"
+        if trainer.is_global_zero:
+            module.export(generator)
+            module.save_samples(samples)
+        usage = f"rosinality format; GANgealing: generator={generator}"
+        return Export(generator, "StyleGAN2", usage, samples)
+
+    return fit_and_export(job, trainer, module, export, datamodule=datamodule)
 
 
 # What makes sense for each number this command reads (common.errors.check_values).

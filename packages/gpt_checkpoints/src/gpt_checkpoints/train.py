@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from common.cli import hydra_main
-from common.runs import Job, TrainResult, run_job
+from common.runs import Export, Job, TrainResult, fit_and_export, run_job
 from common.training import build_trainer
 from gpt_checkpoints.dataset.datamodule import CheckpointDataModule
 from gpt_checkpoints.dataset.store import METRIC_UNITS
@@ -30,7 +30,7 @@ def train(cfg: DictConfig) -> TrainResult | None:
 
 
 def _fit(cfg: DictConfig, job: Job) -> TrainResult:
-    run_dir, ckpt_path = job.run_dir, job.ckpt_path
+    run_dir = job.run_dir
     L.seed_everything(cfg.seed, workers=True)
     datamodule = CheckpointDataModule(
         cfg.dataset,
@@ -73,15 +73,13 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
         permutation_groups=datamodule.permutation_groups,
     )
     trainer: L.Trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(checkpoint, weights_only=False)
-    export = module.export(run_dir / "gpt.safetensors")
-    if trainer.is_global_zero:
-        print(f"run directory : {run_dir}")
-        print(f"checkpoint    : {checkpoint}")
-        print(f"G.pt weights  : {export}")
-    return TrainResult(run_dir, checkpoint, export, module)
+
+    def export(trainer: L.Trainer) -> Export:
+        path = module.export(run_dir / "gpt.safetensors")
+        usage = f"python -m gpt_checkpoints.evaluate gpt={path}"
+        return Export(path, "G.pt weights", usage)
+
+    return fit_and_export(job, trainer, module, export, datamodule=datamodule)
 
 
 # What makes sense for each number this command reads (common.errors.check_values).

@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from common.devices import pick_device
 from common.metrics.digits import SPACE_KEY as DIGITS_SPACE_KEY
 from common.metrics.digits import DigitsFeatureSpace
 from common.metrics.frechet import FeatureStats, frechet_distance, save_stats_npz
@@ -62,12 +63,6 @@ def _check_metrics(metrics: list[str] | tuple[str, ...]) -> list[str]:
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; valid names: {available_metrics()}")
     return names
-
-
-def _device(device: torch.device | str | None) -> str:
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 def _extractor(
@@ -144,7 +139,7 @@ def reference_stats(
     """
     if feature_space not in STATS_KEYS:
         raise ValueError(f"unknown feature space {feature_space!r}: use 'inception' or 'digits'")
-    dev = _device(device)
+    dev = str(pick_device(device))
     extractor, space_key = _extractor(feature_space, inception_weights, cache_dir, dev)
     cache = None
     if not isinstance(source, np.ndarray | torch.Tensor):
@@ -225,7 +220,7 @@ def evaluate_images(
     See the package docstring for the metric names, input formats and caching.
     """
     names = _check_metrics(metrics)
-    dev = _device(device)
+    dev = str(pick_device(device))
     spaces = [s for s, group in SPACE_METRICS.items() if any(m in group for m in names)]
     need_ref = [m for m in names if m not in NO_REFERENCE]
     if need_ref and reference is None:
