@@ -39,8 +39,8 @@ from torch import Tensor, nn
 
 from common.diffusion import create_diffusion
 from common.diffusion.likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from common.ema import EMA
-from common.flops import count_macs
+from common.nn.flops import count_macs
+from common.training.ema import EMA
 from diffusion_transformer.models import DiT_models
 
 

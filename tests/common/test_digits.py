@@ -1,11 +1,12 @@
-"""``common.digits``: the embedded default data, loaded and split in one place for all packages."""
+"""``common.data.digits``: the embedded default data, loaded and split in one place for all
+packages."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from common.digits import digits_split, load_digits_arrays, load_digits_images
+from common.data.digits import digits_split, load_digits_arrays, load_digits_images
 
 
 def test_the_digits_are_sklearn_s_in_each_range():

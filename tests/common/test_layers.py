@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.layers import (
+from common.nn.layers import (
     Attention,
     FrequencyEmbedder,
     GPT2Block,

@@ -1,4 +1,5 @@
-"""``common.runs`` (one folder and one W&B run per job) and ``common.cli`` (override spellings)."""
+"""``common.training.runs`` (one folder and one W&B run per job) and ``common.cli`` (override
+spellings)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from common.cli import default_groups, normalize_overrides
-from common.runs import RunFolderError, latest_checkpoint, read_job, start_job
+from common.training.runs import RunFolderError, latest_checkpoint, read_job, start_job
 
 
 def _cfg(run_dir, **extra):
@@ -103,7 +104,7 @@ def test_common_declares_what_its_shared_configs_need():
 
 
 def test_job_names_show_the_swept_overrides_their_run_name_does_not(tmp_path):
-    from common.runs import expected_jobs, job_name
+    from common.training.runs import expected_jobs, job_name
 
     (tmp_path / "multirun.yaml").write_text(
         "hydra:\n  sweeper:\n    params:\n      seed: 0,1\n"
@@ -120,7 +121,7 @@ def test_one_writer_per_folder_and_stale_locks_are_taken_over(tmp_path, capsys):
     import subprocess
     import sys
 
-    from common.runs import LOCK_FILE, acquire_lock, release_lock
+    from common.training.runs import LOCK_FILE, acquire_lock, release_lock
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -20,8 +20,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
-from common.ema import EMA
-from common.strategies import full_state_dict, import_class, module_wrap_policy
+from common.training.ema import EMA
+from common.training.strategies import full_state_dict, import_class, module_wrap_policy
 from diffusion_transformer.models import DiT, DiTBlock
 
 TINY_DIT = dict(

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from common.throughput import ThroughputMonitor, peak_flops, precision_dtype
+from common.training.throughput import ThroughputMonitor, peak_flops, precision_dtype
 from diffusion_transformer.train import train
 from tests.diffusion_transformer.test_train import TINY  # the tiny CPU run of the wiring tests
 
@@ -34,7 +34,7 @@ def test_a_cpu_run_logs_images_per_sec_and_mfu_with_a_given_peak(tmp_path):
             *TINY,
             "trainer.max_steps=5",
             f"run_dir={tmp_path}",
-            "+callbacks.throughput._target_=common.throughput.ThroughputMonitor",
+            "+callbacks.throughput._target_=common.training.throughput.ThroughputMonitor",
             "+callbacks.throughput.every_n_steps=2",
             "+callbacks.throughput.peak_flops=1.0e12",
         )
@@ -56,7 +56,7 @@ def test_mfu_is_omitted_when_the_peak_is_unknown(tmp_path):
             *TINY,
             "trainer.max_steps=3",
             f"run_dir={tmp_path}",
-            "+callbacks.throughput._target_=common.throughput.ThroughputMonitor",
+            "+callbacks.throughput._target_=common.training.throughput.ThroughputMonitor",
             "+callbacks.throughput.every_n_steps=1",
         )
     )

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from common.checkpoint import atomic_save, safe_load
-from common.ema import EMA
-from common.flops import attention_macs, count_macs, linear_macs
-from common.guidance import guided_prediction
+from common.diffusion.guidance import guided_prediction
+from common.nn.flops import attention_macs, count_macs, linear_macs
 from common.training import InfiniteSampler, SafeCheckpointIO
+from common.training.ema import EMA
 
 
 def test_ema_starts_as_exact_copy_and_follows_the_formula():

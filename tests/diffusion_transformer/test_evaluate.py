@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from common.images import to_uint8
+from common.data.images import to_uint8
 from diffusion_transformer.data import load_digits_tensors
 from diffusion_transformer.evaluate import evaluate, load_samples, resolve_reference
 from diffusion_transformer.train import train

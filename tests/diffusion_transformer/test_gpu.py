@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from common.layers import Attention
+from common.nn.layers import Attention
 from diffusion_transformer.models import DiT_models
 from diffusion_transformer.sampling import sample_latents
 from diffusion_transformer.train import train

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common.checkpoint import safe_load
-from common.throughput import ThroughputMonitor
+from common.training.throughput import ThroughputMonitor
 from diffusion_transformer.train import train
 
 pytestmark = pytest.mark.gpu

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from common.checkpoint import atomic_save, safe_load
-from common.flops import count_macs
+from common.nn.flops import count_macs
 from diffusion_transformer.gflops import gflops_table
 from diffusion_transformer.models import BLOCK_TYPES, DiT, DiT_models, create_model, dit_flops
 

@@ -19,8 +19,7 @@ import time
 import pytest
 import torch
 
-from common.checkpoint import safe_load
-from common.guards import find_non_finite
+from common.checkpoint import find_non_finite, safe_load
 from tests.faults.conftest import NO_TRACEBACK
 from tests.integration.conftest import TINY, run_cli
 

@@ -75,8 +75,8 @@ def test_single_mode_runs_have_nothing_to_classify(tmp_path, cli_main):
 def test_nan_gradients_stop_the_classifier_or_are_skipped(tmp_path, cli_main):
     """A diverging learning rate stops the loop with the step (nan_policy stop, the CLI's one
     line and exit code 2, congealer.pt untouched) or skips the bad steps (skip)."""
+    from common.checkpoint import find_non_finite
     from common.errors import NonFiniteError
-    from common.guards import find_non_finite
 
     run, _ = _run(tmp_path)
     module = load_run(run)

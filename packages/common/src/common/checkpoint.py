@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import pickle
 import re
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from common.errors import NonFiniteError
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
@@ -36,13 +40,50 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
         raise
 
 
+#: What to try when training goes non-finite (the messages of the NaN/inf guards).
+ADVICE = (
+    "lower optim.lr, train in full precision (trainer.precision=32-true) or clip gradients "
+    "(trainer.gradient_clip_val=1.0); nan_policy=skip drops such steps instead"
+)
+
+
+def find_non_finite(obj: Any, prefix: str = "") -> str | None:
+    """The key of the first floating tensor holding NaN or inf in a nested state, else ``None``."""
+    if isinstance(obj, torch.Tensor):
+        floating = obj.is_floating_point() or obj.is_complex()
+        if floating and obj.numel() and not bool(torch.isfinite(obj).all()):
+            return prefix or "<tensor>"
+        return None
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else prefix or "<value>"
+    if isinstance(obj, Mapping):
+        items: Iterable = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = find_non_finite(value, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def require_finite_state(state: Any, where: str) -> None:
+    """Raise ``NonFiniteError`` when ``state`` holds a NaN or inf tensor (nothing is written)."""
+    bad = find_non_finite(state)
+    if bad is not None:
+        raise NonFiniteError(
+            f"refusing to write {where}: {bad} holds NaN or inf, so the previous file stays as it "
+            f"was; {ADVICE}"
+        )
+
+
 def atomic_save(obj: Any, path: str | os.PathLike, check_finite: bool = True) -> None:
     """``torch.save`` to ``path`` atomically; ``.safetensors`` paths take a flat tensor dict.
     A state holding NaN or inf is refused (``NonFiniteError``) and nothing is written, unless
     ``check_finite=False`` (the caller checked what matters: Lightning checkpoints keep an inf
     "best score" in their callback state)."""
-    from common.guards import require_finite_state
-
     path = Path(path)
     if check_finite:
         require_finite_state(obj, str(path))

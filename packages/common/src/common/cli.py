@@ -132,13 +132,24 @@ def user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-def _multirun_job() -> int | None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return int(HydraConfig.get().job.num)
-    return None
+def hydra_job() -> dict[str, Any] | None:
+    """This process's Hydra job: ``multirun``, ``num``, ``overrides``, ``sweep_dir``; ``None``
+    outside a Hydra application (``compose`` in tests, the Python API)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:  # pragma: no cover
+        return None
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    return {
+        "multirun": multirun,
+        "num": int(hc.job.num) if multirun else None,
+        "overrides": list(hc.overrides.task),
+        "sweep_dir": str(Path(hc.sweep.dir).absolute()) if multirun else None,
+    }
 
 
 _HYDRA_VALUE_FLAGS = {
@@ -237,7 +248,7 @@ def hydra_main(
             except Exception as err:
                 if os.environ.get(_FULL_ERROR) == "1" or not is_user_error(err):
                     raise
-                job = _multirun_job()
+                job = (hydra_job() or {}).get("num")
                 if job is None:  # reported by main() once Hydra has returned: one line only
                     _pending.append(err)
                     return None

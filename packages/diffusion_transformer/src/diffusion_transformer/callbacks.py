@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import atomic_write_bytes
-from common.images import save_grid, to_uint8
+from common.data.images import save_grid, to_uint8
 from diffusion_transformer.sampling import default_sampler
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from common.digits import digits_split, load_digits_images
+from common.data.digits import digits_split, load_digits_images
 from common.training import resumable_loader
 
 log = logging.getLogger(__name__)

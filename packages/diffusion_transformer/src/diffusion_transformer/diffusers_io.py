@@ -10,7 +10,7 @@ embedding is recomputed by both sides.
 
 One convention differs: diffusers' ``CombinedTimestepLabelEmbeddings`` builds its sinusoidal
 timestep features with ``downscale_freq_shift=1`` (frequencies ``10000^(-i/127)``), while DiT uses
-0 (``10000^(-i/128)``, ``common.layers.sinusoidal_embedding``). A plain ``from_pretrained`` of an
+0 (``10000^(-i/128)``, ``common.nn.layers.sinusoidal_embedding``). A plain ``from_pretrained`` of an
 exported folder therefore computes slightly different outputs; :func:`use_dit_timestep_convention`
 (applied by :func:`load_diffusers_transformer` and :func:`load_diffusers_pipeline`) sets the shift
 to 0, after which outputs agree with ours to float32 rounding.

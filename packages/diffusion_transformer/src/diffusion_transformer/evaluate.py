@@ -46,7 +46,7 @@ def resolve_reference(reference: str | None, image_size: int = 8) -> Any:
             "reference=<.npz of images> or reference=<image folder>"
         )
     if reference == "digits":
-        from common.images import to_uint8
+        from common.data.images import to_uint8
         from diffusion_transformer.data import load_digits_tensors
 
         images, _ = load_digits_tensors(image_size)

@@ -22,7 +22,8 @@ def dit_flops(
 
     One multiply-add is one flop. ``matmul``: every matrix product (patchify, every linear layer
     including the adaLN regressions and the timestep MLP, attention's ``QK^T`` and ``AV``); this
-    equals ``common.flops.count_macs`` of a real forward pass. ``elementwise``: one flop per token
+    equals ``common.nn.flops.count_macs`` of a real forward pass. ``elementwise``: one flop per
+    token
     channel for each elementwise transform that feeds a matrix product (per self-attention block:
     the two (adaptive) layer-norm modulations and the attention query scaling; the cross-attention
     block adds its norm and query scaling), the final modulation and the position-embedding

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from common.layers import (
+from common.nn.layers import (
     Attention,
     CrossAttention,
     LabelEmbedder,

@@ -16,9 +16,9 @@ import torch
 
 from common.checkpoint import plain_container
 from common.diffusion.progress import Progress
-from common.ema import EMA
-from common.flops import count_macs
+from common.nn.flops import count_macs
 from common.training import step_seed
+from common.training.ema import EMA
 from diffusion_transformer.models import DiT
 from diffusion_transformer.sampling import build_training_process, sample_latents
 from diffusion_transformer.vae import build_vae
@@ -74,9 +74,10 @@ class DiTModule(L.LightningModule):
         return self._train_model[1]
 
     def flops_per_sample(self) -> int:
-        """Training flops of one image, for MFU (``common.throughput``): 3 x the forward pass
+        """Training flops of one image, for MFU (``common.training.throughput``): 3 x the forward
+        pass
         (the backward pass costs twice the forward), in real flops, i.e. 2 per multiply-add of
-        ``common.flops.count_macs`` (twice the DiT paper's Gflops, Sec. 2.3.2). Counted on a
+        ``common.nn.flops.count_macs`` (twice the DiT paper's Gflops, Sec. 2.3.2). Counted on a
         meta-device copy of the network, so it costs no memory and works under any strategy."""
         with torch.device("meta"):
             net = DiT(**self.model_config()).eval()

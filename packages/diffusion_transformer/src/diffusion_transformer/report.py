@@ -35,7 +35,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from common.cli import hydra_main
-from common.runs import expected_jobs
+from common.training.runs import expected_jobs
 
 COLUMNS = (
     "name",
@@ -240,7 +240,7 @@ def _save(fig, path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- sweep status
 def job_records(root: Path) -> dict[int, dict[str, Any]]:
-    """``job.json`` of every job folder under ``root`` (``common.runs``), by job number."""
+    """``job.json`` of every job folder under ``root`` (``common.training.runs``), by job number."""
     records = {}
     for path in sorted(Path(root).rglob("job.json")):
         record = json.loads(path.read_text())
@@ -275,7 +275,7 @@ def missing_jobs(root: Path) -> list[str]:
 # ----------------------------------------------------------------------------- W&B
 def sweep_wandb_target(root: Path) -> tuple[str | None, str]:
     """(project, group) the sweep's runs logged to: read from their ``job.json``; the group
-    defaults to the sweep folder's name, as ``common.runs`` names it."""
+    defaults to the sweep folder's name, as ``common.training.runs`` names it."""
     records = job_records(root)
     first = records[min(records)] if records else {}
     return first.get("project"), first.get("group") or Path(root).absolute().name

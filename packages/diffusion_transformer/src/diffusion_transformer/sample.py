@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from common.cli import hydra_main
+from common.data.images import save_grid, save_npz, to_uint8
 from common.devices import pick_device
-from common.images import save_grid, save_npz, to_uint8
 from diffusion_transformer.checkpoints import load_dit
 from diffusion_transformer.sampling import sample_latents
 from diffusion_transformer.vae import build_vae

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 
 from common.diffusion import RectifiedFlow, create_diffusion
+from common.diffusion.guidance import guided_prediction
 from common.diffusion.progress import Progress
 from common.errors import require_positive_int
-from common.guidance import guided_prediction
 
 SAMPLERS = ("ddpm", "ddim", "euler", "heun")
 _FLOW_KEYS = ("time_sampling", "logit_mean", "logit_std", "time_scale", "shift")

@@ -17,16 +17,16 @@ from omegaconf import DictConfig
 
 from common.checkpoint import atomic_save
 from common.cli import hydra_main
-from common.runs import Export, Job, TrainResult, fit_and_export, run_job
-from common.strategies import full_state_dict
 from common.training import build_trainer
+from common.training.runs import Export, Job, TrainResult, fit_and_export, run_job
+from common.training.strategies import full_state_dict
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> TrainResult | None:
     """Compose-level entry point (used by ``main`` and by tests); ``None`` when a rerun multirun
-    skips this job because it finished before (``common.runs``)."""
+    skips this job because it finished before (``common.training.runs``)."""
     return run_job(cfg, _fit)
 
 

@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 
 from common.checkpoint import atomic_save
 from common.cli import hydra_main
-from common.runs import Export, Job, TrainResult, fit_and_export, run_job
 from common.training import build_trainer
+from common.training.runs import Export, Job, TrainResult, fit_and_export, run_job
 from gangealing.training.module import GangealingModule
 
 

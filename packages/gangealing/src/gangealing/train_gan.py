@@ -19,8 +19,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from common.cli import hydra_main
-from common.runs import Export, Job, TrainResult, fit_and_export, run_job
 from common.training import build_trainer
+from common.training.runs import Export, Job, TrainResult, fit_and_export, run_job
 from gangealing.data.image_data import ImageDataModule
 from gangealing.training.gan_module import StyleGAN2Module
 

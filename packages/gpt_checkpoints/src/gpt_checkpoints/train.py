@@ -15,8 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from common.cli import hydra_main
-from common.runs import Export, Job, TrainResult, fit_and_export, run_job
 from common.training import build_trainer
+from common.training.runs import Export, Job, TrainResult, fit_and_export, run_job
 from gpt_checkpoints.dataset.datamodule import CheckpointDataModule
 from gpt_checkpoints.dataset.store import METRIC_UNITS
 from gpt_checkpoints.model.official import PRESETS

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.checkpoint import atomic_save, safe_load
-from common.digits import digits_split, load_digits_images
+from common.data.digits import digits_split, load_digits_images
 from common.metrics.inputs import default_cache_dir
 
 CLASSIFIER_FILE = "digits_classifier_v1.safetensors"

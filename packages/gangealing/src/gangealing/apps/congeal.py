@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from common.checkpoint import atomic_save
-from common.images import save_png
+from common.data.images import save_png
 from gangealing.align.congealer import Congealer
 from gangealing.data.datasets import ImageFolder
 

@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from common.checkpoint import atomic_write_bytes
-from common.images import save_png
+from common.data.images import save_png
 from gangealing.align.congealer import Congealer
 from gangealing.align.stn import STNOutput, warp
 from gangealing.apps.correspondence import (

@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
 from common.checkpoint import atomic_write_bytes
-from common.images import open_image, save_png, to_uint8
+from common.data.images import open_image, save_png, to_uint8
 from gangealing.align.congealer import Congealer
 from gangealing.apps.correspondence import propagate_keypoints, propagate_labels, propagate_overlay
 from gangealing.data.datasets import ImageFolder

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from common.images import open_image
+from common.data.images import open_image
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from common.errors import (
     require_finite,
     require_positive_int,
 )
-from common.guards import NAN_POLICIES, gradients_finite
+from common.training.guards import NAN_POLICIES, gradients_finite
 from gangealing.align.classifier import ClusterClassifier, trunk_widths
 from gangealing.align.official_stn import OfficialClusterClassifier, OfficialComposedSTN
 from gangealing.align.released import official_classifier_for

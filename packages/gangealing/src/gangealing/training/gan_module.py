@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from common.checkpoint import plain_container
-from common.ema import EMA
-from common.images import save_grid, to_uint8
+from common.data.images import save_grid, to_uint8
 from common.training import step_seed
+from common.training.ema import EMA
 from gangealing.stylegan2.diffaug import diff_augment, parse_policy
 from gangealing.stylegan2.networks import Discriminator, Generator, save_generator
 

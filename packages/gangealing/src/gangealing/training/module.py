@@ -31,8 +31,8 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from common.checkpoint import plain_container
-from common.ema import EMA
 from common.training import step_seed
+from common.training.ema import EMA
 from gangealing.align.flow import identity_loss, total_variation_huber
 from gangealing.align.official_stn import OfficialComposedSTN
 from gangealing.align.sampling import BilinearDownsample

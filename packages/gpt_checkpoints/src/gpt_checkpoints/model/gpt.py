@@ -5,7 +5,7 @@ metric l, the prompted metric l* and the diffusion step j. Each layer's paramete
 each bias separately) form a token, and layers larger than ``max_token_size`` (M) are chunked into
 several tokens of at most M values (layer-by-layer tokenisation with chunking). Every token has its
 own linear encoder; l, l* and j are frequency-embedded scalar tokens. A stack of non-causal GPT-2
-blocks (``common.layers.GPT2Block``) with learned positional embeddings initialised to zero mixes
+blocks (``common.nn.layers.GPT2Block``) with learned positional embeddings initialised to zero mixes
 them; per-token linear decoders, zero-initialised, map the theta*_j output tokens back to parameter
 chunks; a global residual connection adds theta, so a fresh model returns its input theta and the
 network learns the update theta* - theta. With x0 (signal) prediction the output is the denoised
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from common.layers import FrequencyEmbedder, GPT2Block
+from common.nn.layers import FrequencyEmbedder, GPT2Block
 
 # ------------------------------------------------------------------------------- tokenizer
 

@@ -20,8 +20,8 @@ import torch
 
 from common.checkpoint import checkpoint_kind, plain_container, safe_load
 from common.diffusion import create_diffusion
-from common.ema import EMA
 from common.training import step_seed
+from common.training.ema import EMA
 from gpt_checkpoints.dataset.datamodule import MetricNormalizer, ParameterNormalizer
 from gpt_checkpoints.model.gpt import GPT_CONFIGS, Gpt
 from gpt_checkpoints.model.official import (

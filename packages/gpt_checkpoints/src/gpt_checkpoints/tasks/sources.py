@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.digits import load_digits_arrays
+from common.data.digits import load_digits_arrays
 
 SOURCES = ("digits", "digits_image", "mnist", "cifar10")
 

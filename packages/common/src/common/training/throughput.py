@@ -3,7 +3,7 @@
 MFU is the model's training flops per second on one device over that device's dense peak for the
 training precision (nanoGPT's ``estimate_mfu``). The training flops of one sample are 3 x the
 forward flops (the backward pass costs twice the forward) in real flops, 2 per multiply-add:
-twice the multiply-adds that ``common.flops.count_macs`` and the DiT paper's Gflops count (thesis
+twice the multiply-adds that ``common.nn.flops.count_macs`` and the DiT paper's Gflops count (thesis
 Sec. 2.3.2). Rates come from ``lightning.fabric.utilities.throughput.Throughput``.
 """
 

@@ -77,7 +77,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint I/O with atomic local writes and ``weights_only=True`` reads."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        from common.guards import require_finite_state
+        from common.checkpoint import require_finite_state
 
         # Never a NaN checkpoint: weights (with the EMA) and optimizer state must be finite.
         weights = {k: checkpoint.get(k) for k in ("state_dict", "optimizer_states")}
@@ -205,7 +205,7 @@ def build_trainer(cfg: Any, extra_hparams: dict[str, Any] | None = None) -> Any:
     from omegaconf import OmegaConf
 
     from common.errors import require_positive_int
-    from common.guards import FlushLogsOnError, NonFiniteGuard
+    from common.training.guards import FlushLogsOnError, NonFiniteGuard
 
     require_positive_int("trainer.max_steps", cfg.trainer.get("max_steps"))
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
@@ -232,7 +232,6 @@ def build_trainer(cfg: Any, extra_hparams: dict[str, Any] | None = None) -> Any:
             f"Lightning refused the trainer settings ({cause}); check the trainer.* values "
             "(python -m <command> --cfg job prints them)"
         ) from None
-    from common.runs import job_hparams
 
     hparams = {
         **OmegaConf.to_container(cfg, resolve=True),
@@ -267,3 +266,13 @@ def resumable_loader(
         drop_last=True,
         persistent_workers=num_workers > 0,
     )
+
+
+def job_hparams() -> dict[str, Any]:
+    """The Hydra job number, overrides and sweep folder, for the loggers' hyper-parameters."""
+    from common.cli import hydra_job
+
+    job = hydra_job()
+    if job is None:
+        return {}
+    return {"hydra_job": {k: job[k] for k in ("num", "overrides", "sweep_dir")}}

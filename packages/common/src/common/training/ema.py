@@ -17,10 +17,10 @@ class EMA(nn.Module):
 
     Under FSDP (Lightning's weight averaging does not support sharded models) the update pairs the
     parameters of the two modules as they are on each rank. With the model class and its block
-    class as wrap units (``common.strategies``, ``conf/strategy/fsdp.yaml``), the model and this
-    copy are sharded identically, so each pair is the same slice of the same weights and the update
-    is exact without communication; full and sharded checkpoints hold the EMA like any other
-    weights. A mismatched pair (a wrap policy that shards the two differently) raises an error.
+    class as wrap units (``common.training.strategies``, ``conf/strategy/fsdp.yaml``), the model
+    and this copy are sharded identically, so each pair is the same slice of the same weights and
+    the update is exact without communication; full and sharded checkpoints hold the EMA like any
+    other weights. A mismatched pair (a wrap policy that shards the two differently) is an error.
     Sampling from the sharded copy all-gathers its weights: every rank must run the forward pass.
     """
 

@@ -5,54 +5,29 @@ gradients each optimizer is about to apply, in automatic and manual optimisation
 first non-finite one it stops the run (``nan_policy=stop``, the default) with a
 ``NonFiniteError`` naming the step, the loss terms that went non-finite and what to try, before
 the parameters change, so the last checkpoint on disk stays the last finite one; or it drops that
-update (``nan_policy=skip``), counts it and logs ``train/skipped_steps``. ``find_non_finite``
-is what ``SafeCheckpointIO`` and ``atomic_save`` call before writing anything.
+update (``nan_policy=skip``), counts it and logs ``train/skipped_steps``. No file holding NaN or
+inf is written either: ``SafeCheckpointIO`` and ``atomic_save`` call
+``common.checkpoint.require_finite_state`` first.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
 import torch
 
+from common.checkpoint import ADVICE
 from common.errors import NonFiniteError
 
 NAN_POLICIES = ("stop", "skip")
-ADVICE = (
-    "lower optim.lr, train in full precision (trainer.precision=32-true) or clip gradients "
-    "(trainer.gradient_clip_val=1.0); nan_policy=skip drops such steps instead"
-)
 
 
 def gradients_finite(params: Iterable[torch.nn.Parameter]) -> bool:
     """Whether every gradient of ``params`` is finite (and below float32 overflow when squared)."""
     grads = [p.grad for p in params if p.grad is not None]
     return not grads or bool(_finite_flag(grads))
-
-
-def find_non_finite(obj: Any, prefix: str = "") -> str | None:
-    """The key of the first floating tensor holding NaN or inf in a nested state, else ``None``."""
-    if isinstance(obj, torch.Tensor):
-        floating = obj.is_floating_point() or obj.is_complex()
-        if floating and obj.numel() and not bool(torch.isfinite(obj).all()):
-            return prefix or "<tensor>"
-        return None
-    if isinstance(obj, float):
-        return None if math.isfinite(obj) else prefix or "<value>"
-    if isinstance(obj, Mapping):
-        items: Iterable = obj.items()
-    elif isinstance(obj, (list, tuple)):
-        items = enumerate(obj)
-    else:
-        return None
-    for key, value in items:
-        found = find_non_finite(value, f"{prefix}.{key}" if prefix else str(key))
-        if found is not None:
-            return found
-    return None
 
 
 def _finite_flag(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -122,13 +97,3 @@ class FlushLogsOnError(L.Callback):
             save = getattr(logger, "save", None)
             if callable(save):
                 save()
-
-
-def require_finite_state(state: Any, where: str) -> None:
-    """Raise ``NonFiniteError`` when ``state`` holds a NaN or inf tensor (nothing is written)."""
-    bad = find_non_finite(state)
-    if bad is not None:
-        raise NonFiniteError(
-            f"refusing to write {where}: {bad} holds NaN or inf, so the previous file stays as it "
-            f"was; {ADVICE}"
-        )

@@ -5,8 +5,8 @@ cannot hold: ``module_wrap_policy`` builds a ``ModuleWrapPolicy`` from a YAML li
 instead, for the auto-wrap units and for activation checkpointing alike.
 
 FSDP and the EMA (thesis Sec. 2.4, decay 0.9999): the model class and its block class must both be
-wrap units. The trainable model and its EMA copy (``common.ema.EMA``) then become two FSDP units of
-identical layout, so on every rank their parameters are identical slices of identical flat
+wrap units. The trainable model and its EMA copy (``common.training.ema.EMA``) then become two FSDP
+units of identical layout, so on every rank their parameters are identical slices of identical flat
 parameters, and the EMA update is a local element-wise lerp of matching shards with no
 communication. Were the model class not a unit, its non-block parameters and those of the EMA
 would share the root's flat parameter and be sharded together, so that one rank would hold the

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from common.checkpoint import atomic_write_bytes
-from common.training import latest_checkpoint, resolve_resume, wandb_run_id
+from common.cli import hydra_job
+from common.training.trainer import latest_checkpoint, resolve_resume, wandb_run_id
 
 JOB_FILE = "job.json"
 T = TypeVar("T")
@@ -38,26 +39,6 @@ T = TypeVar("T")
 
 class RunFolderError(ValueError):
     """A run folder that belongs to another run (the message says what to pass instead)."""
-
-
-def hydra_job() -> dict[str, Any] | None:
-    """This process's Hydra job: ``multirun``, ``num``, ``overrides``, ``sweep_dir``; ``None``
-    outside a Hydra application (``compose`` in tests, the Python API)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-    except ImportError:  # pragma: no cover
-        return None
-    if not HydraConfig.initialized():
-        return None
-    hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
-    return {
-        "multirun": multirun,
-        "num": int(hc.job.num) if multirun else None,
-        "overrides": list(hc.overrides.task),
-        "sweep_dir": str(Path(hc.sweep.dir).absolute()) if multirun else None,
-    }
 
 
 def read_job(run_dir: Path) -> dict[str, Any] | None:
@@ -377,11 +358,3 @@ def run_job(cfg: Any, fit: Callable[[Any, Job], T]) -> T | None:
         return None
     with job:
         return fit(cfg, job)
-
-
-def job_hparams() -> dict[str, Any]:
-    """The Hydra job number, overrides and sweep folder, for the loggers' hyper-parameters."""
-    job = hydra_job()
-    if job is None:
-        return {}
-    return {"hydra_job": {k: job[k] for k in ("num", "overrides", "sweep_dir")}}
