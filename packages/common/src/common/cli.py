@@ -91,6 +91,18 @@ def absolute_input_paths(cfg: Any, keys: Iterable[str]) -> None:
                 OmegaConf.update(cfg, key, str(candidate), merge=False)
 
 
+def check_experiment_for(cfg: Any, command: str) -> None:
+    """Refuse an experiment recorded for another command of the package (``experiment_for:``,
+    where two commands share one ``experiment`` group, as GANgealing's ``train_gan`` and
+    ``train`` do): it would set keys this command does not read."""
+    meant = cfg.get("experiment_for") if hasattr(cfg, "get") else None
+    if meant and meant != command:
+        raise ValueError(
+            f"this experiment is a recipe for python -m {meant}, not python -m {command}; run it "
+            f"with python -m {meant}, or choose another experiment="
+        )
+
+
 _DEBUG = ("debug=true", "debug=True", "+debug=true")
 _FULL_ERROR = "GENMODELS_FULL_ERROR"  # what the user asked for, seen by child processes too
 _pending: list[BaseException] = []  # a single run's user error, printed after Hydra returns
@@ -243,6 +255,7 @@ def hydra_main(
         def task_with_paths(cfg: Any) -> Any:
             try:
                 absolute_input_paths(cfg, input_paths)
+                check_experiment_for(cfg, task.__module__)
                 check_values(cfg, checks or {})
                 return task(cfg)
             except Exception as err:
