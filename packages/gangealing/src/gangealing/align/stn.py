@@ -31,7 +31,8 @@ Size = int | tuple[int, int]
 PADDING_MODES = ("reflection", "border", "zeros")
 
 
-def _hw(size: Size) -> tuple[int, int]:
+def size_hw(size: Size) -> tuple[int, int]:
+    """``(height, width)`` of an image size given as one int (square) or a pair."""
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
@@ -42,14 +43,14 @@ def _hw(size: Size) -> tuple[int, int]:
 
 def pixel_to_normalized(points: Tensor, size: Size) -> Tensor:
     """Pixel (x, y), centres at integers -> normalised u = (2x + 1) / W - 1."""
-    h, w = _hw(size)
+    h, w = size_hw(size)
     scale = points.new_tensor([w, h])
     return (2 * points + 1) / scale - 1
 
 
 def normalized_to_pixel(points: Tensor, size: Size) -> Tensor:
     """Inverse of :func:`pixel_to_normalized`: x = ((u + 1) W - 1) / 2."""
-    h, w = _hw(size)
+    h, w = size_hw(size)
     scale = points.new_tensor([w, h])
     return ((points + 1) * scale - 1) / 2
 
@@ -217,7 +218,7 @@ def nearest_neighbour_points(
     target = pixel_to_normalized(points_a, size_a or (h, w))
     index = torch.cdist(target, grid_a.reshape(n, h * w, 2)).argmin(dim=2)
     cells = torch.stack([index % w, torch.div(index, w, rounding_mode="floor")], -1).to(grid_a)
-    hb, wb = _hw(size_b) if size_b is not None else (h, w)
+    hb, wb = size_hw(size_b) if size_b is not None else (h, w)
     scale = cells.new_tensor([(wb - 1) / wb, (hb - 1) / hb])
     normalized = (cells / cells.new_tensor([w - 1, h - 1]) * 2 - 1) * scale
     return normalized_to_pixel(_sample_grid_at(grid_b, normalized), (hb, wb))
@@ -293,7 +294,9 @@ class _SpatialTransformer(nn.Module, ABC):
         self.padding_mode = padding_mode
 
     def _out_hw(self, source: Tensor) -> tuple[int, int]:
-        return _hw(self.output_size) if self.output_size is not None else tuple(source.shape[-2:])
+        return (
+            size_hw(self.output_size) if self.output_size is not None else tuple(source.shape[-2:])
+        )
 
     @abstractmethod
     def _forward(self, images: Tensor, source: Tensor, iters: int) -> STNOutput:

@@ -36,9 +36,9 @@ from torch import Tensor
 from gangealing.align.flow import total_variation_huber
 from gangealing.align.stn import (
     Size,
-    _hw,
     identity_grid,
     normalized_to_pixel,
+    size_hw,
     transfer_points_from_congealed,
     transfer_points_to_congealed,
 )
@@ -69,7 +69,7 @@ def splat(
             f"grid must be [N, Hc, Wc, 2] = {(n, hc, wc, 2)} to match values {tuple(values.shape)}"
             f", got {tuple(grid.shape)}"
         )
-    h, w = _hw(out_hw)
+    h, w = size_hw(out_hw)
     p = normalized_to_pixel(grid.to(values.dtype), (h, w)).reshape(n, -1, 2)
     rounded = p.round()
     p = torch.where((p - rounded).abs() < 1e-4, rounded, p)
@@ -98,7 +98,7 @@ def splat(
 def supersample_factor(grid: Tensor, out_hw: Size, max_factor: int = 8) -> int:
     """Smallest integer upsampling of ``grid`` that puts neighbouring samples <= 1 image pixel
     apart (no holes in :func:`splat`), capped at ``max_factor``."""
-    p = normalized_to_pixel(grid, _hw(out_hw))
+    p = normalized_to_pixel(grid, size_hw(out_hw))
     steps = [p[:, :, 1:] - p[:, :, :-1], p[:, 1:] - p[:, :-1]]
     spacing = max((s.norm(dim=-1).max().item() for s in steps if s.numel()), default=1.0)
     if not math.isfinite(spacing):
@@ -264,7 +264,7 @@ def dense_correspondence(
     congealed image (the round trip A -> congealed -> A is within 0.5 px); other pixels map to the
     nearest visible location.
     """
-    ha, wa = _hw(size_a) if size_a is not None else tuple(grid_a.shape[1:3])
+    ha, wa = size_hw(size_a) if size_a is not None else tuple(grid_a.shape[1:3])
     n = grid_a.shape[0]
     ys, xs = torch.meshgrid(
         torch.arange(ha, dtype=grid_a.dtype, device=grid_a.device),

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from gangealing.align.stn import grid_sample
+from gangealing.align.stn import grid_sample, size_hw
 
 
 @dataclass
@@ -138,15 +138,8 @@ def congeal(
 # ---------------------------------------------------------------------------- keypoint transfer
 
 
-def _hw(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    height, width = size
-    return int(height), int(width)
-
-
 def _normalizer(size: int | Sequence[int]) -> torch.Tensor:
-    height, width = _hw(size)
+    height, width = size_hw(size)
     return torch.tensor(
         [[2.0 / width, 0.0, 1.0 / width - 1.0], [0.0, 2.0 / height, 1.0 / height - 1.0], [0, 0, 1]],
         dtype=torch.float64,
@@ -216,7 +209,7 @@ def no_alignment_transfer(
     points = torch.as_tensor(points_a).clone()
     if size_a is None or size_b is None:
         return points
-    (ha, wa), (hb, wb) = _hw(size_a), _hw(size_b)
+    (ha, wa), (hb, wb) = size_hw(size_a), size_hw(size_b)
     points[..., 0] = (points[..., 0] + 0.5) * wb / wa - 0.5
     points[..., 1] = (points[..., 1] + 0.5) * hb / ha - 0.5
     return points
