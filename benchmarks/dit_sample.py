@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,8 @@ import torch
 from omegaconf import OmegaConf
 
 import diffusion_transformer
-from diffusion_transformer.models import DiT
+from _timing import peak_read, peak_reset, short_error, timed
+from diffusion_transformer.models import DiT, size_value
 from diffusion_transformer.sampling import sample_latents
 
 CONF = Path(diffusion_transformer.__file__).parent / "conf"
@@ -60,7 +60,8 @@ class Row:
 
 
 def build_model(name: str, input_size: int) -> DiT:
-    """``DiT-<size>/<patch>`` with the sizes of ``conf/model`` (Table 2.1 and ``tiny``)."""
+    """``DiT-<size>/<patch>`` of ``conf/model/<size>.yaml`` (Table 2.1's sizes from
+    ``DIT_CONFIGS``, as in training, and ``tiny``)."""
     sizes = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
     match = re.fullmatch(r"DiT-(\w+)/(\d+)", name)
     if match is None or match[1].lower() not in sizes:
@@ -69,17 +70,16 @@ def build_model(name: str, input_size: int) -> DiT:
             f"({', '.join(s.upper() if s != 'tiny' else s for s in sizes)}), e.g. DiT-XL/2"
         )
     spec = OmegaConf.load(CONF / "model" / f"{match[1].lower()}.yaml")
+    dims = {k: size_value(spec.size, k, spec[k]) for k in ("hidden_size", "depth", "num_heads")}
     return DiT(
         input_size=input_size,
         patch_size=int(match[2]),
         in_channels=4,
-        hidden_size=spec.hidden_size,
-        depth=spec.depth,
-        num_heads=spec.num_heads,
         mlp_ratio=spec.mlp_ratio,
         num_classes=1000,
         class_dropout_prob=0.1,  # the null class that guidance needs
         learn_sigma=True,
+        **dims,
     )
 
 
@@ -89,7 +89,6 @@ def diffusion_config(name: str) -> dict:
 
 def measure(rows, model, labels, noise, args, vae, device) -> None:
     """Warm every row up with a short run, then time whole runs round-robin (ABBA order)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def run(row: Row, steps: int) -> torch.Tensor:
         return sample_latents(
@@ -107,30 +106,22 @@ def measure(rows, model, labels, noise, args, vae, device) -> None:
         try:
             latents = run(row, args.warmup_steps)
             if vae is not None:
-                vae.decode(latents)
-            sync()
-        except Exception as e:  # out of memory, bf16 unsupported: reported as the row
-            row.error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:90]}"
+                timed(lambda z=latents: vae.decode(z), device)
+        except Exception as e:  # noqa: BLE001 (out of memory, bf16 unsupported: the row's cell)
+            row.error = short_error(e)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     for i in range(args.reps):
         for row in rows[:: 1 if i % 2 == 0 else -1]:
             if row.error is not None:
                 continue
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            sync()
-            start = time.perf_counter()
-            latents = run(row, row.steps)
-            sync()
-            row.times.append(time.perf_counter() - start)
+            base = peak_reset(device) if device.type == "cuda" else 0
+            latents, seconds = timed(lambda row=row: run(row, row.steps), device)
+            row.times.append(seconds)
             if vae is not None:
-                start = time.perf_counter()
-                vae.decode(latents)
-                sync()
-                row.decode_times.append(time.perf_counter() - start)
+                row.decode_times.append(timed(lambda z=latents: vae.decode(z), device)[1])
             if device.type == "cuda":
-                row.peak = max(row.peak, torch.cuda.max_memory_allocated(device))
+                row.peak = max(row.peak, peak_read(device, base))
 
 
 def print_table(

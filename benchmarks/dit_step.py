@@ -11,10 +11,10 @@ constants and the EMA done the way the reference DiT code does them (see ``Offic
 
 Columns: ``img/s`` = batch / median step time; ``ms/step`` = that median; ``peak MiB`` = on CUDA
 ``torch.cuda.max_memory_allocated`` (absolute: weights, grads, AdamW, EMA, activations), on CPU the
-growth of resident memory over its value at the start of each timed step (Linux ``VmHWM`` reset via
-``/proc/self/clear_refs`` after ``malloc_trim``; else the ``ru_maxrss`` delta); ``x fp32`` = img/s
-over the ``fp32 eager`` row's; ``MFU`` = training flop/s over the device's dense bf16 peak, for
-every row, with 3 x forward flops per image and forward flops 2 x ``count_macs`` of the real model.
+growth of resident memory over its value at the start of each timed step (``_timing``);
+``x fp32`` = img/s over the ``fp32 eager`` row's; ``MFU`` = training flop/s over the device's
+dense bf16 peak, for every row, with 3 x forward flops per image and forward flops 2 x
+``count_macs`` of the real model.
 Rows are timed round-robin one step at a time, the order reversed every round (ABBA), so drift of
 the machine hits every row alike; the eager rows first, then the compiled rows, so that compiled
 kernels cannot disturb the eager rows.
@@ -23,20 +23,16 @@ kernels cannot disturb the eager rows.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import math
-import resource
 import statistics
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from _timing import Row, measure
 from common.diffusion import create_diffusion
 from common.diffusion.likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from common.nn.flops import count_macs
@@ -102,70 +98,6 @@ def official_style_ema(ema: nn.Module, model: nn.Module, decay: float = 0.9999) 
         ema_params[name].mul_(decay).add_(param.data, alpha=1 - decay)
 
 
-@dataclass
-class Row:
-    name: str
-    step: Callable[[], None]
-    times: list[float] = field(default_factory=list)
-    peak: int = 0
-    error: str | None = None
-
-
-def _proc_status(key: str = "VmHWM:") -> int:
-    """Bytes of a ``/proc/self/status`` field; without procfs, ``ru_maxrss`` (never resets)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def peak_reset(device: torch.device) -> int:
-    """Start a peak-memory window; returns the CPU baseline in bytes (0 on CUDA)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return 0
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back so RSS starts clean
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current resident size
-        return _proc_status("VmRSS:")
-    except OSError:
-        return _proc_status()
-
-
-def peak_read(device: torch.device, base: int) -> int:
-    """Peak bytes since ``peak_reset``: absolute on CUDA, growth over ``base`` on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return _proc_status() - base
-
-
-def measure(rows: list[Row], device: torch.device, warmup: int, steps: int) -> None:
-    """Warm every row up (compiling happens here), then time them round-robin, step by step."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for row in rows:
-        try:
-            for _ in range(warmup):
-                row.step()
-            sync()
-        except Exception as e:  # compile errors, out of memory: reported as the row
-            row.error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:90]}"
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    for i in range(steps):  # one step of each row in turn, the order reversed every other round
-        for row in rows[:: 1 if i % 2 == 0 else -1]:
-            if row.error is None:
-                base = peak_reset(device)
-                sync()
-                start = time.perf_counter()
-                row.step()
-                sync()
-                row.times.append(time.perf_counter() - start)
-                row.peak = max(row.peak, peak_read(device, base))
-
-
 def bf16_peak(device: torch.device, tflops: float | None) -> tuple[float | None, str]:
     """Dense bf16 peak of the device in flop/s and where the number comes from."""
     if tflops:
@@ -204,7 +136,7 @@ def profile_kernels(row: Row, device: torch.device, steps: int = 3, top: int = 2
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(steps):
-            row.step()
+            row.call()
         if device.type == "cuda":
             torch.cuda.synchronize()
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gangealing import stylegan2_ops
+from _timing import round_robin
+from gangealing.stylegan2 import ops as stylegan2_ops
 from gangealing.stylegan2.networks import Discriminator, Generator
 
 TINY_CHANNELS = {4: 32, 8: 32, 16: 32, 32: 16, 64: 16, 128: 8, 256: 8}
@@ -97,21 +97,18 @@ def main() -> None:
     iteration = make_iteration(generator, discriminator, args.batch_size, device)
     package_op = stylegan2_ops.upfirdn2d
     rows = {"batch-folded (baseline)": upfirdn2d_batch_folded, "depthwise (ours)": package_op}
-    times: dict[str, list[float]] = {name: [] for name in rows}
-    order = list(rows)
+
+    def with_op(op):
+        def run() -> None:
+            stylegan2_ops.upfirdn2d = op
+            iteration()
+
+        return run
+
     try:
-        for step in range(args.warmup + args.steps):
-            for name in order:
-                stylegan2_ops.upfirdn2d = rows[name]
-                if cuda:
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                iteration()
-                if cuda:
-                    torch.cuda.synchronize()
-                if step >= args.warmup:
-                    times[name].append(time.perf_counter() - start)
-            order.reverse()
+        times = round_robin(
+            {name: with_op(op) for name, op in rows.items()}, args.steps, warmup=args.warmup
+        )
     finally:
         stylegan2_ops.upfirdn2d = package_op
     widths = "model=stylegan2/paper" if args.paper else "model=stylegan2/tiny"
