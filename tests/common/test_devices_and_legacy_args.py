@@ -52,3 +52,24 @@ def test_renamed_keys_and_groups_become_their_new_spelling(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "warning: gan= is deprecated in python -m y; use model=stylegan2/paper"
     assert len(err) == 3
+
+
+def test_an_error_from_a_data_loader_worker_is_its_own_line():
+    """torch re-raises a worker's exception with the worker's traceback in the message; the one
+    line a user sees is the original message (``common.errors.one_line``)."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from common.errors import is_user_error, one_line
+
+    class Unreadable(Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i):
+            raise ValueError("cannot read the image x.png; remove or replace that file")
+
+    with pytest.raises(ValueError) as err:
+        next(iter(DataLoader(Unreadable(), num_workers=1)))
+    assert "Original Traceback" in str(err.value)  # what torch gives
+    assert is_user_error(err.value)
+    assert one_line(err.value) == "cannot read the image x.png; remove or replace that file"

@@ -146,7 +146,13 @@ CASES = [
     ("gangealing.congeal", ["congealer={stylegan2}", "images={images}", "iters=0"], "iters=0"),
     (
         "gangealing.train_gan",
-        ["data={images}", "trainer.max_steps=1", "logger=none", "resolution=16"],
+        [
+            "data=folder",
+            "data.root={images}",
+            "trainer.max_steps=1",
+            "logger=none",
+            "resolution=16",
+        ],
         "cannot read the image",
     ),
     ("gangealing.pck", ["method=none", "dataset=nope", "root=x"], "nope"),

@@ -34,7 +34,7 @@ CLI_OVERRIDES = [
     "logger=none",
     "resolution=16",
     "batch_size=4",
-    "synthetic_size=16",
+    "data.num_images=16",
     "model.style_dim=16",
     "model.n_mlp=2",
     "model.channels={4:16,8:16,16:8}",
@@ -209,7 +209,7 @@ def test_builtin_dataset_and_flips():
 def test_image_folder_data_and_errors(tmp_path):
     with pytest.raises(ValueError, match="no images found .* put images there"):
         build_dataset(tmp_path, 16)
-    with pytest.raises(FileNotFoundError, match="does not exist; pass data="):
+    with pytest.raises(FileNotFoundError, match="does not exist; pass data=folder data.root="):
         build_dataset(tmp_path / "missing", 16)
     Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "b.png")
     data = build_dataset(tmp_path, 8)

@@ -182,6 +182,30 @@ def test_the_former_flat_keys_still_compose_with_a_deprecation_line(run_main):
     assert "use model=stylegan2/paper" in err
 
 
+def test_train_gan_data_is_a_group_and_the_former_data_keys_still_work(run_main, tmp_path):
+    """``data=photo|folder`` like DiT's ``data=``; ``data=<folder>``, ``data=<photo>``, ``hflip=``
+    and ``synthetic_size=`` of the last release become the group's keys, with a warning each."""
+    import yaml
+
+    def job(*args: str) -> tuple[dict, str]:
+        _, out, err = run_main("gangealing.train_gan", *args, "--cfg", "job")
+        return yaml.safe_load(out)["data"], err
+
+    data, _ = job("data=folder", f"data.root={tmp_path}")
+    assert (data["name"], data["root"]) == ("folder", str(tmp_path))
+    assert data["datamodule"]["data"] == "${data.root}"
+    data, err = job("data=chelsea", "hflip=false", "synthetic_size=8")
+    assert (data["name"], data["image"], data["hflip"], data["num_images"]) == (
+        "photo", "chelsea", False, 8,
+    )  # fmt: skip
+    assert "use data=photo data.image=chelsea" in err and "use data.hflip=false" in err
+    data, err = job(f"data={tmp_path}")
+    assert data["root"] == str(tmp_path)
+    warning = "warning: data= is deprecated in python -m gangealing.train_gan; use data=folder"
+    assert f"{warning} data.root={tmp_path}" in err
+    assert "deprecated" not in job("data=photo")[1]
+
+
 def test_experiment_synthetic_selects_the_small_similarity_trunk():
     from hydra import compose, initialize_config_module
 

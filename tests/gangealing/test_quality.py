@@ -28,7 +28,7 @@ TEST_ITERS = {"gangealing": ["iters=4"], "congealing": [], "none": []}
 
 TRAIN_GAN = [
     "resolution=32",
-    "hflip=false",
+    "data.hflip=false",
     f"trainer.max_steps={GAN_STEPS}",
     "logger=none",
     "trainer.enable_progress_bar=false",
@@ -53,7 +53,8 @@ def test_gangealing_beats_both_baselines_on_warped_photos(tmp_path):
     subprocess.run([sys.executable, str(MAKE_DATA), str(tmp_path / "data")], check=True)
     run_cli(
         "gangealing.train_gan",
-        f"data={tmp_path / 'data' / 'train' / 'images'}",
+        "data=folder",
+        f"data.root={tmp_path / 'data' / 'train' / 'images'}",
         *TRAIN_GAN,
         f"hydra.run.dir={tmp_path / 'stylegan2'}",
         cwd=tmp_path,

@@ -181,7 +181,7 @@ def translate_legacy_args(
     ``--steps=5`` -> ``steps=5``; Hydra's own ``--help``, ``--cfg``, ``-m`` pass through) and
     renamed keys: ``"transform": "model.transform"``, a prefix ``"stn.": "model."``, a group
     whose options moved, ``"gan": "model=stylegan2/{}"``, or a function of the value returning
-    the overrides that replace it. Bare arguments become the
+    the overrides that replace it (None: the value is today's spelling). Bare arguments become the
     ``positional`` keys in order (``<run>`` -> ``run=<run>``)."""
     flags = flags or {}
     out: list[str] = []
@@ -228,7 +228,8 @@ def _renamed(key: str, value: str, renames: dict[str, Any]) -> list[str] | None:
             return [f"{new}{key[len(old) :]}={value}"]
         if key == old:
             if callable(new):
-                return list(new(value))
+                replaced = new(value)
+                return None if replaced is None else list(replaced)
             return [new.format(value) if "{}" in new else f"{new}={value}"]
     return None
 

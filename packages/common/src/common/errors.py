@@ -10,6 +10,7 @@ configuration errors) are caught as well. Anything else is a bug and keeps its t
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -74,9 +75,18 @@ def _config_hint(cause: BaseException) -> str:
     return ""
 
 
+_WORKER = "Original Traceback (most recent call last):"
+_EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Interrupt|Exit): ")
+
+
 def _clean(text: str) -> str:
-    """One line of ``text``: OmegaConf's key dumps and Hydra's search-path listing dropped."""
+    """One line of ``text``: OmegaConf's key dumps and Hydra's search-path listing dropped; an
+    error re-raised from a ``DataLoader`` worker (torch's ``ExceptionWrapper``) is its own
+    message, without the worker's traceback."""
     text = str(text).split("Config search path:")[0]
+    if _WORKER in text:
+        last = [ln for ln in text.split(_WORKER, 1)[1].splitlines() if ln.strip()][-1].strip()
+        text = _EXCEPTION_LINE.sub("", last, count=1)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return " ".join(ln for ln in lines if not ln.startswith(_NOISE))
 

@@ -1,10 +1,10 @@
-"""Train a StyleGAN2 generator for GANgealing: ``python -m gangealing.train_gan data=<folder>``.
+"""Train a StyleGAN2 for GANgealing: ``python -m gangealing.train_gan data=folder data.root=<dir>``.
 
 GANgealing (thesis Ch. 4) aligns a category with a StyleGAN2 generator G trained on it (256x256
 center crops in Sec. 4.4.2). With no overrides this trains a tiny 32x32 StyleGAN2 on the offline
-``data=astronaut`` set on the CPU. ``model=stylegan2/paper resolution=256 trainer=gpu`` is the
-published configuration; ``augment=[color,translation,cutout]`` adds DiffAugment for small
-datasets.
+``data=photo`` set (warps of a bundled photograph) on the CPU.
+``model=stylegan2/paper resolution=256 trainer=gpu`` is the published configuration;
+``augment=[color,translation,cutout]`` adds DiffAugment for small datasets.
 ``resume=<run dir>`` continues a run (same step, optimizers, EMA, path-length mean, data order).
 At the end it writes ``checkpoints/last.ckpt`` and ``stylegan2.pt`` (rosinality format), which
 the GANgealing stage loads with ``generator=<run dir>/stylegan2.pt``.
@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from common.cli import hydra_main
 from common.training import build_trainer
 from common.training.runs import Export, Job, TrainResult, fit_and_export, run_job
-from gangealing.data.image_data import ImageDataModule
+from gangealing.data.image_data import BUNDLED_IMAGES, ImageDataModule
 from gangealing.training.gan_module import StyleGAN2Module
 
 log = logging.getLogger(__name__)
@@ -40,15 +40,7 @@ def train(cfg: DictConfig) -> TrainResult | None:
 def _fit(cfg: DictConfig, job: Job) -> TrainResult:
     run_dir = job.run_dir
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = ImageDataModule(
-        cfg.data,
-        cfg.resolution,
-        batch_size=cfg.batch_size,
-        hflip=cfg.hflip,
-        num_workers=cfg.num_workers,
-        synthetic_size=cfg.synthetic_size,
-        seed=cfg.seed,
-    )
+    datamodule: ImageDataModule = instantiate(cfg.data.datamodule)
     datamodule.setup()  # fail early on a bad data= (missing/empty folder)
     module = build_module(cfg)
     trainer: L.Trainer = build_trainer(cfg)
@@ -70,8 +62,8 @@ CHECKS = {
     "seed": "int>=0",
     "resolution": "int>=4",
     "batch_size": "int>=1",
-    "synthetic_size": "int>=1",
-    "num_workers": "int>=0",
+    "data.num_images": "int>=1|null",
+    "data.num_workers": "int>=0",
     "mixing": "[0,1]",
     "ema_decay": "[0,1]|null",
     "optim.lr": ">0",
@@ -86,11 +78,28 @@ CHECKS = {
 }
 
 
-# The keys before the StyleGAN2 widths became the model group (one release).
-RENAMED = {"gan": "model=stylegan2/{}", "gan.": "model."}
+def _former_data(value: str) -> list[str] | None:
+    """``data=<folder>`` / ``data=<photo name>``, the spellings before the data group."""
+    if value in ("photo", "folder"):
+        return None
+    if value in BUNDLED_IMAGES:
+        return ["data=photo", f"data.image={value}"]
+    return ["data=folder", f"data.root={value}"]
 
 
-@hydra_main("train_gan", input_paths=("data", "resume"), checks=CHECKS, legacy_flags=RENAMED)
+# Former spellings, kept one release: the StyleGAN2 widths before the model group, the data keys
+# before the data group.
+RENAMED = {
+    "gan": "model=stylegan2/{}",
+    "gan.": "model.",
+    "data": _former_data,
+    "hflip": "data.hflip",
+    "num_workers": "data.num_workers",
+    "synthetic_size": "++data.num_images",  # read by data=photo only, as before
+}
+
+
+@hydra_main("train_gan", input_paths=("data.root", "resume"), checks=CHECKS, legacy_flags=RENAMED)
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

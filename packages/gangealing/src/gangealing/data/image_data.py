@@ -50,8 +50,8 @@ def build_dataset(
         return _Images(warps.images)
     if not path.is_dir():
         raise FileNotFoundError(
-            f"image folder {path} does not exist; pass data=<folder of PNG/JPEG images> or the "
-            f"name of a bundled photograph for the offline dataset: {', '.join(BUNDLED_IMAGES)}"
+            f"image folder {path} does not exist; pass data=folder data.root=<folder of PNG/JPEG "
+            f"images>, or data=photo data.image=<{'|'.join(BUNDLED_IMAGES)}> for the offline set"
         )
     return ImageFolder(path, resolution)
 
