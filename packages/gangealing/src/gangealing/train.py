@@ -40,7 +40,8 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
         congealer = run_dir / "congealer.pt"
         if trainer.is_global_zero:
             atomic_save(module.export(), congealer)
-        return Export(congealer, "congealer", f"python -m gangealing.congeal congealer={congealer}")
+        usage = f"python -m gangealing.congeal congealer={congealer} images=<folder>"
+        return Export(congealer, "congealer", usage)
 
     return fit_and_export(job, trainer, module, export)
 
