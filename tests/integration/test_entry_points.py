@@ -1,6 +1,7 @@
 """Every command of every package, installed from its wheel and run outside the repository:
-``python -m <module> --help`` and ``<console script> --cfg job`` work the same everywhere
-(one CLI convention, configs that travel inside the wheels).
+``python -m <module> --help``, ``<console script> --cfg job`` and the console script's tab
+completion (Hydra's ``-sc query=bash`` with ``COMP_LINE``, what ``-sc install=bash`` installs)
+work the same everywhere (one CLI convention, configs that travel inside the wheels).
 
 The wheels are built once and unpacked into a folder on ``PYTHONPATH``; one subprocess, started
 in an empty folder, runs every command in-process (``runpy`` for ``python -m``, the console
@@ -25,7 +26,7 @@ PACKAGES = ["common", "diffusion_transformer", "gpt_checkpoints", "gangealing"]
 DEPRECATED = {"gangealing.evaluate_pck"}  # former names kept for one release (their own tests)
 
 DRIVER = r"""
-import contextlib, importlib, io, json, runpy, sys
+import contextlib, importlib, io, json, os, runpy, sys
 from hydra.core.global_hydra import GlobalHydra
 
 def call(fn, argv):
@@ -50,6 +51,9 @@ for script, target in json.loads(sys.argv[1]).items():
         "help": call(lambda: runpy.run_module(module, run_name="__main__"), [module, "--help"]),
         "cfg": call(entry, [script, "--cfg", "job"]),
     }
+    first = (report[script]["cfg"]["out"].split(":") or [""])[0].strip()  # the config's first key
+    os.environ["COMP_LINE"] = f"{script} {first[:2]}"
+    report[script]["complete"] = {"prefix": first, **call(entry, [script, "-sc", "query=bash"])}
 print(json.dumps(report))
 """
 
@@ -109,6 +113,9 @@ def test_help_and_cfg_job_work_outside_the_repository(report, script):
     out = entry["cfg"]["out"]
     assert out.strip() and ":" in out.splitlines()[0], out[:500]
     assert entry["file"].startswith(report["_site"])  # the wheel's copy, not the repository's
+    complete = entry["complete"]
+    assert complete["code"] == 0, complete["err"][-2000:]
+    assert complete["prefix"] in complete["out"].replace("=", " ").replace(".", " ").split()
 
 
 def test_the_composed_configs_are_the_packages_own(report):

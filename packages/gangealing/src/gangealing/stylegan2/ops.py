@@ -54,8 +54,8 @@ def upfirdn2d(
     result is padded by ``pad`` (negative values crop), convolved (true convolution, so the
     kernel is flipped before ``conv2d``) and every ``down``-th sample is kept. The output size is
     ``(H * up + y0 + y1 - kh) // down + 1``. Implemented as one depthwise ``conv2d``
-    (``groups=C``): folding the channels into the batch instead, as a single-channel
-    convolution, is about 7x slower on CPUs, mostly in the backward pass.
+    (``groups=C``), faster than folding the channels into the batch as a single-channel
+    convolution (BENCHMARKS.md, "StyleGAN2 training iteration").
     """
     x0, x1, y0, y1 = _expand_pad(pad)
     batch, channel, height, width = input.shape
