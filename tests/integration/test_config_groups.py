@@ -132,3 +132,16 @@ def test_an_experiment_of_the_other_command_is_one_line(cli_main):
         "gangealing.train_gan; run it with python -m gangealing.train, or choose another "
         "experiment="
     )
+
+
+PRIMARIES = [(p, c.stem) for p in PACKAGES for c in sorted(_conf(p).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("package", "command"), PRIMARIES, ids=["/".join(p) for p in PRIMARIES])
+def test_every_command_writes_under_outputs_package_command(package, command):
+    """One naming scheme: ``outputs/<package>/<command>/<date-time>/`` (multiruns ``multirun/``)."""
+    with initialize_config_module(f"{package}.conf", version_base="1.3"):
+        cfg = compose(config_name=command, return_hydra_config=True)
+    hydra = OmegaConf.to_container(cfg.hydra, resolve=False)
+    assert hydra["run"]["dir"] == f"outputs/{package}/{command}/${{now:%Y-%m-%d_%H-%M-%S.%f}}"
+    assert hydra["sweep"]["dir"].startswith(f"multirun/{package}/{command}/")
