@@ -120,3 +120,8 @@ def test_released_tasks_use_the_official_sgd_and_digits_the_thesis():
     assert digits["schedule"] == "cosine_step" and digits["lr"] == 0.1
     with pytest.raises(ValueError, match="unknown task 'mlp_huge'; choose one of mlp_digits"):
         task_recipe("mlp_huge")
+    from gpt_checkpoints import tasks
+
+    with pytest.warns(DeprecationWarning, match="OFFICIAL_RECIPE moved to conf/task/mlp_mnist"):
+        former = tasks.OFFICIAL_RECIPE  # the last release's name, one release more
+    assert former == {"batch_size": 128, "nesterov": True, "schedule": "cosine_epoch"}
