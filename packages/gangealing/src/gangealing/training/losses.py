@@ -91,7 +91,7 @@ class LPIPSDistance(_FrozenDistance):
     def __init__(self, backbone_path: str | os.PathLike | None = None):
         super().__init__()
         candidates = (
-            [Path(backbone_path)]
+            [Path(backbone_path).expanduser()]
             if backbone_path is not None
             else [Path(torch.hub.get_dir()) / "checkpoints" / VGG16_BACKBONE_FILE]
         )
