@@ -51,12 +51,12 @@ def test_evaluate_scores_real_digits_well_and_noise_badly(digits_npz, cache_dir,
         f"metrics.cache_dir={cache_dir}",
         "device=cpu",
     ]
-    real = evaluate(compose_eval(f"samples={digits_npz}", f"out_dir={tmp_path}/real", *common))
+    real = evaluate(compose_eval(f"samples={digits_npz}", f"out={tmp_path}/real", *common))
     rng = np.random.default_rng(0)
     noise_path = tmp_path / "noise.npz"
     noise = rng.integers(0, 256, (500, 8, 8, 1), dtype=np.uint8)
     np.savez(noise_path, arr_0=noise, labels=rng.integers(0, 10, 500))
-    bad = evaluate(compose_eval(f"samples={noise_path}", f"out_dir={tmp_path}/noise", *common))
+    bad = evaluate(compose_eval(f"samples={noise_path}", f"out={tmp_path}/noise", *common))
     assert real["acc_digits"] > 0.95 and bad["acc_digits"] < 0.3
     assert real["fd_digits"] < 0.05 * bad["fd_digits"]
     assert real["precision_digits"] > 0.9 and bad["precision_digits"] < 0.1
@@ -72,7 +72,7 @@ def test_digits_reference_follows_the_sample_resolution(cache_dir, tmp_path):
     path = tmp_path / "real16.npz"
     np.savez(path, arr_0=to_uint8(images16[1::2]), labels=labels[1::2].numpy())
     common = ["reference=digits", "metrics.names=[fd_digits]", f"metrics.cache_dir={cache_dir}"]
-    real16 = evaluate(compose_eval(f"samples={path}", f"out_dir={tmp_path}/a", *common))
+    real16 = evaluate(compose_eval(f"samples={path}", f"out={tmp_path}/a", *common))
     assert real16["fd_digits"] < 5.0
     assert resolve_reference("digits", image_size=16).shape == (1797, 16, 16, 3)
 
@@ -117,7 +117,7 @@ def test_evaluate_errors_name_the_fix(digits_npz, tmp_path, monkeypatch):
         evaluate(
             compose_eval(
                 f"samples={digits_npz}", "reference=digits", "metrics.names=[fid]",
-                f"out_dir={tmp_path}", "device=cpu",
+                f"out={tmp_path}", "device=cpu",
             )
         )  # fmt: skip
     assert "metrics.inception_weights" in str(e.value)
@@ -136,7 +136,7 @@ def test_evaluate_errors_name_the_fix(digits_npz, tmp_path, monkeypatch):
         evaluate(
             compose_eval(
                 f"samples={digits_npz}", "reference=digits", "metrics.names=[fud]",
-                f"out_dir={tmp_path}", "device=cpu",
+                f"out={tmp_path}", "device=cpu",
             )
         )  # fmt: skip
 

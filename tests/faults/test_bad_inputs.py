@@ -99,7 +99,7 @@ CASES = [
     (DIT_SAMPLE, ["ckpt={dit}", "num_samples=0"], "num_samples=0"),
     (DIT_SAMPLE, ["ckpt={dit}", "cfg_scale=nan"], "cfg_scale=nan"),
     (DIT_SAMPLE, ["ckpt={dit}", "cfg_scale=-1"], "cfg_scale=-1"),
-    (DIT_SAMPLE, ["ckpt={dit}", "steps=0"], "steps=0"),
+    (DIT_SAMPLE, ["ckpt={dit}", "sampling_steps=0"], "sampling_steps=0"),
     (DIT_SAMPLE, ["ckpt={dit}", "arch=DiT-Q/9"], "unknown DiT model 'DiT-Q/9'"),
     (DIT_SAMPLE, ["ckpt={dit}", "model=DiT-Q/9"], "unknown DiT model 'DiT-Q/9'"),  # = arch
     (

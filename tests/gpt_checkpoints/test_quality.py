@@ -43,7 +43,7 @@ def test_digits_gpt_beats_one_step_of_sgd_and_adam(tmp_path):
         f"out={out}",
         "analyses=[one_step,alignment]",
         "sampler=ddim",
-        "steps=2",
+        "sampling_steps=2",
         cwd=tmp_path,
     )
     results = json.loads((out / "results.json").read_text())

@@ -145,3 +145,26 @@ def test_every_command_writes_under_outputs_package_command(package, command):
     hydra = OmegaConf.to_container(cfg.hydra, resolve=False)
     assert hydra["run"]["dir"] == f"outputs/{package}/{command}/${{now:%Y-%m-%d_%H-%M-%S.%f}}"
     assert hydra["sweep"]["dir"].startswith(f"multirun/{package}/{command}/")
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "former", "key", "value"),
+    [
+        ("diffusion_transformer.sample", ["ckpt=x"], "steps=7", "sampling_steps", 7),
+        ("diffusion_transformer.sample", ["ckpt=x"], "out_dir=o", "out", "o"),
+        ("diffusion_transformer.evaluate", [], "out_dir=o", "out", "o"),
+        ("gpt_checkpoints.prompt", ["gpt=x"], "steps=7", "sampling_steps", 7),
+        ("gpt_checkpoints.evaluate", ["gpt=x"], "steps=7", "sampling_steps", 7),
+    ],
+)
+def test_sampling_commands_share_the_training_configs_keys(
+    run_main, module, args, former, key, value
+):
+    """``sampling_steps`` (as ``diffusion.sampling_steps`` in training) and ``out`` everywhere;
+    the former ``steps=`` / ``out_dir=`` still work one release, with a warning."""
+    import yaml
+
+    _, out, err = run_main(module, *args, former, "--cfg", "job")
+    assert yaml.safe_load(out)[key] == value
+    old = former.partition("=")[0]
+    assert f"warning: {old}= is deprecated in python -m {module}; use {key}={value}" in err

@@ -18,7 +18,7 @@ TINY_TRAIN = [
     "trainer.val_check_interval=3",
     "checkpoint_every=3",
 ]
-FAST_SAMPLER = ["sampler=ddim", "steps=4"]
+FAST_SAMPLER = ["sampler=ddim", "sampling_steps=4"]
 
 
 @pytest.fixture(scope="module")

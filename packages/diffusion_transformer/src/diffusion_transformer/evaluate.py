@@ -111,7 +111,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cache_dir=cfg.metrics.cache_dir,
     )
     values = {k: float(v) for k, v in values.items()}
-    out = Path(cfg.out_dir) / "metrics.json"
+    out = Path(cfg.out) / "metrics.json"
     record = {"samples": str(cfg.samples), "reference": str(cfg.reference), **values}
     atomic_write_bytes(json.dumps(record, indent=2).encode(), out)
     for name, value in values.items():
@@ -128,6 +128,7 @@ CHECKS = {
 
 @hydra_main(
     "evaluate",
+    legacy_flags={"out_dir": "out"},  # the former spelling, kept one release
     input_paths=("samples", "reference", "metrics.inception_weights", "metrics.cache_dir"),
     checks=CHECKS,
 )

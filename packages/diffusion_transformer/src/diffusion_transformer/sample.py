@@ -3,7 +3,7 @@
     python -m diffusion_transformer.sample \\
         ckpt=outputs/diffusion_transformer/train/<run>/checkpoints/last.ckpt
     python -m diffusion_transformer.sample ckpt=DiT-XL-2-256x256.pt vae=/models/sd-vae-ft-ema \\
-        cfg_scale=4.0 labels=[207,360,387,974] sampler=ddpm steps=250
+        cfg_scale=4.0 labels=[207,360,387,974] sampler=ddpm sampling_steps=250
 
 Writes ``grid.png`` and ``samples.npz`` (``arr_0``: uint8 [N, H, W, 3], ADM's evaluator format;
 ``labels``: the class of each sample) and prints their paths.
@@ -96,7 +96,7 @@ def sample(cfg: DictConfig) -> SampleResult:
             y,
             noise,
             sampler=cfg.sampler,
-            steps=cfg.steps,
+            steps=cfg.sampling_steps,
             cfg_scale=cfg.cfg_scale,
             clip_denoised=vae is None,
             autocast_dtype=autocast,
@@ -106,7 +106,7 @@ def sample(cfg: DictConfig) -> SampleResult:
             x = vae.decode(x)
         images.append(to_uint8(x))
     images_np = np.concatenate(images)
-    out_dir = Path(cfg.out_dir)
+    out_dir = Path(cfg.out)
     grid = save_grid(images_np[: cfg.grid_size], out_dir / "grid.png")
     npz = save_npz(images_np, out_dir / "samples.npz", labels=labels.numpy())
     print(f"sample grid : {grid}")
@@ -121,14 +121,24 @@ CHECKS = {
     "grid_size": "int>=1",
     "seed": "int>=0",
     "cfg_scale": ">=0",
-    "steps": "int>=1|null",
+    "sampling_steps": "int>=1|null",
     "image_size": "int>=1|null",
     "num_classes": "int>=1|null",
     "num_heads": "int>=1|null",
 }
 
 
-@hydra_main("sample", input_paths=("ckpt", "vae"), checks=CHECKS, aliases={"model": "arch"})
+# Former spellings, kept one release (the keys of the training configs and of every command).
+LEGACY = {"steps": "sampling_steps", "out_dir": "out"}
+
+
+@hydra_main(
+    "sample",
+    input_paths=("ckpt", "vae"),
+    checks=CHECKS,
+    aliases={"model": "arch"},
+    legacy_flags=LEGACY,
+)
 def main(cfg: DictConfig) -> None:
     OmegaConf.resolve(cfg)
     sample(cfg)

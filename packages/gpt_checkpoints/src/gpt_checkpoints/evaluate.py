@@ -172,7 +172,7 @@ def run(cfg: DictConfig) -> dict:
         module.cuda()
     task = load_task(module, cfg.get("data_root"))
     metric = module.hparams["metric"]
-    sampler, steps, better = cfg.sampler, cfg.steps, resolve_better(module, cfg.better)
+    sampler, steps, better = cfg.sampler, cfg.sampling_steps, resolve_better(module, cfg.better)
     results: dict = {
         "task": task.name,
         "metric": metric,
@@ -297,11 +297,16 @@ CHECKS = {
     "memorization_prompts": "int>=1",
     "novelty_nets": "int>=2",
     "noise_levels": ">0",
-    "steps": "int>=1|null",
+    "sampling_steps": "int>=1|null",
 }
 
 
-@hydra_main("evaluate", input_paths=("gpt", "dataset", "data_root"), checks=CHECKS)
+@hydra_main(
+    "evaluate",
+    input_paths=("gpt", "dataset", "data_root"),
+    checks=CHECKS,
+    legacy_flags={"steps": "sampling_steps"},  # the former spelling, kept one release
+)
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -84,7 +84,14 @@ def run(cfg: DictConfig) -> dict:
     current = start
     for k in range(int(cfg.recursive)):
         theta = gpt_step(
-            module, task, theta, prompt, cfg.sampler, cfg.steps, seed=cfg.seed + k, current=current
+            module,
+            task,
+            theta,
+            prompt,
+            cfg.sampler,
+            cfg.sampling_steps,
+            seed=cfg.seed + k,
+            current=current,
         )
         current = task.evaluate(theta)[metric]
         trace.append(current.tolist())
@@ -119,13 +126,18 @@ CHECKS = {
     "num_nets": "int>=1",
     "prompt": ">=0|null",
     "recursive": "int>=1",
-    "steps": "int>=1|null",
+    "sampling_steps": "int>=1|null",
     "seed": "int>=0",
     "init_seed": "int>=0",
 }
 
 
-@hydra_main("prompt", input_paths=("gpt", "params", "data_root"), checks=CHECKS)
+@hydra_main(
+    "prompt",
+    input_paths=("gpt", "params", "data_root"),
+    checks=CHECKS,
+    legacy_flags={"steps": "sampling_steps"},  # the former spelling, kept one release
+)
 def main(cfg: DictConfig) -> None:
     report = run(cfg)
     if cfg.get("report"):
