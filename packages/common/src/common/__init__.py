@@ -34,22 +34,32 @@ MOVED = {
 }
 
 
+_moved: dict[str, str] = dict(MOVED)  # every package's former names (``register_moved``)
+
+
+def register_moved(moved: dict[str, str]) -> None:
+    """Let a package's former module names (``{"pkg.old": "pkg.new.place"}``) import for one
+    release as their new modules, with a DeprecationWarning; called from the package's
+    ``__init__``, so ``import pkg.old`` finds them."""
+    _moved.update(moved)
+
+
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Import a former name of ``MOVED`` as its new module (the module object itself)."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname not in MOVED:
+        if fullname not in _moved:
             return None
         return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec):
         warnings.warn(
-            f"{spec.name} moved to {MOVED[spec.name]}; import it from there (the old name goes "
+            f"{spec.name} moved to {_moved[spec.name]}; import it from there (the old name goes "
             "in the next release)",
             DeprecationWarning,
             stacklevel=2,
         )
-        module = importlib.import_module(MOVED[spec.name])
+        module = importlib.import_module(_moved[spec.name])
         self._own_spec = module.__spec__  # importlib sets __spec__ to the alias: put it back
         return module
 
