@@ -121,7 +121,7 @@ CASES = [
     (DIT_TRAIN, ["trainer.devices=abc", "logger=none"], "Lightning refused the trainer settings"),
     (DIT_TRAIN, ["trainer.precision=banana", "logger=none"], "Precision 'banana' is invalid"),
     ("gangealing.train", ["generator=g.pt", "tv_weight=inf"], "tv_weight=inf"),
-    (DIT_TRAIN, ["patchh=2"], "Could not override 'patchh'"),
+    (DIT_TRAIN, ["patchh=2"], "patchh is not a key of this command; check its spelling"),
     (DIT_TRAIN, ["model=huge"], "Could not find 'model/huge'"),
     (DIT_TRAIN, ["resume=nowhere"], "cannot resume"),
     (DIT_TRAIN, ["nan_policy=ignore", "trainer.max_steps=1", "logger=none"], "nan_policy='ignore'"),

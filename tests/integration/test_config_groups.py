@@ -15,6 +15,7 @@ import importlib
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_module
 from hydra.utils import get_object
 from omegaconf import OmegaConf
@@ -168,3 +169,30 @@ def test_sampling_commands_share_the_training_configs_keys(
     assert yaml.safe_load(out)[key] == value
     old = former.partition("=")[0]
     assert f"warning: {old}= is deprecated in python -m {module}; use {key}={value}" in err
+
+
+TRAIN = ["diffusion_transformer.train", "gpt_checkpoints.train", "gangealing.train_gan"]
+
+
+@pytest.mark.parametrize("module", TRAIN)
+def test_an_unknown_key_is_one_line_that_says_what_to_do(cli_main, module):
+    code, err = cli_main(module, "optim.lrr=1")
+    assert code == 2 and err.strip().splitlines()[-1].startswith(
+        "error: optim.lrr is not a key of this command; check its spelling (--help or --cfg job "
+        "lists the keys), or add a new one with +optim.lrr=<value> if your code reads it"
+    )
+
+
+@pytest.mark.parametrize(("package", "command"), PRIMARIES, ids=["/".join(p) for p in PRIMARIES])
+def test_help_lists_this_commands_groups_and_its_composed_config(run_main, package, command):
+    """``--help`` shows the groups of this command's defaults list (with the shared ones), not
+    every folder of the package's tree as Hydra's default help does, then the config."""
+    primary = _conf(package) / f"{command}.yaml"
+    code, out, _ = run_main(f"{package}.{command}", "--help")
+    assert code == 0 and out.startswith(f"python -m {package}.{command}\n")
+    listed = {ln.split(":")[0].strip() for ln in out.split("Config groups")[1].split("\n\n")[0]
+              .splitlines()[1:]}  # fmt: skip
+    assert listed == {g for g, _ in _defaults(primary)} | {"hydra/launcher"}
+    config = yaml.safe_load(out.split("== Config ==\n", 1)[1])
+    with initialize_config_module(f"{package}.conf", version_base="1.3"):
+        assert config == OmegaConf.to_container(compose(config_name=command))

@@ -234,6 +234,64 @@ def _renamed(key: str, value: str, renames: dict[str, Any]) -> list[str] | None:
     return None
 
 
+def _group_options(
+    config_file: Path, group: str, default: str | None, module: str = ""
+) -> list[str]:
+    """The options of ``group`` beside its ``default`` (``model: stn/paper`` -> ``stn/*``), in
+    the command's config tree and in ``common``'s shared groups; an experiment recorded for
+    another command (``experiment_for``) is not one of this command's."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    sub = str(Path(default).parent) if default and "/" in default else ""
+    names = set()
+    for root in (config_file.parent, Path(str(files("common.conf")))):
+        folder = root / group / sub
+        for path in folder.glob("*.yaml"):
+            meant = (OmegaConf.load(path) or {}).get("experiment_for") if module else None
+            if not meant or meant == module:
+                names.add(str(Path(sub) / path.stem) if sub else path.stem)
+    return sorted(names)
+
+
+def command_help(config_file: Path, module: str, overrides: Sequence[str]) -> str:
+    """``--help`` of a command: what its config file's header says, the groups of this command
+    (not every group of the package's tree, as Hydra's own help lists), how to set keys, and the
+    config composed with ``overrides``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    header = []
+    for line in config_file.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("#").strip())
+    lines = [f"python -m {module}", *[f"  {h}" for h in header if h], ""]
+    defaults = OmegaConf.to_container(OmegaConf.load(config_file)).get("defaults") or []
+    entries = [(g, o) for e in defaults if isinstance(e, dict) for g, o in e.items()]
+    entries.append(("hydra/launcher", "basic"))
+    lines.append("Config groups, chosen with group=option (* the default):")
+    for group, default in entries:
+        options = _group_options(config_file, group, default, module)
+        if group == "hydra/launcher":
+            options = sorted({"basic", *options})
+        shown = [f"{o}*" if o == default else o for o in options]
+        lines.append(f"  {group}: {', '.join(shown) or '(none)'}" + ("" if default else " (none*)"))
+    lines += [
+        "",
+        "Every key below is set with key=value (nested keys a.b=value, lists [1,2]); ++key=value",
+        "adds one. --cfg job prints the composed config, -m runs a sweep over comma-separated",
+        "values, -sc install=bash installs tab completion, --hydra-help shows Hydra's own help.",
+        "",
+        "== Config ==",
+    ]
+    keep = [a for a in overrides if "=" in a and not a.startswith("-")]
+    with initialize_config_dir(config_dir=str(config_file.parent), version_base="1.3"):
+        cfg = compose(config_name=config_file.stem, overrides=keep)
+    return "\n".join(lines) + "\n" + OmegaConf.to_yaml(cfg)
+
+
 def hydra_main(
     config_name: str,
     config_path: str = "conf",
@@ -292,6 +350,13 @@ def hydra_main(
             sys.argv[1:] = normalize_overrides(
                 [a for a in args if a not in _DEBUG], default_groups(config_file), aliases
             )
+            if any(a in ("--help", "-h") for a in sys.argv[1:]):
+                try:
+                    print(command_help(config_file, task.__module__, sys.argv[1:]))
+                except Exception as err:  # noqa: BLE001 (a bad override: one line, as elsewhere)
+                    print_error(err)
+                    sys.exit(2)
+                return None
             inherited = os.environ.get(_FULL_ERROR)  # set for DDP children by their parent
             if inherited is not None:
                 full_error = debug or inherited == "1"

@@ -71,10 +71,11 @@ def _config_hint(cause: BaseException) -> str:
     if isinstance(cause, MissingMandatoryValue) and key:
         return f"; pass {key}=<value> on the command line"
     if isinstance(cause, ConfigKeyError) and key:
-        return f"; check the spelling of {key} (python -m <command> --cfg job lists the keys)"
+        return f"; check the spelling of {key} (--help or --cfg job lists the command's keys)"
     return ""
 
 
+_NOT_A_KEY = re.compile(r"Could not override '(?P<key>[^']+)'\. To append to your config use \+")
 _WORKER = "Original Traceback (most recent call last):"
 _EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Interrupt|Exit): ")
 
@@ -88,7 +89,13 @@ def _clean(text: str) -> str:
         last = [ln for ln in text.split(_WORKER, 1)[1].splitlines() if ln.strip()][-1].strip()
         text = _EXCEPTION_LINE.sub("", last, count=1)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return " ".join(ln for ln in lines if not ln.startswith(_NOISE))
+    text = " ".join(ln for ln in lines if not ln.startswith(_NOISE))
+    if m := _NOT_A_KEY.search(text):  # Hydra's advice (+key=) adds a key that nothing reads
+        text = (
+            f"{m['key']} is not a key of this command; check its spelling (--help or --cfg job "
+            f"lists the keys), or add a new one with +{m['key']}=<value> if your code reads it"
+        )
+    return text
 
 
 def one_line(err: BaseException) -> str:
