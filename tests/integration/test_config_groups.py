@@ -196,3 +196,17 @@ def test_help_lists_this_commands_groups_and_its_composed_config(run_main, packa
     config = yaml.safe_load(out.split("== Config ==\n", 1)[1])
     with initialize_config_module(f"{package}.conf", version_base="1.3"):
         assert config == OmegaConf.to_container(compose(config_name=command))
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "key"),
+    [
+        ("diffusion_transformer.train", [], "data.datamodule.batch_size"),
+        ("gpt_checkpoints.train", [], "batch_size"),
+        ("gangealing.train_gan", [], "batch_size"),
+        ("gangealing.train", ["generator=g.pt"], "batch_size"),
+    ],
+)
+def test_batch_size_is_spelled_the_same_in_every_training_command(run_main, module, args, key):
+    _, out, _ = run_main(module, *args, "batch_size=8", "--cfg", "job")
+    assert OmegaConf.select(OmegaConf.create(out), key) == 8

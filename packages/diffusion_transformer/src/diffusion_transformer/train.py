@@ -98,6 +98,11 @@ CHECKS = {
         "metrics.cache_dir",
     ),
     checks=CHECKS,
+    # The spellings of the other packages' training commands (batch_size=, num_workers=).
+    aliases={
+        "batch_size": "data.datamodule.batch_size",
+        "num_workers": "data.datamodule.num_workers",
+    },
 )
 def main(cfg: DictConfig) -> None:
     train(cfg)
