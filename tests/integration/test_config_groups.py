@@ -156,6 +156,8 @@ def test_every_command_writes_under_outputs_package_command(package, command):
         ("diffusion_transformer.evaluate", [], "out_dir=o", "out", "o"),
         ("gpt_checkpoints.prompt", ["gpt=x"], "steps=7", "sampling_steps", 7),
         ("gpt_checkpoints.evaluate", ["gpt=x"], "steps=7", "sampling_steps", 7),
+        ("gpt_checkpoints.evaluate", ["gpt=x"], "wandb=true", "wandb", "offline"),
+        ("gpt_checkpoints.evaluate", ["gpt=x"], "wandb_mode=online", "wandb", "online"),
     ],
 )
 def test_sampling_commands_share_the_training_configs_keys(
@@ -210,3 +212,15 @@ def test_help_lists_this_commands_groups_and_its_composed_config(run_main, packa
 def test_batch_size_is_spelled_the_same_in_every_training_command(run_main, module, args, key):
     _, out, _ = run_main(module, *args, "batch_size=8", "--cfg", "job")
     assert OmegaConf.select(OmegaConf.create(out), key) == 8
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [("diffusion_transformer.report", ["sweep=."]), ("gpt_checkpoints.evaluate", ["gpt=x"])],
+)
+def test_one_wandb_mode_switch_outside_training(cli_main, module, args):
+    """``wandb=offline|online|disabled`` (``common.training.loggers.wandb_mode``)."""
+    code, err = cli_main(module, *args, "wandb=off")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "error: wandb='off' is not a W&B mode; pass one of offline, online, disabled"
+    )

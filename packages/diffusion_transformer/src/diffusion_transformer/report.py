@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from common.cli import hydra_main
+from common.training.loggers import wandb_mode as resolve_wandb_mode
 from common.training.runs import expected_jobs
 
 COLUMNS = (
@@ -56,7 +56,6 @@ COLUMNS = (
     "run_dir",
 )
 MODEL_ORDER = {"S": 0, "B": 1, "L": 2, "XL": 3}
-WANDB_MODES = ("offline", "online", "disabled")
 
 
 def collect(root: str | Path) -> list[dict[str, Any]]:
@@ -364,10 +363,7 @@ def report(
 ) -> dict[str, Any]:
     """Write the table, figures and correlations of a sweep and log them to the sweep's W&B
     project and group (``project``/``group`` override what the runs recorded)."""
-    if wandb_mode not in (None, *WANDB_MODES):
-        raise ValueError(
-            f"wandb={wandb_mode!r} is not a W&B mode; pass one of {', '.join(WANDB_MODES)}"
-        )
+    mode = resolve_wandb_mode(wandb_mode)
     rows = collect(root)
     metrics = sorted({r["metric"] for r in rows})
     if metric is None:
@@ -400,7 +396,6 @@ def report(
         print(f"figure  : {p}")
     result = {"csv": csv_path, "figures": pngs, "correlations": corr, "metric": metric}
     result["missing"] = missing
-    mode = wandb_mode or os.environ.get("WANDB_MODE", "offline")
     if mode != "disabled":
         recorded_project, recorded_group = sweep_wandb_target(Path(root))
         result["wandb"] = log_wandb(

@@ -1,6 +1,6 @@
 """Evaluate a trained G.pt: ``python -m gpt_checkpoints.evaluate gpt=<run dir>``.
 
-Writes ``results.json`` and PNG plots to the output folder (and to W&B when ``wandb=true``):
+Writes ``results.json`` and PNG plots to the output folder (and to W&B, ``wandb=offline|online``):
 one G.pt step vs one tuned step of hand-designed optimizers (Fig. 3.3; keys ``one_step_gpt``,
 ``one_step_best_sgd``, ``one_step_best_adam``, ...), SGD/Adam optimisation curves vs one G.pt step
 (Fig. 3.4), prompt alignment R^2 (Sec. 3.4.4; ``prompt_alignment_r2``), recursive prompting from
@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from common.cli import hydra_main
+from common.training.loggers import wandb_mode as resolve_wandb_mode
 from gpt_checkpoints.analysis import evaluation as ev  # noqa: E402
 from gpt_checkpoints.analysis import memorization  # noqa: E402
 from gpt_checkpoints.analysis.evaluation import best_prompt  # noqa: E402
@@ -149,6 +150,7 @@ def _print_novelty(res: dict) -> None:
 
 
 def run(cfg: DictConfig) -> dict:
+    resolve_wandb_mode(cfg.wandb)  # a bad mode is refused before any work
     analyses = set(ANALYSES if cfg.analyses is None else cfg.analyses)
     if unknown := sorted(analyses - set(ANALYSES)):
         raise ValueError(
@@ -263,7 +265,7 @@ def run(cfg: DictConfig) -> dict:
         _print_novelty(res)
     path = out / "results.json"
     path.write_text(json.dumps(results, indent=2))
-    if cfg.wandb:
+    if resolve_wandb_mode(cfg.wandb) != "disabled":
         _log_wandb(cfg, results, plots)
     print(f"results : {path}")
     for key in ("one_step_gpt", "one_step_best_sgd", "one_step_best_adam", "prompt_alignment_r2"):
@@ -277,7 +279,10 @@ def _log_wandb(cfg: DictConfig, results: dict, plots: dict) -> None:
     import wandb
 
     run = wandb.init(
-        project=cfg.project, dir=str(cfg.out), job_type="evaluate", mode=cfg.wandb_mode
+        project=cfg.project,
+        dir=str(cfg.out),
+        job_type="evaluate",
+        mode=resolve_wandb_mode(cfg.wandb),
     )
     run.log({k: v for k, v in results.items() if isinstance(v, (int, float))})
     run.log({f"plots/{k}": wandb.Image(str(p)) for k, p in plots.items()})
@@ -301,11 +306,20 @@ CHECKS = {
 }
 
 
+def _former_wandb(value: str) -> list[str] | None:
+    """``wandb=true|false`` of the last release (with ``wandb_mode=``): today's ``wandb=<mode>``."""
+    return {"true": ["wandb=offline"], "false": ["wandb=disabled"]}.get(value.lower())
+
+
+# Former spellings, kept one release with a deprecation line (DiT report's wandb=<mode>).
+LEGACY = {"steps": "sampling_steps", "wandb": _former_wandb, "wandb_mode": "wandb"}
+
+
 @hydra_main(
     "evaluate",
     input_paths=("gpt", "dataset", "data_root"),
     checks=CHECKS,
-    legacy_flags={"steps": "sampling_steps"},  # the former spelling, kept one release
+    legacy_flags=LEGACY,
 )
 def main(cfg: DictConfig) -> None:
     run(cfg)
