@@ -136,7 +136,7 @@ CASES = [
     ("gangealing.train", ["generator={random}"], "not a PyTorch checkpoint"),
     ("gangealing.train", ["generator={code}"], "holds Python objects other than tensors"),
     ("gangealing.train", ["generator={dit}"], "is a DiT training checkpoint"),
-    ("gangealing.train", ["generator={stylegan2}", "stn_lr=0"], "stn_lr=0"),
+    ("gangealing.train", ["generator={stylegan2}", "optim.lr=0"], "optim.lr=0"),
     (
         "gangealing.congeal",
         ["congealer={stylegan2}", "images={images}"],

@@ -137,13 +137,13 @@ def test_gangealing_diverging_transformer_is_an_error_not_a_segfault(tmp_path):
         "gangealing.train",
         f"generator={g}",
         *CLI_TINY,
-        "stn_lr=1e10",
-        "mode_lr=1e10",
+        "optim.lr=1e10",
+        "optim.mode_lr=1e10",
         "trainer.max_steps=20",
         tmp_path=tmp_path,
     )
     assert proc.returncode != -signal.SIGSEGV
-    _assert_stopped_cleanly(proc, run_dir, "stn_lr")
+    _assert_stopped_cleanly(proc, run_dir, "optim.lr")
     assert not (run_dir / "congealer.pt").exists()
 
 

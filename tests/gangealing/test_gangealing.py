@@ -151,7 +151,7 @@ def test_train_config_defaults_are_the_thesis_settings(generator_path):
         ssl = compose("train", overrides=["loss.name=ssl_vgg", "loss.checkpoint_path=x"])
     assert (cfg.num_components, cfg.cutoff, cfg.num_modes) == (1, 5, 1)
     assert (cfg.tv_weight, cfg.identity_weight, cfg.model.transform) == (1000.0, 1.0, "paper")
-    assert (cfg.stn_lr, cfg.mode_lr, cfg.ema_decay) == (1e-3, 1e-2, 0.999)
+    assert (cfg.optim.lr, cfg.optim.mode_lr, cfg.ema_decay) == (1e-3, 1e-2, 0.999)
     with pytest.raises(FileNotFoundError, match="checkpoint_path='x', which is not a file"):
         GangealingModule(str(generator_path), **{**TINY, "loss": dict(ssl.loss)})
     module = GangealingModule(str(generator_path), **TINY)
@@ -195,10 +195,10 @@ def test_train_gan_data_is_a_group_and_the_former_data_keys_still_work(run_main,
     assert (data["name"], data["root"]) == ("folder", str(tmp_path))
     assert data["datamodule"]["data"] == "${data.root}"
     data, err = job("data=chelsea", "hflip=false", "synthetic_size=8")
-    assert (data["name"], data["image"], data["hflip"], data["num_images"]) == (
+    assert (data["name"], data["image"], data["flip"], data["num_images"]) == (
         "photo", "chelsea", False, 8,
     )  # fmt: skip
-    assert "use data=photo data.image=chelsea" in err and "use data.hflip=false" in err
+    assert "use data=photo data.image=chelsea" in err and "use data.flip=false" in err
     data, err = job(f"data={tmp_path}")
     assert data["root"] == str(tmp_path)
     warning = "warning: data= is deprecated in python -m gangealing.train_gan; use data=folder"

@@ -28,7 +28,7 @@ TEST_ITERS = {"gangealing": ["iters=4"], "congealing": [], "none": []}
 
 TRAIN_GAN = [
     "resolution=32",
-    "data.hflip=false",
+    "data.flip=false",
     f"trainer.max_steps={GAN_STEPS}",
     "logger=none",
     "trainer.enable_progress_bar=false",

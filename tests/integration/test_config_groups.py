@@ -158,19 +158,21 @@ def test_every_command_writes_under_outputs_package_command(package, command):
         ("gpt_checkpoints.evaluate", ["gpt=x"], "steps=7", "sampling_steps", 7),
         ("gpt_checkpoints.evaluate", ["gpt=x"], "wandb=true", "wandb", "offline"),
         ("gpt_checkpoints.evaluate", ["gpt=x"], "wandb_mode=online", "wandb", "online"),
+        ("gangealing.train", ["generator=g.pt"], "stn_lr=0.5", "optim.lr", 0.5),
+        ("gangealing.train", ["generator=g.pt"], "mode_lr=0.5", "optim.mode_lr", 0.5),
+        ("gangealing.train_gan", [], "hflip=false", "data.flip", False),
     ],
 )
-def test_sampling_commands_share_the_training_configs_keys(
-    run_main, module, args, former, key, value
-):
-    """``sampling_steps`` (as ``diffusion.sampling_steps`` in training) and ``out`` everywhere;
-    the former ``steps=`` / ``out_dir=`` still work one release, with a warning."""
-    import yaml
+def test_former_spellings_become_the_shared_keys(run_main, module, args, former, key, value):
+    """``sampling_steps`` (as ``diffusion.sampling_steps`` in training), ``out``, ``wandb=<mode>``,
+    ``optim.lr``, ``data.flip`` everywhere; the former spellings still work one release, with a
+    warning."""
 
     _, out, err = run_main(module, *args, former, "--cfg", "job")
-    assert yaml.safe_load(out)[key] == value
+    assert OmegaConf.select(OmegaConf.create(out), key) == value
     old = former.partition("=")[0]
-    assert f"warning: {old}= is deprecated in python -m {module}; use {key}={value}" in err
+    shown = str(value).lower() if isinstance(value, bool) else value
+    assert f"warning: {old}= is deprecated in python -m {module}; use {key}={shown}" in err
 
 
 TRAIN = ["diffusion_transformer.train", "gpt_checkpoints.train", "gangealing.train_gan"]

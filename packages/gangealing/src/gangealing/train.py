@@ -57,8 +57,8 @@ CHECKS = {
     "tv_weight": ">=0",
     "identity_weight": ">=0",
     "psi_anneal_steps": "int>=0",
-    "stn_lr": ">0",
-    "mode_lr": ">0",
+    "optim.lr": ">0",
+    "optim.mode_lr": ">0",
     "batch_size": "int>=1",
     "ema_decay": "[0,1]",
     "checkpoint_every": "int>=0",
@@ -74,7 +74,12 @@ def _legacy_transform(value: str) -> list[str]:
 
 
 # The keys before the Spatial Transformer became the model group (one release).
-RENAMED = {"transform": _legacy_transform, "stn.": "model."}
+RENAMED = {
+    "transform": _legacy_transform,
+    "stn.": "model.",
+    "stn_lr": "optim.lr",  # the learning rates under optim, as in every training command
+    "mode_lr": "optim.mode_lr",
+}
 
 
 @hydra_main(

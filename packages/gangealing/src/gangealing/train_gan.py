@@ -93,7 +93,7 @@ RENAMED = {
     "gan": "model=stylegan2/{}",
     "gan.": "model.",
     "data": _former_data,
-    "hflip": "data.hflip",
+    "hflip": "data.flip",  # as DiT's data.flip
     "num_workers": "data.num_workers",
     "synthetic_size": "++data.num_images",  # read by data=photo only, as before
 }

@@ -70,7 +70,7 @@ def grid_sample(input: Tensor, grid: Tensor, padding_mode: str = "reflection") -
     if grid.device.type == "cpu" and not bool(torch.isfinite(grid).all()):
         raise NonFiniteError(
             "a sampling grid holds NaN or inf (the spatial transformer or its input diverged); "
-            "lower stn_lr and mode_lr, and check the input images for NaN"
+            "lower optim.lr and optim.mode_lr, and check the input images for NaN"
         )
     return F.grid_sample(
         input, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False
