@@ -127,7 +127,7 @@ def test_every_option_composes(package, command, group, option):
 
 def test_an_experiment_of_the_other_command_is_one_line(cli_main):
     """GANgealing's two training commands share ``experiment``; each recipe names its command."""
-    code, err = cli_main("gangealing.train_gan", "experiment=synthetic", "logger=none")
+    code, err = cli_main("gangealing.train_gan", "experiment=synthetic", "--cfg", "job")
     assert code == 2 and err.strip().splitlines()[-1] == (
         "error: this experiment is a recipe for python -m gangealing.train, not python -m "
         "gangealing.train_gan; run it with python -m gangealing.train, or choose another "

@@ -91,6 +91,12 @@ def absolute_input_paths(cfg: Any, keys: Iterable[str]) -> None:
                 OmegaConf.update(cfg, key, str(candidate), merge=False)
 
 
+def _yaml(path: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path)) or {}
+
+
 def check_experiment_for(cfg: Any, command: str) -> None:
     """Refuse an experiment recorded for another command of the package (``experiment_for:``,
     where two commands share one ``experiment`` group, as GANgealing's ``train_gan`` and
@@ -350,6 +356,15 @@ def hydra_main(
             sys.argv[1:] = normalize_overrides(
                 [a for a in args if a not in _DEBUG], default_groups(config_file), aliases
             )
+            for arg in sys.argv[1:]:  # refused before Hydra runs, so --cfg job says it too
+                key, _, name = arg.partition("=")
+                recipe = config_file.parent / "experiment" / f"{name}.yaml"
+                if key == "experiment" and recipe.is_file():
+                    try:
+                        check_experiment_for(_yaml(recipe), task.__module__)
+                    except ValueError as err:
+                        print_error(err)
+                        sys.exit(2)
             if any(a in ("--help", "-h") for a in sys.argv[1:]):
                 try:
                     print(command_help(config_file, task.__module__, sys.argv[1:]))
