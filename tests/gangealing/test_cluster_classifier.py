@@ -48,7 +48,9 @@ def test_classifier_starts_from_the_transformer_trunk_and_routes_real_images(tmp
     trunk = restored.stn_ema.module[0].similarity.trunk.state_dict()
     for name, value in fresh.trunk.state_dict().items():
         torch.testing.assert_close(value, trunk[name])
-    _, out, _ = run_main("gangealing.cluster_classifier", f"run={run}", "steps=5", "batch_size=8")
+    _, out, _ = run_main(
+        "gangealing.cluster_classifier", f"run={run}", "max_steps=5", "batch_size=8"
+    )
     assert "accuracy on generated images" in out
     record = safe_load(run / "congealer.pt")["classifier"]
     assert record["num_modes"] == 2 and record["widths"] == [8, 8]
@@ -66,7 +68,7 @@ def test_classifier_starts_from_the_transformer_trunk_and_routes_real_images(tmp
 
 def test_single_mode_runs_have_nothing_to_classify(tmp_path, cli_main):
     run, _ = _run(tmp_path, num_modes=1)
-    code, err = cli_main("gangealing.cluster_classifier", f"run={run}", "steps=1")
+    code, err = cli_main("gangealing.cluster_classifier", f"run={run}", "max_steps=1")
     assert code == 2 and "num_modes=1" in err
     with pytest.raises(FileNotFoundError, match="run=<run dir"):
         load_run(tmp_path / "nowhere")
@@ -85,7 +87,9 @@ def test_nan_gradients_stop_the_classifier_or_are_skipped(tmp_path, cli_main):
     classifier, _ = train_cluster_classifier(module, 10, 4, lr=1e10, nan_policy="skip")
     assert find_non_finite(classifier.state_dict()) is None
     before = (run / "congealer.pt").read_bytes()
-    code, err = cli_main("gangealing.cluster_classifier", f"run={run}", "lr=1e10", "steps=10")
+    code, err = cli_main(
+        "gangealing.cluster_classifier", f"run={run}", "optim.lr=1e10", "max_steps=10"
+    )
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: non-finite gradients")
     assert (run / "congealer.pt").read_bytes() == before
 
@@ -98,4 +102,9 @@ def test_the_former_argparse_spelling_still_works_with_a_deprecation_line(tmp_pa
     assert "accuracy on generated images (last 2 steps)" in out
     command = "python -m gangealing.cluster_classifier"
     assert f"warning: a bare run is deprecated in {command}; use run={run}" in err
-    assert "warning: --steps is deprecated" in err and "use batch_size=4" in err
+    assert "warning: --steps is deprecated" in err and "use max_steps=2" in err
+    assert "use batch_size=4" in err
+    _, out, err = run_main("gangealing.cluster_classifier", f"run={run}", "steps=2", "lr=0.01")
+    assert "accuracy on generated images (last 2 steps)" in out
+    assert f"warning: steps= is deprecated in {command}; use max_steps=2" in err
+    assert f"warning: lr= is deprecated in {command}; use optim.lr=0.01" in err

@@ -177,7 +177,9 @@ def test_paper_cluster_classifier_is_the_flip_aware_official_one(
     for name, value in fresh.state_dict().items():
         if name.startswith(("convs.", "final_conv.")):
             torch.testing.assert_close(value, similarity[name])
-    _, out, _ = run_main("gangealing.cluster_classifier", f"run={run}", "steps=2", "batch_size=2")
+    _, out, _ = run_main(
+        "gangealing.cluster_classifier", f"run={run}", "max_steps=2", "batch_size=2"
+    )
     assert "accuracy on generated images" in out
     record = safe_load(run / "congealer.pt")["classifier"]
     assert record["kind"] == "official" and record["num_modes"] == 2

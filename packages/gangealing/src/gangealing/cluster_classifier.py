@@ -22,12 +22,16 @@ from gangealing.training.cluster_classifier import (
 )
 
 # What makes sense for each number this command reads (common.errors.check_values).
-CHECKS = {"steps": "int>=1", "batch_size": "int>=1", "lr": ">0"}
+CHECKS = {"max_steps": "int>=1", "batch_size": "int>=1", "optim.lr": ">0"}
+# Former spellings, kept one release: the argparse flags, then steps=/lr= (now the training
+# commands' max_steps and optim.lr).
 LEGACY_FLAGS = {
-    "--steps": "steps",
+    "--steps": "max_steps",
     "--batch-size": "batch_size",
-    "--lr": "lr",
+    "--lr": "optim.lr",
     "--nan-policy": "nan_policy",
+    "steps": "max_steps",
+    "lr": "optim.lr",
 }
 
 
@@ -42,7 +46,7 @@ def main(cfg: DictConfig) -> None:
     run = Path(cfg.run)
     module = load_run(run)
     classifier, accuracy = train_cluster_classifier(
-        module, cfg.steps, cfg.batch_size, cfg.lr, cfg.nan_policy
+        module, cfg.max_steps, cfg.batch_size, cfg.optim.lr, cfg.nan_policy
     )
     congealer_path = run / "congealer.pt"
     blob = safe_load(congealer_path) if congealer_path.is_file() else module.export()
