@@ -104,9 +104,7 @@ def round_robin(
     """Seconds per call of each row over ``rounds`` rounds, after ``warmup`` calls each; a
     failing row raises (use :func:`measure` to report failures as rows)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    table = [Row(name, call) for name, call in rows.items()]
-    for row in table:
-        for _ in range(warmup):
-            timed(row.call, device)
-    measure(table, device, warmup=0, rounds=rounds, memory=False)
+    table = measure([Row(n, c) for n, c in rows.items()], device, warmup, rounds, memory=False)
+    if failed := [row for row in table if row.error]:
+        raise RuntimeError(f"benchmark row {failed[0].name!r} failed: {failed[0].error}")
     return {row.name: row.times for row in table}

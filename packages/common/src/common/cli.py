@@ -33,21 +33,24 @@ _APPEND = re.compile(r"^\+{1,2}(?P<group>[A-Za-z_][\w]*)=(?P<value>.*)$")
 _NULL = re.compile(r"^(?P<group>[A-Za-z_][\w]*)=(null|None|~)$")
 
 
+def _defaults(config_file: Path) -> list[tuple[str, str | None]]:
+    """``(group, option)`` of each group in the defaults list of a primary config file."""
+    if not config_file.is_file():
+        return []
+    entries = _yaml(config_file).get("defaults") or []
+    return [(key.split()[-1].lstrip("/"), option) for e in entries if isinstance(e, dict)
+            for key, option in e.items()]  # fmt: skip
+
+
 def default_groups(config_file: Path) -> set[str]:
     """The config groups listed in the defaults list of a primary config file."""
+    return {group for group, _ in _defaults(config_file) if "/" not in group}
+
+
+def _yaml(path: Path) -> dict:
     from omegaconf import OmegaConf
 
-    if not config_file.is_file():
-        return set()
-    defaults = OmegaConf.to_container(OmegaConf.load(config_file)).get("defaults") or []
-    groups = set()
-    for entry in defaults:
-        if isinstance(entry, dict):
-            for key in entry:
-                name = key.split()[-1].lstrip("/")
-                if "/" not in name and name != "_self_":
-                    groups.add(name)
-    return groups
+    return OmegaConf.to_container(OmegaConf.load(path)) or {}
 
 
 def normalize_overrides(
@@ -91,17 +94,11 @@ def absolute_input_paths(cfg: Any, keys: Iterable[str]) -> None:
                 OmegaConf.update(cfg, key, str(candidate), merge=False)
 
 
-def _yaml(path: Path) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(path)) or {}
-
-
 def check_experiment_for(cfg: Any, command: str) -> None:
     """Refuse an experiment recorded for another command of the package (``experiment_for:``,
     where two commands share one ``experiment`` group, as GANgealing's ``train_gan`` and
     ``train`` do): it would set keys this command does not read."""
-    meant = cfg.get("experiment_for") if hasattr(cfg, "get") else None
+    meant = cfg.get("experiment_for")
     if meant and meant != command:
         raise ValueError(
             f"this experiment is a recipe for python -m {meant}, not python -m {command}; run it "
@@ -248,14 +245,12 @@ def _group_options(
     another command (``experiment_for``) is not one of this command's."""
     from importlib.resources import files
 
-    from omegaconf import OmegaConf
-
     sub = str(Path(default).parent) if default and "/" in default else ""
     names = set()
     for root in (config_file.parent, Path(str(files("common.conf")))):
         folder = root / group / sub
         for path in folder.glob("*.yaml"):
-            meant = (OmegaConf.load(path) or {}).get("experiment_for") if module else None
+            meant = _yaml(path).get("experiment_for") if module else None
             if not meant or meant == module:
                 names.add(str(Path(sub) / path.stem) if sub else path.stem)
     return sorted(names)
@@ -274,9 +269,7 @@ def command_help(config_file: Path, module: str, overrides: Sequence[str]) -> st
             break
         header.append(line.lstrip("#").strip())
     lines = [f"python -m {module}", *[f"  {h}" for h in header if h], ""]
-    defaults = OmegaConf.to_container(OmegaConf.load(config_file)).get("defaults") or []
-    entries = [(g, o) for e in defaults if isinstance(e, dict) for g, o in e.items()]
-    entries.append(("hydra/launcher", "basic"))
+    entries = [*_defaults(config_file), ("hydra/launcher", "basic")]
     lines.append("Config groups, chosen with group=option (* the default):")
     for group, default in entries:
         options = _group_options(config_file, group, default, module)

@@ -38,35 +38,6 @@ __all__ = [
 ]
 
 
-def task_network(name: str) -> nn.Module:
-    """The network of a task, without its data: what a G.pt's layout is checked against. The
-    released models use ``mlp_mnist`` (784-10-10), ``cnn_cifar10`` (``ConvNet``) and, for
-    ``cartpole``, the official actor (``OfficialActor``; this package's own PPO Cartpole task
-    trains a discrete policy, ``tasks.cartpole.PolicyMLP``)."""
-    networks = {
-        "mlp_digits": lambda: MLP(64),
-        "mlp_mnist": lambda: MLP(784),
-        "cnn_digits": lambda: CNN(in_channels=1),
-        "cnn_cifar10": lambda: ConvNet(),
-        "cartpole": lambda: OfficialActor(),
-    }
-    if name not in networks:
-        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(networks)}")
-    return networks[name]()
-
-
-def task_permutation_groups(name: str) -> tuple[PermutationGroup, ...]:
-    """The hidden-unit permutation groups (Sec. 3.2.1) of ``task_network(name)``."""
-    groups = {
-        "mlp_digits": mlp_groups(10),
-        "mlp_mnist": mlp_groups(10),
-        "cnn_digits": cnn_groups(16),
-        "cnn_cifar10": convnet_groups(),
-        "cartpole": actor_groups(),
-    }
-    return groups[name]
-
-
 #: The supervised tasks' structure: network, data source, permutation groups. Their recipes
 #: (epochs, SGD settings) are written once, in ``conf/task/<name>.yaml`` (``task_recipe``).
 _SUPERVISED = {
@@ -76,6 +47,23 @@ _SUPERVISED = {
     "cnn_cifar10": (lambda: ConvNet(), "cifar10", convnet_groups),
 }
 TASKS = (*_SUPERVISED, "cartpole")
+
+
+def task_network(name: str) -> nn.Module:
+    """The network of a task, without its data: what a G.pt's layout is checked against. The
+    released models use ``mlp_mnist`` (784-10-10), ``cnn_cifar10`` (``ConvNet``) and, for
+    ``cartpole``, the official actor (``OfficialActor``; this package's own PPO Cartpole task
+    trains a discrete policy, ``tasks.cartpole.PolicyMLP``)."""
+    if name == "cartpole":
+        return OfficialActor()
+    if name not in _SUPERVISED:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return _SUPERVISED[name][0]()
+
+
+def task_permutation_groups(name: str) -> tuple[PermutationGroup, ...]:
+    """The hidden-unit permutation groups (Sec. 3.2.1) of ``task_network(name)``."""
+    return actor_groups() if name == "cartpole" else _SUPERVISED[name][2]()
 
 
 def task_recipe(name: str) -> dict[str, Any]:
