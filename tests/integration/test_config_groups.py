@@ -226,3 +226,11 @@ def test_one_wandb_mode_switch_outside_training(cli_main, module, args):
     assert code == 2 and err.strip().splitlines()[-1] == (
         "error: wandb='off' is not a W&B mode; pass one of offline, online, disabled"
     )
+
+
+def test_help_with_a_bad_override_is_one_line(cli_main):
+    code, err = cli_main("diffusion_transformer.train", "--help", "optim.lrr=1")
+    assert code == 2 and err.strip().splitlines()[-1].startswith(
+        "error: optim.lrr is not a key of this command; check its spelling"
+    )
+    assert "Traceback" not in err
