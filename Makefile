@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PACKAGES := packages/common packages/diffusion_transformer packages/gpt_checkpoints packages/gangealing
 PYTEST_ARGS ?=
+# One pytest worker per core; a file's tests stay on one worker (they share its fixtures).
+PYTEST_PARALLEL ?= -n auto --dist loadfile
 
 .PHONY: install demo test test-all bench lint clean
 
@@ -23,10 +25,10 @@ demo: $(STAMP)
 	WANDB_SILENT=true $(PY) -m diffusion_transformer.train
 
 test: $(STAMP)
-	WANDB_MODE=disabled $(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+	WANDB_MODE=disabled $(PY) -m pytest -m "not slow and not gpu" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-all: $(STAMP)
-	WANDB_MODE=disabled $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+	WANDB_MODE=disabled $(PY) -m pytest -m "not gpu" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@for script in benchmarks/[!_]*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

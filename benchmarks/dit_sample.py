@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 
 import diffusion_transformer
 from _timing import peak_read, peak_reset, short_error, timed
-from diffusion_transformer.models import DiT, size_value
+from diffusion_transformer.models import DiT, dit
 from diffusion_transformer.sampling import sample_latents
 
 CONF = Path(diffusion_transformer.__file__).parent / "conf"
@@ -60,8 +60,8 @@ class Row:
 
 
 def build_model(name: str, input_size: int) -> DiT:
-    """``DiT-<size>/<patch>`` of ``conf/model/<size>.yaml`` (Table 2.1's sizes from
-    ``DIT_CONFIGS``, as in training, and ``tiny``)."""
+    """``DiT-<size>/<patch>`` of ``conf/model/<size>.yaml`` built as in training (``models.dit``:
+    Table 2.1's sizes from ``DIT_CONFIGS``, and ``tiny``)."""
     sizes = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
     match = re.fullmatch(r"DiT-(\w+)/(\d+)", name)
     if match is None or match[1].lower() not in sizes:
@@ -69,17 +69,15 @@ def build_model(name: str, input_size: int) -> DiT:
             f"--model {name!r}: use DiT-<size>/<patch> with a size of conf/model "
             f"({', '.join(s.upper() if s != 'tiny' else s for s in sizes)}), e.g. DiT-XL/2"
         )
-    spec = OmegaConf.load(CONF / "model" / f"{match[1].lower()}.yaml")
-    dims = {k: size_value(spec.size, k, spec[k]) for k in ("hidden_size", "depth", "num_heads")}
-    return DiT(
+    spec = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{match[1].lower()}.yaml"))
+    return dit(
+        **spec,
         input_size=input_size,
         patch_size=int(match[2]),
         in_channels=4,
-        mlp_ratio=spec.mlp_ratio,
         num_classes=1000,
         class_dropout_prob=0.1,  # the null class that guidance needs
         learn_sigma=True,
-        **dims,
     )
 
 

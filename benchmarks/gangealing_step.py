@@ -1,12 +1,13 @@
-"""GANgealing training step: the released transformer (``transform=paper``) against the small trunk.
+"""GANgealing training step: the released transformer (``model=stn/paper``) against the small trunk.
 
 One optimisation step of ``GangealingModule`` (Eqs. 4.3-4.6: generate pairs, warp, perceptual
 distance, TV and identity losses, backward, Adam) with a random 256 px StyleGAN2 of the paper's
 widths, the offline ``pyramid_l1`` distance (no VGG weights here), K = 1, at the official
-``flow_size`` 128: ``transform=paper`` (43.1M parameters) and the small CPU trunk
-``transform=composed`` (the option kept for CPU runs), timed round-robin with the order reversed
-every round. Columns: samples/s (batch over the median step), ms per step, parameters of T and
-the ratio to the paper row. CPU default batch 2; on CUDA, batch 5 (the official per-GPU batch).
+``flow_size`` 128: ``model=stn/paper`` (43.1M parameters) and the small CPU trunk
+``model=stn/small`` (the option kept for CPU runs), both built from ``gangealing.train``'s config,
+timed round-robin with the order reversed every round. Columns: samples/s (batch over the median
+step), ms per step, parameters of T and the ratio to the paper row. CPU default batch 2; on CUDA,
+batch 5 (the official per-GPU batch).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
 
 from _timing import round_robin
 from gangealing.stylegan2.networks import Generator, save_generator
@@ -42,13 +45,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         generator = Path(tmp) / "g.pt"
         save_generator(generator, Generator(256, 512, 8))
-        modules = {
-            name: GangealingModule(
-                str(generator), resolution=128, transform=transform, pca_samples=4096,
-                loss={"name": "pyramid_l1"}, batch_size=args.batch,
-            ).to(device)
-            for name, transform in (("paper", "paper"), ("small trunk", "composed"))
-        }  # fmt: skip
+        common = [f"generator={generator}", "resolution=128", "pca_samples=4096",
+                  "loss.name=pyramid_l1", f"batch_size={args.batch}"]  # fmt: skip
+        modules = {}
+        with initialize_config_module("gangealing.conf", version_base="1.3"):
+            for name, model in (("paper", "stn/paper"), ("small trunk", "stn/small")):
+                cfg = compose("train", overrides=[*common, f"model={model}"])
+                modules[name] = instantiate(cfg.module).to(device)
     steps = {}
     for name, module in modules.items():
         module.on_fit_start()

@@ -2,10 +2,10 @@
 
 Both rows train the same runs of the digits MLP recipe (64-10-10, SGD momentum 0.9, lr 0.1,
 wd 5e-4, cosine, 25 epochs) and keep the same 200 checkpoints per run, in this process, with
-``gpt_checkpoints.collect.train_batch`` followed by the metric evaluation of every saved checkpoint
-(train/test loss and error). ``batched``: all runs stacked into one vmapped optimisation;
-``one at a time``: a loop over the same seeds with one run per call. Columns: runs, seconds,
-runs/minute and the speed-up of the batched row. Batched and single runs follow the same
+``gpt_checkpoints.dataset.collection.train_batch`` followed by the metric evaluation of every
+saved checkpoint (train/test loss and error). ``batched``: all runs stacked into one vmapped
+optimisation; ``one at a time``: a loop over the same seeds with one run per call. Columns: runs,
+seconds, runs/minute and the speed-up of the batched row. Batched and single runs follow the same
 trajectories (tests/gpt_checkpoints/test_collect.py), so the rows do the same work.
 """
 
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from gpt_checkpoints.collect import train_batch
+from gpt_checkpoints.dataset.collection import train_batch
 from gpt_checkpoints.tasks import build_task
 
 

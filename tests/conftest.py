@@ -1,11 +1,18 @@
 """Shared test setup: no W&B calls, deterministic CPU threads, a GPU marker that skips cleanly,
-and the tiny VAE folder that latent-space tests share."""
+and the tiny VAE folder that latent-space tests share.
+
+Under pytest-xdist (``make test`` runs one worker per core) each worker and the commands it
+starts compute on one thread, so the workers do not compete for the cores."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported, and for every child process
+
+import lightning.pytorch  # noqa: F401 (before any capsys: its log handler keeps the real stderr)
 import pytest
 import torch
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 import common.metrics.digits as digits_mod
 import common.metrics.evaluate as evaluate_mod
+from common.data.digits import load_digits
 from common.metrics import (
     INCEPTION_WEIGHTS_FILE,
     DigitsFeatureSpace,
@@ -24,7 +25,7 @@ from common.metrics import (
     precision_recall,
     reference_stats,
 )
-from common.metrics.digits import digits_split, load_digits_data, to_digits_input
+from common.metrics.digits import digits_split, to_digits_input
 
 
 # ----------------------------------------------------------------------------- Fréchet distance
@@ -122,7 +123,7 @@ def digits_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits():
-    x, y = load_digits_data()
+    x, y = load_digits()
     return x, y
 
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from common.cli import default_groups, normalize_overrides
 from common.training.runs import RunFolderError, latest_checkpoint, read_job, start_job
 
 
@@ -72,28 +71,6 @@ def test_latest_checkpoint_falls_back_to_the_newest_readable_periodic_one(tmp_pa
     assert "last.ckpt is unreadable" in capsys.readouterr().out
     torch.save({"global_step": 120}, folder / "last.ckpt")
     assert latest_checkpoint(tmp_path).name == "last.ckpt"
-
-
-def test_override_spellings_from_other_hydra_projects(tmp_path):
-    config = tmp_path / "train.yaml"
-    config.write_text(
-        "defaults:\n  - model: tiny\n  - trainer: cpu\n  - _self_\n  - experiment: digits\n"
-        "  - optional local: none\n"
-    )
-    groups = default_groups(config)
-    assert groups == {"model", "trainer", "experiment", "local"}
-    args = ["+experiment=digits_sweep", "experiment=null", "++model=s", "+new.key=1", "patch=2"]
-    assert normalize_overrides(args, groups) == [
-        "experiment=digits_sweep",
-        "~experiment",
-        "model=s",
-        "+new.key=1",  # not a group: a real append
-        "patch=2",
-    ]
-    assert normalize_overrides(["hydra/launcher=local", "-m"], groups) == [
-        "hydra/launcher=local",
-        "-m",
-    ]
 
 
 def test_common_declares_what_its_shared_configs_need():

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from common.training.throughput import ThroughputMonitor, peak_flops, precision_dtype
-from diffusion_transformer.train import train
+from diffusion_transformer.training import train
 from tests.diffusion_transformer.test_train import TINY  # the tiny CPU run of the wiring tests
 
 
@@ -66,10 +66,10 @@ def test_mfu_is_omitted_when_the_peak_is_unknown(tmp_path):
 
 
 def test_training_flops_per_sample_are_three_forward_passes_in_real_flops():
+    from diffusion_transformer.models import DiT_S_2
     from diffusion_transformer.module import DiTModule
 
-    model = {"input_size": 32, "patch_size": 2, "hidden_size": 384, "depth": 12, "num_heads": 6}
-    module = DiTModule(model=model, diffusion={"objective": "ddpm"})
+    module = DiTModule(model=DiT_S_2(input_size=32), diffusion={"objective": "ddpm"})
     # DiT-S/2: 6.06 Gflops (multiply-adds) per forward pass, Table 2.1.
     assert module.flops_per_sample() == 3 * 2 * module.model.flops()["matmul"]
     assert module.flops_per_sample() / 6e9 == pytest.approx(6.06, abs=0.01)

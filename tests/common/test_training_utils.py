@@ -110,3 +110,24 @@ def test_infinite_sampler_resumes_and_shards():
     assert sorted(ranks[0] + ranks[1]) == list(range(10))
     with pytest.raises(ValueError, match="empty"):
         InfiniteSampler(0)
+
+
+def test_a_model_config_builds_only_an_allowed_target_without_nested_ones(tmp_path):
+    """A checkpoint's copy of its ``model`` config must not choose the code that runs."""
+    from common.checkpoint import build_model
+
+    allowed = ["torch.nn.Linear"]
+    layer = build_model(
+        {"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 3}, allowed
+    )
+    assert isinstance(layer, torch.nn.Linear) and layer.out_features == 3
+    with pytest.raises(ValueError, match=r"model._target_='os.system' is not a model here; use "
+                       r"one of torch.nn.Linear"):  # fmt: skip
+        build_model({"_target_": "os.system", "command": f"touch {tmp_path}/x"}, allowed)
+    nested = {"_target_": "os.system", "command": f"touch {tmp_path}/y"}
+    with pytest.raises(ValueError, match="holds a _target_ of its own"):
+        build_model({"_target_": "torch.nn.Linear", "in_features": nested, "out_features": 1},
+                    allowed)  # fmt: skip
+    assert not list(tmp_path.iterdir())  # nothing ran
+    with pytest.raises(TypeError, match="out_features"):  # the constructor's own error, unwrapped
+        build_model({"_target_": "torch.nn.Linear", "in_features": 2}, allowed)

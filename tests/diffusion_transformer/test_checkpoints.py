@@ -63,13 +63,13 @@ def test_mismatches_name_the_fix(tmp_path, official_s2):
     with pytest.raises(ValueError, match="number of classes"):
         load_dit(path, num_classes=10)
     with pytest.raises(ValueError, match="model width"):
-        load_dit(path, model="DiT-B/2")
+        load_dit(path, arch="DiT-B/2")
     shallow = DiT(input_size=32, hidden_size=384, depth=2, num_heads=6, num_classes=1000)
     atomic_save(shallow.state_dict(), tmp_path / "shallow.pt")
     with pytest.raises(ValueError, match="missing keys"):
-        load_dit(tmp_path / "shallow.pt", model="DiT-S/2")
+        load_dit(tmp_path / "shallow.pt", arch="DiT-S/2")
     with pytest.raises(KeyError, match="unknown DiT model"):
-        load_dit(path, model="DiT-Z/2")
+        load_dit(path, arch="DiT-Z/2")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_dit(tmp_path / "nope.pt")
     atomic_save({"weight": torch.ones(2)}, tmp_path / "other.pt")

@@ -1,6 +1,6 @@
 """One way to do each thing: one table of model sizes (Table 2.1) that the registry and the Hydra
-model configs read, Hydra ``key=value`` for every command (the former ``--flags`` of report and
-gflops still work, with a deprecation line), one output-folder layout and a console script each."""
+model configs read, Hydra ``key=value`` for every command, one output-folder layout and a console
+script each."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -49,8 +50,6 @@ def test_the_size_table_is_table_2_1():
     }
     assert DIT_CONFIGS["XL"] == DiTSize(depth=28, hidden_size=1152, num_heads=16)
     assert DIT_CONFIGS["XL"].hidden_size == 1152
-    depth, hidden, heads = DIT_CONFIGS["S"]  # still unpacks like the former tuples
-    assert (depth, hidden, heads) == (12, 384, 6)
 
 
 @pytest.mark.parametrize("size", list(TABLE_2_1))
@@ -79,47 +78,41 @@ def test_registry_keeps_the_official_names_and_keyword_arguments():
     assert list(DiT_models)[0] == "DiT-XL/2" and len(DiT_models) == 12
 
 
+def build_model(cfg):
+    """The network the training config builds (``hydra.utils.instantiate``), without memory."""
+    with torch.device("meta"):
+        return hydra.utils.instantiate(cfg.model)
+
+
 @pytest.mark.parametrize("option", ["s", "b", "l", "xl"])
-def test_every_model_yaml_names_a_size_and_composes_to_the_table(compose_train, option):
+def test_every_model_yaml_names_a_size_and_builds_its_table_row(compose_train, option):
     raw = OmegaConf.load(CONF / "model" / f"{option}.yaml")
     assert raw.size == option.upper()
     assert (raw.depth, raw.hidden_size, raw.num_heads) == (None, None, None)  # no copies
-    model = compose_train(f"model={option}").module.model
+    model = build_model(compose_train(f"model={option}"))
     assert (model.depth, model.hidden_size, model.num_heads) == DIT_CONFIGS[option.upper()]
 
 
 def test_explicit_numbers_override_the_table(compose_train):
-    model = compose_train("model=xl", "model.depth=4", "model.num_heads=8").module.model
+    model = build_model(compose_train("model=xl", "model.depth=4", "model.num_heads=8"))
     assert (model.depth, model.hidden_size, model.num_heads) == (4, 1152, 8)
-    tiny = compose_train("model=tiny").module.model  # not in Table 2.1: numbers in its YAML
+    tiny = build_model(compose_train("model=tiny"))  # not in Table 2.1: numbers in its YAML
     assert (tiny.depth, tiny.hidden_size, tiny.num_heads) == (4, 128, 4)
 
 
 def test_a_size_outside_the_table_names_the_fix(compose_train):
     cfg = compose_train("model=b", "model.size=M")
     with pytest.raises(Exception, match=r"'M' is not in Table 2.1 .*model=s\|b\|l\|xl"):
-        OmegaConf.to_container(cfg.module, resolve=True)
+        build_model(cfg)
 
 
 # ----------------------------------------------------------------------------- gflops
 def test_gflops_takes_key_value_overrides(run_main):
-    code, out, err = run_main("diffusion_transformer.gflops", "image_size=512", "block=adaln")
-    assert code == 0 and "deprecated" not in err
+    code, out, _ = run_main("diffusion_transformer.gflops", "image_size=512", "block=adaln")
+    assert code == 0
     assert any(line.split() == ["DiT-XL/2", "524.6"] for line in out.splitlines())
     code, out, _ = run_main("diffusion_transformer.gflops", "block=in_context")
     assert code == 0 and "DiT-XL/2    119.4" in out
-
-
-def test_gflops_former_flags_still_work_with_a_deprecation_line(run_main):
-    code, out, err = run_main("diffusion_transformer.gflops", "--image-size", "512")
-    assert code == 0 and "DiT-XL/2    524.6" in out
-    assert (
-        "warning: --image-size is deprecated in python -m diffusion_transformer.gflops; "
-        "use image_size=512"
-    ) in err.splitlines()
-    code, out, err = run_main("diffusion_transformer.gflops", "--block=cross_attention")
-    assert code == 0 and "DiT-XL/2    137.6" in out
-    assert "warning: --block is deprecated" in err and "use block=cross_attention" in err
 
 
 @pytest.mark.parametrize(
@@ -128,7 +121,6 @@ def test_gflops_former_flags_still_work_with_a_deprecation_line(run_main):
         (["image_size=12"], "not a multiple of the VAE's factor 8; pass e.g. image_size=256"),
         (["image_size=0"], "image_size=0 makes no sense"),
         (["block=moe"], "Could not find 'block/moe'"),
-        (["--image-size"], "--image-size needs a value; pass image_size=<value>"),
     ],
 )
 def test_gflops_user_errors_are_one_line_with_exit_code_2(run_main, args, phrase):
@@ -140,27 +132,12 @@ def test_gflops_user_errors_are_one_line_with_exit_code_2(run_main, args, phrase
 # ----------------------------------------------------------------------------- report
 def test_report_takes_key_value_overrides(run_main, tmp_path):
     _fake_sweep(tmp_path / "sweep")
-    args = ["sweep=sweep", "out=figures", "wandb=disabled", "metric=fd_digits"]
+    args = ["sweep=sweep", "out=figures", "logger=none", "metric=fd_digits"]
     code, out, err = run_main("diffusion_transformer.report", *args)
     assert code == 0, err
-    assert "deprecated" not in err and "Spearman = -0.943" in out
+    assert "Spearman = -0.943" in out and "W&B run" not in out
     assert (tmp_path / "figures" / "fid_vs_gflops.csv").is_file()
-
-
-def test_report_former_arguments_still_work_with_deprecation_lines(run_main, tmp_path):
-    _fake_sweep(tmp_path / "sweep")
-    code, out, err = run_main("diffusion_transformer.report", "sweep", "--wandb", "disabled")
-    assert code == 0, err
-    assert (tmp_path / "sweep" / "report" / "metric_vs_gflops.png").is_file()
-    lines = err.splitlines()
-    assert (
-        "warning: a bare sweep is deprecated in python -m diffusion_transformer.report; "
-        "use sweep=sweep"
-    ) in lines
-    assert (
-        "warning: --wandb is deprecated in python -m diffusion_transformer.report; "
-        "use wandb=disabled"
-    ) in lines
+    assert not (tmp_path / "figures" / "wandb").exists()
 
 
 @pytest.mark.parametrize(
@@ -168,14 +145,24 @@ def test_report_former_arguments_still_work_with_deprecation_lines(run_main, tmp
     [
         ([], "sweep"),
         (["sweep=missing_sweep"], "is not a directory"),
-        (["missing_sweep"], "is not a directory"),
-        (["sweep=.", "wandb=off"], "wandb='off' is not a W&B mode; pass one of offline"),
+        (["sweep=.", "logger=off"], "Could not find 'logger/off'"),
     ],
 )
 def test_report_user_errors_are_one_line_with_exit_code_2(run_main, args, phrase):
     code, _, err = run_main("diffusion_transformer.report", *args)
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("error: ") and phrase in last, err
+
+
+def test_report_logs_one_offline_wandb_run_unless_the_logger_says_otherwise(run_main):
+    """``logger=wandb|csv|none`` (the shared group): W&B offline by default, no W&B run with
+    ``none`` or ``csv`` (the report's table is a CSV file anyway)."""
+    for args, loggers in (([], {"wandb"}), (["logger=none"], set()), (["logger=csv"], {"csv"})):
+        code, out, _ = run_main("diffusion_transformer.report", "sweep=.", *args, "--cfg", "job")
+        logger = OmegaConf.create(out).logger or {}
+        assert code == 0 and set(logger) == loggers
+        if "wandb" in logger:
+            assert logger.wandb.offline is True
 
 
 # ----------------------------------------------------------------------------- every command
@@ -190,13 +177,12 @@ def test_help_and_cfg_job(run_main, module):
     assert key in keys and "hydra" not in keys
 
 
-def test_help_cfg_job_and_former_flags_as_real_processes(tmp_path):
-    """The shell's view of ``python -m``: exit 0, no traceback, the deprecation line."""
+def test_help_and_cfg_job_as_real_processes(tmp_path):
+    """The shell's view of ``python -m``: exit 0, no traceback, nothing on stderr."""
     env = {**os.environ, "WANDB_MODE": "disabled"}
     runs = {
         ("diffusion_transformer.gflops", "--help"): "== Config ==",
         ("diffusion_transformer.report", "--cfg", "job"): "sweep: ???",
-        ("diffusion_transformer.gflops", "--image-size", "512"): "DiT-XL/2    524.6",
     }
     for (module, *args), expected in runs.items():
         proc = subprocess.run(
@@ -208,11 +194,7 @@ def test_help_cfg_job_and_former_flags_as_real_processes(tmp_path):
             timeout=300,
         )
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-        assert expected in proc.stdout, proc.stdout
-    assert proc.stderr.splitlines() == [
-        "warning: --image-size is deprecated in python -m diffusion_transformer.gflops; "
-        "use image_size=512"
-    ]
+        assert expected in proc.stdout and not proc.stderr.strip(), proc.stderr
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 import diffusion_transformer
 from common.training import SafeCheckpointIO
+from tests.diffusion_transformer.test_commands import build_model
 
 CONF = Path(diffusion_transformer.__file__).parent / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -17,22 +18,22 @@ def test_default_is_the_digits_demo(compose_train):
     cfg = compose_train()
     assert cfg.data.name == "digits" and cfg.model.size == "tiny" and cfg.patch == 2
     assert cfg.trainer.accelerator == "cpu" and cfg.diffusion.objective == "ddpm"
-    assert cfg.module.model.input_size == 8 and cfg.module.model.in_channels == 1
+    assert cfg.model.input_size == 8 and cfg.model.in_channels == 1
     assert "wandb" in cfg.logger and cfg.logger.wandb.offline is True
 
 
 def test_model_xl_patch_2_composes_as_expected(compose_train):
     cfg = compose_train("model=xl", "patch=2")
-    m = cfg.module.model
+    m = build_model(cfg)
     assert (m.depth, m.hidden_size, m.num_heads, m.patch_size) == (28, 1152, 16, 2)
-    assert m.block == "adaln_zero" and m.learn_sigma is True and m.class_dropout_prob == 0.1
-    assert cfg.run_name == "DiT-XL-2-digits"
+    assert m.block == "adaln_zero" and m.learn_sigma and m.y_embedder.dropout_prob == 0.1
+    assert cfg.run_name == "DiT-XL-2-digits" and cfg.module.model == cfg.model
     for size, (depth, width, heads) in {
         "s": (12, 384, 6),
         "b": (12, 768, 12),
         "l": (24, 1024, 16),
     }.items():
-        m = compose_train(f"model={size}", "patch=4").module.model
+        m = build_model(compose_train(f"model={size}", "patch=4"))
         assert (m.depth, m.hidden_size, m.num_heads, m.patch_size) == (depth, width, heads, 4)
 
 
@@ -46,7 +47,7 @@ def test_every_experiment_composes(compose_train, experiment):
     cfg = compose_train(*overrides)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     if experiment == "imagenet256":
-        m = cfg.module.model
+        m = build_model(cfg)
         assert (m.depth, m.hidden_size, m.patch_size, m.input_size, m.num_classes) == (
             28,
             1152,
@@ -57,14 +58,14 @@ def test_every_experiment_composes(compose_train, experiment):
         assert cfg.optim.lr == 1e-4 and cfg.ema_decay == 0.9999 and cfg.data.flip
         assert cfg.data.datamodule.batch_size == 256 and cfg.trainer.precision == "bf16-mixed"
     if experiment == "imagenet512":
-        assert cfg.module.model.input_size == 64 and cfg.module.model.depth == 28
+        assert cfg.model.input_size == 64 and build_model(cfg).depth == 28
 
 
 def test_command_line_overrides_win_over_the_experiment(compose_train):
     cfg = compose_train(
         "experiment=imagenet256", "model=b", "patch=4", "data.root=/x", "data.vae.path=/v"
     )
-    assert cfg.module.model.hidden_size == 768 and cfg.module.model.patch_size == 4
+    assert build_model(cfg).hidden_size == 768 and cfg.model.patch_size == 4
 
 
 @pytest.mark.parametrize(
@@ -119,8 +120,8 @@ def test_digits_sweep_expands_to_the_six_runs_of_the_cpu_scaling_study(compose_t
     shapes = {"s": (6, 96, 6), "b": (6, 192, 12)}
     for size, patch in (("s", 8), ("b", 2)):
         job = compose_train("experiment=digits_sweep", f"model={size}", f"patch={patch}")
-        assert job.model.size == size.upper() and job.module.model.patch_size == patch
-        net = job.module.model
+        assert job.model.size == size.upper() and job.model.patch_size == patch
+        net = build_model(job)
         assert (net.depth, net.hidden_size, net.num_heads) == shapes[size]
         assert net.input_size == 16 and job.data.datamodule.batch_size == 32
         assert job.eval.reference == "digits" and list(job.metrics.names) == [

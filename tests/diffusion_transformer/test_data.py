@@ -8,17 +8,17 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from common.data.digits import load_digits
 from diffusion_transformer.data import (
     DigitsDataModule,
     ImageFolderDataset,
     LatentShardDataset,
     center_crop_arr,
-    load_digits_tensors,
 )
 
 
 def test_digits_are_real_and_split_without_overlap():
-    images, labels = load_digits_tensors()
+    images, labels = load_digits()
     assert images.shape == (1797, 1, 8, 8) and images.min() == -1 and images.max() == 1
     dm = DigitsDataModule(holdout_fraction=0.2, seed=0)
     dm.setup()
@@ -28,7 +28,7 @@ def test_digits_are_real_and_split_without_overlap():
     train_rows = {tuple(r) for r in train_x.flatten(1).tolist()}
     assert sum(tuple(r) in train_rows for r in held_x.flatten(1).tolist()) < 5  # duplicates only
     assert set(held_y.tolist()) == set(range(10))
-    assert load_digits_tensors(16)[0].shape == (1797, 1, 16, 16)
+    assert load_digits(16)[0].shape == (1797, 1, 16, 16)
 
 
 def test_dataloader_is_endless_and_resumable():

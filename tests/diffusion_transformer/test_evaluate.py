@@ -13,10 +13,10 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
+from common.data.digits import load_digits
 from common.data.images import to_uint8
-from diffusion_transformer.data import load_digits_tensors
-from diffusion_transformer.evaluate import evaluate, load_samples, resolve_reference
-from diffusion_transformer.train import train
+from diffusion_transformer.metrics import evaluate, load_samples, resolve_reference
+from diffusion_transformer.training import train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +29,7 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def digits_npz(tmp_path_factory):
     """Real digits in the sampler's .npz format (arr_0 uint8 N x H x W x C, labels)."""
-    images, labels = load_digits_tensors(8)
+    images, labels = load_digits(8)
     path = tmp_path_factory.mktemp("samples") / "real.npz"
     np.savez(path, arr_0=to_uint8(images[1::2]), labels=labels[1::2].numpy())
     return path
@@ -68,7 +68,7 @@ def test_evaluate_scores_real_digits_well_and_noise_badly(digits_npz, cache_dir,
 def test_digits_reference_follows_the_sample_resolution(cache_dir, tmp_path):
     """Digits trained at 16x16 are judged against digits rendered the same way: real 16x16
     digits score as well as real 8x8 ones (against 8x8 originals they would score about 360)."""
-    images16, labels = load_digits_tensors(16)
+    images16, labels = load_digits(16)
     path = tmp_path / "real16.npz"
     np.savez(path, arr_0=to_uint8(images16[1::2]), labels=labels[1::2].numpy())
     common = ["reference=digits", "metrics.names=[fd_digits]", f"metrics.cache_dir={cache_dir}"]

@@ -13,19 +13,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from diffusion_transformer.models import DIT_CONFIGS, dit_flops
+from diffusion_transformer.models import DIT_CONFIGS
+from tests.diffusion_transformer.test_commands import build_model
 
 IMAGENET = ["data.root=/datasets/imagenet256_latents", "data.vae.path=/models/sd-vae-ft-ema"]
-FLOP_KEYS = (
-    "input_size",
-    "patch_size",
-    "in_channels",
-    "hidden_size",
-    "depth",
-    "mlp_ratio",
-    "learn_sigma",
-    "block",
-)
 # Sec. 2.5, "DiT block design": the Gflops of the four DiT-XL/2 models of Fig. 2.5.
 BLOCK_GFLOPS = {"in_context": 119.4, "cross_attention": 137.6, "adaln": 118.6, "adaln_zero": 118.6}
 # Table 2.1 (I = 32, p = 4) and Sec. 2.5.1 (XL/2: 118.6 at 256x256, 524.6 at 512x512).
@@ -69,8 +60,7 @@ def job_config(cfg: DictConfig) -> dict:
 
 def gflops(cfg: DictConfig) -> float:
     """Forward Gflops per image of the composed model, rounded like the thesis."""
-    model = cfg.module.model
-    return round(dit_flops(**{k: model[k] for k in FLOP_KEYS})["total"] / 1e9, 1)
+    return round(build_model(cfg).gflops(), 1)
 
 
 def assert_thesis_recipe(cfg: DictConfig, steps: int, latent_size: int = 32) -> None:
@@ -80,8 +70,8 @@ def assert_thesis_recipe(cfg: DictConfig, steps: int, latent_size: int = 32) -> 
     assert (cfg.optim.lr, cfg.optim.weight_decay) == (1e-4, 0.0)
     assert cfg.data.datamodule.batch_size == 256 and cfg.ema_decay == 0.9999
     assert cfg.data.flip and cfg.data.name.endswith("_latents") and cfg.data.num_classes == 1000
-    assert cfg.data.vae.scale == 0.18215 and cfg.module.model.input_size == latent_size
-    assert cfg.module.model.in_channels == 4 and cfg.module.model.class_dropout_prob == 0.1
+    assert cfg.data.vae.scale == 0.18215 and cfg.model.input_size == latent_size
+    assert cfg.model.in_channels == 4 and cfg.model.class_dropout_prob == 0.1
     d = cfg.diffusion
     assert (d.objective, d.noise_schedule, d.diffusion_steps, d.learn_sigma) == (
         "ddpm",
@@ -93,7 +83,7 @@ def assert_thesis_recipe(cfg: DictConfig, steps: int, latent_size: int = 32) -> 
 
 
 def assert_model(cfg: DictConfig, size: str, patch: int, block: str = "adaln_zero") -> None:
-    model = cfg.module.model
+    model = build_model(cfg)
     assert (model.depth, model.hidden_size, model.num_heads) == DIT_CONFIGS[size]
     assert cfg.model.size == size and model.patch_size == patch and model.block == block
 
@@ -128,7 +118,7 @@ def test_scaling_grid_sweeps_the_12_models_of_figs_2_2_to_2_8(compose_experiment
     flops = {}
     for job in jobs:
         run = compose_experiment("scaling_grid", *job)
-        size, patch = run.model.size, run.module.model.patch_size
+        size, patch = run.model.size, run.model.patch_size
         assert_model(run, size, patch)
         assert_thesis_recipe(run, steps=400_000)
         flops[size, patch] = gflops(run)

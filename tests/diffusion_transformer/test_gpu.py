@@ -7,7 +7,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from common.nn.layers import Attention
 from diffusion_transformer.models import DiT_models
 from diffusion_transformer.sampling import sample_latents
-from diffusion_transformer.train import train
+from diffusion_transformer.training import train
 
 pytestmark = pytest.mark.gpu
 

@@ -8,7 +8,7 @@ import torch
 
 from common.checkpoint import safe_load
 from common.training.throughput import ThroughputMonitor
-from diffusion_transformer.train import train
+from diffusion_transformer.training import train
 
 pytestmark = pytest.mark.gpu
 

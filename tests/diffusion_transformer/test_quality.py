@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffusion_transformer.data import DigitsDataModule
-from diffusion_transformer.train import train
+from diffusion_transformer.training import train
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def test_digits_sweep_reproduces_the_scaling_trend(tmp_path):
     import subprocess
     import sys
 
-    from diffusion_transformer.report import collect, final_values, report
+    from diffusion_transformer.scaling import collect, final_values, report
 
     sweep = tmp_path / "sweep"
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -50,7 +50,7 @@ def test_digits_sweep_reproduces_the_scaling_trend(tmp_path):
         [*cmd, f"hydra.sweep.dir={sweep}"], env=env, capture_output=True, text=True, timeout=5400
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = report(sweep, out=tmp_path / "report", wandb_mode="disabled")
+    result = report(sweep, out=tmp_path / "report")
     assert result["correlations"]["runs"] == 6
     assert result["correlations"]["spearman"] <= -0.5
     rows = final_values(collect(sweep), "fd_digits")

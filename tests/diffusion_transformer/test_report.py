@@ -6,7 +6,7 @@ import json
 import pytest
 
 from diffusion_transformer.callbacks import sampling_compute, training_compute
-from diffusion_transformer.report import collect, correlations, final_values, report
+from diffusion_transformer.scaling import collect, correlations, final_values, report
 
 # (model, patch, Gflops, final metric): the metric falls as Gflops rise, except one swap.
 RUNS = [
@@ -84,7 +84,7 @@ def test_collect_joins_summaries_and_keeps_the_latest_reevaluation(tmp_path):
 
 def test_report_writes_csv_figures_and_the_rank_correlation(tmp_path, capsys):
     _fake_sweep(tmp_path / "sweep")
-    result = report(tmp_path / "sweep", wandb_mode="disabled")
+    result = report(tmp_path / "sweep")
     with open(result["csv"]) as f:
         table = list(csv.DictReader(f))
     assert {"model", "patch", "gflops", "train_compute", "metric", "value", "step"} <= set(table[0])
@@ -104,7 +104,7 @@ def test_report_errors_name_the_fix(tmp_path):
         collect(tmp_path / "empty")
     _fake_sweep(tmp_path / "sweep")
     with pytest.raises(ValueError, match="was not evaluated"):
-        report(tmp_path / "sweep", metric="fid", wandb_mode="disabled")
+        report(tmp_path / "sweep", metric="fid")
 
 
 def test_correlation_needs_three_runs():
@@ -117,7 +117,7 @@ def test_report_logs_table_and_scatter_to_offline_wandb_without_an_account(tmp_p
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    result = report(tmp_path / "sweep", wandb_mode="offline")
+    result = report(tmp_path / "sweep", wandb="offline")
     assert not (tmp_path / "wandb").exists()  # not in the current directory: under the report
     runs = list((tmp_path / "sweep" / "report" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and result["wandb"] == runs[0]
@@ -127,7 +127,7 @@ def test_report_logs_table_and_scatter_to_offline_wandb_without_an_account(tmp_p
 def test_two_runs_title_says_why_there_is_no_correlation_and_axes_show_plain_values(
     tmp_path, monkeypatch
 ):
-    from diffusion_transformer import report as report_module
+    from diffusion_transformer import scaling as report_module
 
     seen = []
     save = report_module._save
@@ -140,7 +140,7 @@ def test_two_runs_title_says_why_there_is_no_correlation_and_axes_show_plain_val
 
     monkeypatch.setattr(report_module, "_save", capture)
     _fake_sweep(tmp_path / "sweep", runs=[("S", 8, 0.03, 779.91), ("B", 8, 0.13, 779.95)])
-    result = report(tmp_path / "sweep", wandb_mode="disabled")
+    result = report(tmp_path / "sweep")
     assert result["correlations"]["runs"] == 2
     title, offset = seen[0]
     assert "correlations need 3 runs, 2 here" in title and "nan" not in title

@@ -8,7 +8,7 @@ import torch
 
 from common.checkpoint import safe_load
 from common.training import resolve_resume
-from diffusion_transformer.train import train
+from diffusion_transformer.training import train
 
 TINY = [
     "model.depth=1",
@@ -64,7 +64,9 @@ def test_checkpoint_holds_ema_and_loads_without_pickle(compose_train, tmp_path):
     ckpt = safe_load(result.checkpoint)  # weights_only=True
     sd = ckpt["state_dict"]
     assert any(k.startswith("ema.module.") for k in sd) and ckpt["global_step"] == 3
-    assert ckpt["dit_config"]["hidden_size"] == 32
+    # The DiT's constructor arguments, which load_dit rebuilds it from.
+    assert ckpt["hyper_parameters"]["model"]["hidden_size"] == 32
+    assert ckpt["hyper_parameters"]["model"]["depth"] == 1 and "dit_config" not in ckpt
     ema = safe_load(result.export)
     assert set(ema) == {k[len("ema.module.") :] for k in sd if k.startswith("ema.module.")}
     # After 3 updates at decay 0.5 the EMA differs from both the init and the model.

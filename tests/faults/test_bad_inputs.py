@@ -101,7 +101,17 @@ CASES = [
     (DIT_SAMPLE, ["ckpt={dit}", "cfg_scale=-1"], "cfg_scale=-1"),
     (DIT_SAMPLE, ["ckpt={dit}", "sampling_steps=0"], "sampling_steps=0"),
     (DIT_SAMPLE, ["ckpt={dit}", "arch=DiT-Q/9"], "unknown DiT model 'DiT-Q/9'"),
-    (DIT_SAMPLE, ["ckpt={dit}", "model=DiT-Q/9"], "unknown DiT model 'DiT-Q/9'"),  # = arch
+    (DIT_SAMPLE, ["ckpt={dit}", "device=tpu0"], "device='tpu0' is not a device"),
+    (
+        "diffusion_transformer.evaluate",
+        ["samples={empty_npz}", "reference=digits", "device=tpu0"],
+        "device='tpu0' is not a device",
+    ),
+    (
+        "diffusion_transformer.extract_latents",
+        ["data.root={images}", "vae=v", "out=o", "device=tpu0"],
+        "device='tpu0' is not a device",
+    ),
     (
         "diffusion_transformer.evaluate",
         ["samples={empty_npz}", "reference=digits"],
@@ -125,13 +135,16 @@ CASES = [
     (DIT_TRAIN, ["model=huge"], "Could not find 'model/huge'"),
     (DIT_TRAIN, ["resume=nowhere"], "cannot resume"),
     (DIT_TRAIN, ["nan_policy=ignore", "trainer.max_steps=1", "logger=none"], "nan_policy='ignore'"),
-    (PROMPT, ["gpt={dit}"], "is a DiT training checkpoint"),
-    (PROMPT, ["gpt=x", "prompt=nan"], "prompt=nan"),
-    (PROMPT, ["gpt=x", "prompt=inf"], "prompt=inf"),
-    (PROMPT, ["gpt=x", "prompt=-1"], "prompt=-1"),
-    (PROMPT, ["gpt=x", "recursive=0"], "recursive=0"),
-    (PROMPT, [], "Missing mandatory value: gpt; pass gpt=<value>"),
-    ("gpt_checkpoints.evaluate", ["gpt={stylegan2}"], "is a StyleGAN2 checkpoint"),
+    (PROMPT, ["ckpt={dit}"], "is a DiT training checkpoint"),
+    (PROMPT, ["ckpt=x", "prompt=nan"], "prompt=nan"),
+    (PROMPT, ["ckpt=x", "prompt=inf"], "prompt=inf"),
+    (PROMPT, ["ckpt=x", "prompt=-1"], "prompt=-1"),
+    (PROMPT, ["ckpt=x", "recursive=0"], "recursive=0"),
+    (PROMPT, [], "Missing mandatory value: ckpt; pass ckpt=<value>"),
+    (PROMPT, ["ckpt=x", "device=tpu"], "device='tpu' is not a device; pass auto, cpu or cuda[:N]"),
+    ("gpt_checkpoints.evaluate", ["ckpt={stylegan2}"], "is a StyleGAN2 checkpoint"),
+    ("gpt_checkpoints.evaluate", ["ckpt=x", "device=gpu"], "device='gpu' is not a device"),
+    ("gpt_checkpoints.collect", ["device=tpu", "runs=1"], "device='tpu' is not a device"),
     ("gpt_checkpoints.train", ["dataset=missing"], "missing"),
     ("gangealing.train", ["generator={random}"], "not a PyTorch checkpoint"),
     ("gangealing.train", ["generator={code}"], "holds Python objects other than tensors"),
@@ -139,11 +152,12 @@ CASES = [
     ("gangealing.train", ["generator={stylegan2}", "optim.lr=0"], "optim.lr=0"),
     (
         "gangealing.congeal",
-        ["congealer={stylegan2}", "images={images}"],
+        ["ckpt={stylegan2}", "data.root={images}"],
         "is a StyleGAN2 checkpoint",
     ),
-    ("gangealing.congeal", ["congealer={dit}", "images={images}"], "is a DiT training checkpoint"),
-    ("gangealing.congeal", ["congealer={stylegan2}", "images={images}", "iters=0"], "iters=0"),
+    ("gangealing.congeal", ["ckpt={dit}", "data.root={images}"], "is a DiT training checkpoint"),
+    ("gangealing.congeal", ["ckpt={stylegan2}", "data.root={images}", "iters=0"], "iters=0"),
+    ("gangealing.congeal", ["ckpt={stylegan2}", "data.root={images}", "device=gpu0"], "device="),
     (
         "gangealing.train_gan",
         [
@@ -155,8 +169,9 @@ CASES = [
         ],
         "cannot read the image",
     ),
-    ("gangealing.pck", ["method=none", "dataset=nope", "root=x"], "nope"),
-    ("gangealing.cluster_classifier", ["missing_run"], "no checkpoint at"),
+    ("gangealing.pck", ["method=none", "benchmark=nope", "data.root=x"], "nope"),
+    ("gangealing.cluster_classifier", ["ckpt=missing_run"], "no checkpoint at"),
+    ("gangealing.cluster_classifier", ["ckpt=missing_run", "device=tpu"], "device='tpu'"),
     ("diffusion_transformer.report", ["sweep=missing_sweep"], "is not a directory"),
 ]
 
@@ -176,8 +191,8 @@ def test_bad_input_gives_one_line_and_exit_code_2(files, cli_main, module, args,
 def test_a_real_process_exits_2_with_one_line_and_no_traceback(files, tmp_path):
     proc = run_cli(
         "gangealing.congeal",
-        f"congealer={files['gpt']}",
-        f"images={files['images']}",
+        f"ckpt={files['gpt']}",
+        f"data.root={files['images']}",
         cwd=tmp_path,
         check=False,
         env_extra=NO_TRACEBACK,
@@ -208,15 +223,15 @@ def _out_of_range(rule: str):
 
 # Mandatory arguments of each command, so that only the checked value is wrong.
 REQUIRED = {
-    "diffusion_transformer.extract_latents": ["data_root=x", "vae=y", "out=z"],
-    "gpt_checkpoints.prompt": ["gpt=x"],
-    "gpt_checkpoints.evaluate": ["gpt=x"],
+    "diffusion_transformer.extract_latents": ["data.root=x", "vae=y", "out=z"],
+    "gpt_checkpoints.prompt": ["ckpt=x"],
+    "gpt_checkpoints.evaluate": ["ckpt=x"],
     "gangealing.train": ["generator=g.pt"],
-    "gangealing.congeal": ["congealer=c", "images=i"],
-    "gangealing.preprocess": ["congealer=c", "images=i"],
-    "gangealing.propagate": ["congealer=c", "images=i", "edit=e"],
-    "gangealing.pck": ["dataset=spair", "root=r"],
-    "gangealing.cluster_classifier": ["run=r"],
+    "gangealing.congeal": ["ckpt=c", "data.root=i"],
+    "gangealing.preprocess": ["ckpt=c", "data.root=i"],
+    "gangealing.propagate": ["ckpt=c", "data.root=i", "edit=e"],
+    "gangealing.pck": ["benchmark=spair", "data.root=r"],
+    "gangealing.cluster_classifier": ["ckpt=r"],
 }
 CHECKED = [
     (module, key, rule)

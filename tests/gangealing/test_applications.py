@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from common.checkpoint import atomic_save
-from gangealing.align.congealer import FORMAT, Congealer
+from gangealing.align.congealer import Congealer
 from gangealing.align.stn import (
     STNOutput,
     identity_grid,
@@ -23,6 +23,8 @@ from gangealing.align.stn import (
     pixel_to_normalized,
     warp,
 )
+from gangealing.align.target import TargetMode
+from gangealing.align.transformers import build_transformers
 from gangealing.apps.correspondence import (
     dense_correspondence,
     flow_smoothness_scores,
@@ -37,16 +39,19 @@ from gangealing.apps.preprocess import preprocess_folder, warp_scores
 from gangealing.apps.propagate import load_edit
 from gangealing.data.datasets import ImageFolder
 from gangealing.data.synthetic import SimilarityWarpDataset, write_image_folder
+from gangealing.stylegan2.networks import Generator
+from tests.gangealing.test_gangealing import TINY_G
 from tests.integration.conftest import run_cli
 
-CONFIG = {
-    "resolution": 16,
-    "stn": {"widths": [8, 8], "flow_size": 4},
-    "num_modes": 1,
-    "num_components": 1,
-    "cutoff": 3,
-    "style_dim": 16,
+MODEL = {
+    "_target_": "gangealing.align.transformers.SmallTransformers",
+    "num_heads": 1,
+    "input_size": 16,
+    "widths": [8, 8],
+    "flow_size": 4,
+    "padding_mode": "reflection",
 }
+SETTINGS = {"padding_mode": "reflection", "iters": 1, "flips": False}
 
 
 def _matrix(rotation: float, scale: float, tx: float, ty: float) -> torch.Tensor:
@@ -66,10 +71,14 @@ def _map(points: torch.Tensor, matrix: torch.Tensor, size_from: int, size_to: in
 
 
 def _congealer(transform="similarity", rotation=0.0, log_scale=0.0, tx=0.0, ty=0.0) -> Congealer:
-    """A congealer whose similarity head outputs a known warp (the head is zero-initialised)."""
+    """A congealer whose similarity head outputs a known warp (the head is zero-initialised), with
+    the target mode of a random tiny generator."""
     torch.manual_seed(0)
-    congealer = Congealer({**CONFIG, "transform": transform}).eval()
-    stn = congealer.stns[0]
+    model = {**MODEL, "transform": transform}
+    target, generator = TargetMode(16, 1, cutoff=3), Generator(**TINY_G)
+    congealer = Congealer(build_transformers(model), 16, SETTINGS, None, target, generator, model)
+    congealer.eval()
+    stn = congealer.stn[0]
     stn = stn.similarity if transform == "composed" else stn
     with torch.no_grad():
         stn.head[-1].bias.copy_(torch.tensor([rotation, log_scale, tx, ty]))
@@ -77,13 +86,7 @@ def _congealer(transform="similarity", rotation=0.0, log_scale=0.0, tx=0.0, ty=0
 
 
 def _save(congealer: Congealer, path):
-    blob = {
-        "format": FORMAT,
-        "config": congealer.config,
-        "stn": congealer.stns.state_dict(),
-        "target": congealer.target.state_dict(),
-    }
-    atomic_save(blob, path / "congealer.pt")
+    atomic_save(congealer.export(), path / "congealer.pt")
     return path / "congealer.pt"
 
 
@@ -208,7 +211,7 @@ def folder(tmp_path):
 def test_preprocess_keeps_the_smoothest_images_similarity_aligned(tmp_path, folder):
     congealer = _congealer("composed", log_scale=math.log(0.5))
     with torch.no_grad():  # an image-dependent flow, so that the scores differ
-        congealer.stns[0].flow.head[-1].weight.normal_(0, 0.3)
+        congealer.stn[0].flow.head[-1].weight.normal_(0, 0.3)
     paths = preprocess_folder(congealer, folder, tmp_path / "pre", keep=0.5, size=16)
     rows = list(csv.DictReader(paths["ranking"].open()))
     scores = [float(row["score_flow_tv"]) for row in rows]
@@ -248,7 +251,7 @@ def test_propagate_and_preprocess_clis(tmp_path, folder):
     labels = Image.fromarray(np.kron(np.arange(4, dtype=np.uint8).reshape(2, 2), np.ones((8, 8))))
     labels.convert("L").save(tmp_path / "labels.png")
     (tmp_path / "points.json").write_text(json.dumps([[4, 4], [8, 12]]))
-    common = [f"congealer={congealer}", f"images={folder}", "size=16", "image_size=24"]
+    common = [f"ckpt={congealer}", f"data.root={folder}", "size=16", "image_size=24"]
     jobs = {
         name: ("gangealing.propagate", *common, f"edit={tmp_path / edit}", f"out={tmp_path / name}")
         for name, edit in [("o", "overlay.png"), ("l", "labels.png"), ("k", "points.json")]
@@ -267,6 +270,8 @@ def test_propagate_and_preprocess_clis(tmp_path, folder):
     record = json.loads((tmp_path / "k/keypoints.json").read_text())
     assert len(record["images"]) == 4 and len(record["images"]["000000.png"]["keypoints"]) == 2
     assert (tmp_path / "k/keypoints/000000.png").is_file()
+    for name in "olk":  # the edit drawn on the target mode, in congealed space
+        assert Image.open(tmp_path / name / "target.png").size == (16, 16)
     rows = list(csv.reader((tmp_path / "p/ranking.csv").open()))
     assert rows[0][0] == "file" and len(rows) == 5
     assert len(list((tmp_path / "p/aligned").glob("*.png"))) == 2

@@ -13,13 +13,13 @@ from gangealing.align.congealer import Congealer
 from gangealing.stylegan2.networks import Generator, save_generator
 from gangealing.training.cluster_classifier import load_run, train_cluster_classifier
 from gangealing.training.module import GangealingModule
-from tests.gangealing.test_gangealing import TINY, TINY_G
+from tests.gangealing.test_gangealing import TINY_G, tiny_module
 
 
 def _run(tmp_path, num_modes: int = 2):
     torch.manual_seed(0)
     save_generator(tmp_path / "g.pt", Generator(**TINY_G))
-    module = GangealingModule(str(tmp_path / "g.pt"), num_modes=num_modes, **TINY)
+    module = tiny_module(tmp_path / "g.pt", f"num_modes={num_modes}")
     module.on_fit_start()
     with torch.no_grad():  # distinct transformers, so routing is visible
         for k, stn in enumerate(module.stn_ema.module):
@@ -44,16 +44,17 @@ def test_classifier_starts_from_the_transformer_trunk_and_routes_real_images(tmp
     run, module = _run(tmp_path)
     restored = load_run(run)
     torch.testing.assert_close(restored.target.modes(), module.target.modes())
-    fresh, _ = train_cluster_classifier(restored, steps=0)
+    fresh, _ = train_cluster_classifier(restored, 0, 32, 1e-3, "stop")
     trunk = restored.stn_ema.module[0].similarity.trunk.state_dict()
     for name, value in fresh.trunk.state_dict().items():
         torch.testing.assert_close(value, trunk[name])
     _, out, _ = run_main(
-        "gangealing.cluster_classifier", f"run={run}", "max_steps=5", "batch_size=8"
-    )
+        "gangealing.cluster_classifier", f"ckpt={run}", "max_steps=5", "batch_size=8",
+        "device=cpu",
+    )  # fmt: skip
     assert "accuracy on generated images" in out
     record = safe_load(run / "congealer.pt")["classifier"]
-    assert record["num_modes"] == 2 and record["widths"] == [8, 8]
+    assert record["widths"] == [8, 8]
 
     congealer = Congealer.load(run)
     assert isinstance(congealer.classifier, ClusterClassifier)
@@ -68,10 +69,17 @@ def test_classifier_starts_from_the_transformer_trunk_and_routes_real_images(tmp
 
 def test_single_mode_runs_have_nothing_to_classify(tmp_path, cli_main):
     run, _ = _run(tmp_path, num_modes=1)
-    code, err = cli_main("gangealing.cluster_classifier", f"run={run}", "max_steps=1")
+    code, err = cli_main("gangealing.cluster_classifier", f"ckpt={run}", "max_steps=1")
     assert code == 2 and "num_modes=1" in err
-    with pytest.raises(FileNotFoundError, match="run=<run dir"):
+    with pytest.raises(FileNotFoundError, match="ckpt=<run dir"):
         load_run(tmp_path / "nowhere")
+
+
+def test_a_device_the_machine_lacks_is_one_line(tmp_path, cli_main):
+    """``device=auto|cpu|cuda[:N]`` as in every command computing outside the Trainer."""
+    run, _ = _run(tmp_path)
+    code, err = cli_main("gangealing.cluster_classifier", f"ckpt={run}", "device=gpu0")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: device='gpu0'")
 
 
 def test_nan_gradients_stop_the_classifier_or_are_skipped(tmp_path, cli_main):
@@ -83,28 +91,12 @@ def test_nan_gradients_stop_the_classifier_or_are_skipped(tmp_path, cli_main):
     run, _ = _run(tmp_path)
     module = load_run(run)
     with pytest.raises(NonFiniteError, match=r"non-finite gradients at classifier step \d+"):
-        train_cluster_classifier(module, steps=10, batch_size=4, lr=1e10)
-    classifier, _ = train_cluster_classifier(module, 10, 4, lr=1e10, nan_policy="skip")
+        train_cluster_classifier(module, 10, 4, 1e10, "stop")
+    classifier, _ = train_cluster_classifier(module, 10, 4, 1e10, "skip")
     assert find_non_finite(classifier.state_dict()) is None
     before = (run / "congealer.pt").read_bytes()
     code, err = cli_main(
-        "gangealing.cluster_classifier", f"run={run}", "optim.lr=1e10", "max_steps=10"
+        "gangealing.cluster_classifier", f"ckpt={run}", "optim.lr=1e10", "max_steps=10"
     )
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: non-finite gradients")
     assert (run / "congealer.pt").read_bytes() == before
-
-
-def test_the_former_argparse_spelling_still_works_with_a_deprecation_line(tmp_path, run_main):
-    run, _ = _run(tmp_path)
-    _, out, err = run_main(
-        "gangealing.cluster_classifier", str(run), "--steps", "2", "--batch-size=4"
-    )
-    assert "accuracy on generated images (last 2 steps)" in out
-    command = "python -m gangealing.cluster_classifier"
-    assert f"warning: a bare run is deprecated in {command}; use run={run}" in err
-    assert "warning: --steps is deprecated" in err and "use max_steps=2" in err
-    assert "use batch_size=4" in err
-    _, out, err = run_main("gangealing.cluster_classifier", f"run={run}", "steps=2", "lr=0.01")
-    assert "accuracy on generated images (last 2 steps)" in out
-    assert f"warning: steps= is deprecated in {command}; use max_steps=2" in err
-    assert f"warning: lr= is deprecated in {command}; use optim.lr=0.01" in err

@@ -8,19 +8,19 @@ import torch
 from PIL import Image
 
 from common.checkpoint import atomic_save, safe_load
+from common.data.images import to_uint8
 from gangealing.align.congealer import Congealer
 from gangealing.apps.congeal import congeal_folder
 from gangealing.data.synthetic import SimilarityWarpDataset, write_image_folder
 from gangealing.stylegan2.networks import Generator, save_generator
-from gangealing.training.module import GangealingModule
-from tests.gangealing.test_gangealing import TINY, TINY_G
+from tests.gangealing.test_gangealing import TINY_G, tiny_module
 from tests.integration.conftest import run_cli
 
 
 def _congealer_file(tmp_path, num_modes: int = 1, shift: float = 0.0):
     torch.manual_seed(0)
     save_generator(tmp_path / "g.pt", Generator(**TINY_G))
-    module = GangealingModule(str(tmp_path / "g.pt"), num_modes=num_modes, **TINY)
+    module = tiny_module(tmp_path / "g.pt", f"num_modes={num_modes}")
     with torch.no_grad():  # a known warp: the EMA similarity head shifts by `shift` (normalised)
         for stn in module.stn_ema.module:
             stn.similarity.head[-1].bias.copy_(torch.tensor([0.0, 0.0, shift, 0.0]))
@@ -46,7 +46,7 @@ def test_known_shift_moves_the_content(tmp_path):
     assert out[0, 0, 10].argmax() == 12
 
 
-def test_congeal_folder_writes_aligned_images_average_and_warps(tmp_path):
+def test_congeal_folder_writes_aligned_images_average_target_and_warps(tmp_path):
     congealer = Congealer.load(_congealer_file(tmp_path))
     folder = write_image_folder(SimilarityWarpDataset("astronaut", 16, 5), tmp_path / "data")
     paths = congeal_folder(congealer, folder, tmp_path / "out", size=16, batch_size=2)
@@ -57,6 +57,10 @@ def test_congeal_folder_writes_aligned_images_average_and_warps(tmp_path):
     assert np.abs(stack.mean(0) - average).max() <= 1.0  # uint8 rounding
     warps = safe_load(paths["warps"])
     assert warps["grids"].shape == (5, 16, 16, 2) and len(warps["files"]) == 5
+    # the target mode G(c) the images were aligned to, beside the average (TINY_G is 16 px)
+    target = np.asarray(Image.open(paths["target"]), dtype=np.float64)
+    expected = to_uint8(congealer.target_images())[0].astype(np.float64)
+    assert target.shape == (16, 16, 3) and np.abs(target - expected).max() <= 1.0
 
 
 def test_cli_and_errors(tmp_path):
@@ -64,13 +68,14 @@ def test_cli_and_errors(tmp_path):
     folder = write_image_folder(SimilarityWarpDataset("astronaut", 16, 3), tmp_path / "data")
     out = run_cli(
         "gangealing.congeal",
-        f"congealer={run}",
-        f"images={folder}",
+        f"ckpt={run}",
+        f"data.root={folder}",
         "size=16",
         f"out={tmp_path / 'out'}",
         cwd=tmp_path,
     ).stdout
     assert "average.png" in out and (tmp_path / "out" / "average.png").is_file()
+    assert "target mode" in out and (tmp_path / "out" / "target.png").is_file()
 
     with pytest.raises(FileNotFoundError, match="congealer.pt file it wrote"):
         Congealer.load(tmp_path / "missing")

@@ -70,7 +70,7 @@ def test_image_folder_empty_and_missing_folder_errors(tmp_path):
     with pytest.raises(
         ValueError, match=r"no images found in .*\(searched recursively for .*\.png"
     ):
-        ImageFolder(tmp_path, size=4, extensions=("png",))
+        ImageFolder(tmp_path, size=4)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ImageFolder(tmp_path / "missing", size=4)
 

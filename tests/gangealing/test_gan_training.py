@@ -13,6 +13,9 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_module
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from PIL import Image
 
 from common.checkpoint import safe_load
@@ -27,8 +30,6 @@ from gangealing.training.gan_module import (
     r1_penalty,
 )
 
-TINY_NET = {"style_dim": 16, "n_mlp": 2, "channels": {4: 16, 8: 16, 16: 8}}
-TINY_REG = {"d_reg_every": 2, "g_reg_every": 2}
 CLI_OVERRIDES = [
     "model=stylegan2/tiny",
     "logger=none",
@@ -71,9 +72,16 @@ def _fit(module: StyleGAN2Module, steps: int, root: Path, ckpt: Path | None = No
     return trainer
 
 
-def _tiny_module(**kwargs) -> StyleGAN2Module:
+def gan_module(*overrides: str) -> StyleGAN2Module:
+    """The LightningModule ``gangealing.train_gan`` builds with ``overrides``."""
+    with initialize_config_module("gangealing.conf", version_base="1.3"):
+        return instantiate(compose("train_gan", overrides=list(overrides)).module)
+
+
+def _tiny_module(*overrides: str) -> StyleGAN2Module:
+    """A 16 px StyleGAN2 with R1 and path-length steps every second iteration."""
     torch.manual_seed(0)
-    return StyleGAN2Module(16, TINY_NET, regularization=TINY_REG, sample_every=0, **kwargs)
+    return gan_module(*CLI_OVERRIDES[:10], "sample_every=0", *overrides)
 
 
 def _flat(module: torch.nn.Module) -> torch.Tensor:
@@ -86,7 +94,7 @@ def _flat(module: torch.nn.Module) -> torch.Tensor:
 def test_training_steps_update_g_d_ema_and_path_length(tmp_path, monkeypatch):
     import gangealing.training.gan_module as gan_module
 
-    module = _tiny_module(augment="color,translation,cutout")
+    module = _tiny_module("augment=[color,translation,cutout]")
     g0, d0, e0 = _flat(module.generator), _flat(module.discriminator), _flat(module.g_ema)
     assert torch.equal(g0, e0)  # G_ema starts as a copy of G
     calls = {"r1": 0, "path": 0}
@@ -121,7 +129,9 @@ def test_lazy_regularization_adam_correction():
     lr, betas = lazy_adam_hparams(0.002, (0.0, 0.99), 4)
     assert lr == pytest.approx(0.0016) and betas[1] == pytest.approx(0.99**0.8)
     assert lazy_adam_hparams(0.002, (0.0, 0.99), 0) == (0.002, (0.0, 0.99))
-    module = StyleGAN2Module(8, {"style_dim": 16, "n_mlp": 1, "channels": {4: 8, 8: 8}})
+    module = gan_module(
+        "resolution=8", "model.style_dim=16", "model.n_mlp=1", "model.channels={4:8,8:8}"
+    )  # the recipe's lazy intervals: R1 every 16 iterations, path length every 4
     g_opt, d_opt = module.configure_optimizers()
     assert g_opt.param_groups[0]["lr"] == pytest.approx(0.002 * 4 / 5)
     assert d_opt.param_groups[0]["lr"] == pytest.approx(0.002 * 16 / 17)
@@ -226,10 +236,7 @@ def test_image_folder_data_and_errors(tmp_path):
 
 
 def test_config_composes():
-    from hydra import compose, initialize_config_module
     from omegaconf import open_dict
-
-    from gangealing.train_gan import build_module
 
     with initialize_config_module("gangealing.conf", version_base="1.3"):
         paper = compose("train_gan", overrides=["model=stylegan2/paper", "augment=[color,cutout]"])
@@ -239,12 +246,14 @@ def test_config_composes():
     assert "wandb" in paper.logger and tiny.logger == {}
     assert paper.regularization.r1_gamma == 10 and paper.optim.lr == 0.002
     assert paper.mixing == 0.9  # style-mixing probability of StyleGAN2 training
-    module = build_module(tiny)
+    module = instantiate(tiny.module)
     assert module.generator.size == 16 and module.augment == ()
     assert module.reg["d_reg_every"] == 2 and module.generator.style_dim == 16
     with open_dict(tiny):
         tiny.augment = paper.augment
-    assert build_module(tiny).augment == ("color", "cutout")
+    assert instantiate(tiny.module).augment == ("color", "cutout")
+    with pytest.raises(InstantiationException, match="regularization has the keys"):
+        instantiate(tiny.module, regularization={"gamma": 1.0})  # merged: one key too many
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

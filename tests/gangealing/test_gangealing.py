@@ -5,24 +5,18 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from hydra import compose, initialize_config_module
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 
 from common.checkpoint import safe_load
-from gangealing.align.transformers import build_transformer
+from gangealing.align.transformers import SmallTransformers
 from gangealing.stylegan2.networks import Generator, save_generator
 from gangealing.training.module import GangealingModule, generator_fingerprint
 from tests.integration.conftest import run_cli
 
 TINY_G = {"size": 16, "style_dim": 16, "n_mlp": 2, "channels": {4: 16, 8: 16, 16: 8}}
-TINY = {  # the small CPU trunk; the released architecture is tested with PAPER_TINY below
-    "transform": "composed",
-    "resolution": 16,
-    "stn": {"widths": [8, 8], "flow_size": 4},
-    "cutoff": 3,
-    "pca_samples": 512,
-    "loss": {"name": "pyramid_l1"},
-    "psi_anneal_steps": 2,
-    "batch_size": 4,
-}
+# the small CPU trunk; the released architecture is tested in test_paper_transform.py
 CLI_TINY = [
     "model=stn/small",
     "resolution=16",
@@ -36,6 +30,26 @@ CLI_TINY = [
     "logger=none",
     "trainer.enable_progress_bar=false",
 ]
+
+
+def train_config(generator, *overrides: str):
+    """The composed config of ``python -m gangealing.train`` with ``overrides``."""
+    with initialize_config_module("gangealing.conf", version_base="1.3"):
+        return compose("train", overrides=[f"generator={generator}", *overrides])
+
+
+def train_module(generator, *overrides: str) -> GangealingModule:
+    """The LightningModule ``gangealing.train`` builds with ``overrides`` (an error in it raised
+    as itself, not wrapped by Hydra)."""
+    try:
+        return instantiate(train_config(generator, *overrides).module)
+    except InstantiationException as err:
+        raise err.__cause__ from None
+
+
+def tiny_module(generator, *overrides: str) -> GangealingModule:
+    """:func:`train_module` with the small trunk of ``CLI_TINY``."""
+    return train_module(generator, *CLI_TINY, *overrides)
 
 
 def _generator_file(path, seed: int = 0):
@@ -62,11 +76,11 @@ def _trainer(steps: int) -> L.Trainer:
 
 def test_unknown_transform_names_the_choices():
     with pytest.raises(ValueError, match="similarity"):
-        build_transformer("affine", 16, {})
+        SmallTransformers("affine", 1, 16, [8], 4, "reflection")
 
 
 def test_fresh_transformers_are_the_identity_and_pairs_have_the_right_shapes(generator_path):
-    module = GangealingModule(str(generator_path), num_modes=2, **TINY)
+    module = tiny_module(generator_path, "num_modes=2")
     x, y = module.pairs(4, psi=0.0)
     assert x.shape == (4, 3, 16, 16) and y.shape == (4, 2, 3, 16, 16)
     for stn in module.stns:
@@ -80,7 +94,7 @@ def test_alignment_loss_takes_the_min_over_modes_and_flips(generator_path):
     """Eq. 4.6: per sample, the candidate (mode k, optionally the mirrored input) with the
     smallest distance is the one trained."""
     torch.manual_seed(0)
-    module = GangealingModule(str(generator_path), num_modes=2, flips=True, **TINY)
+    module = tiny_module(generator_path, "num_modes=2", "flips=true")
     module.on_fit_start()  # PCA of W and K-means++ modes
     assert not torch.allclose(module.target.modes()[0], module.target.modes()[1])
     x, y = module.pairs(4, psi=0.0)
@@ -97,7 +111,7 @@ def test_alignment_loss_takes_the_min_over_modes_and_flips(generator_path):
 
 
 def test_training_learns_mode_and_transformers_and_resumes_without_refitting(generator_path):
-    module = GangealingModule(str(generator_path), **TINY)
+    module = tiny_module(generator_path)
     _trainer(3).fit(module)
     assert bool(module.target_initialised) and module.target.w_mean.abs().sum() > 0
     assert module.target.coefficients.abs().sum() > 0
@@ -108,6 +122,7 @@ def test_training_learns_mode_and_transformers_and_resumes_without_refitting(gen
     export = module.export()
     assert export["generator"]["fingerprint"] == generator_fingerprint(module.generator)
     assert set(export["target"]) == {"w_mean", "directions", "coefficients"}
+    assert export["config"]["model"]["_target_"].endswith("SmallTransformers")
 
 
 def test_cli_trains_exports_and_refuses_to_resume_with_another_generator(tmp_path):
@@ -118,7 +133,7 @@ def test_cli_trains_exports_and_refuses_to_resume_with_another_generator(tmp_pat
     assert "congealer.pt" in out
     congealer = safe_load(run_dir / "congealer.pt")
     assert congealer["format"] == "gangealing-congealer-v1"
-    assert congealer["config"]["resolution"] == 16
+    assert congealer["config"]["size"] == 16 and "g_ema" in congealer
     first = safe_load(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
     run_cli("gangealing.train", *args, "trainer.max_steps=3", f"resume={run_dir}", cwd=tmp_path)
     ckpt = safe_load(run_dir / "checkpoints" / "last.ckpt")
@@ -144,17 +159,14 @@ def test_cli_trains_exports_and_refuses_to_resume_with_another_generator(tmp_pat
 def test_train_config_defaults_are_the_thesis_settings(generator_path):
     """Sec. 4.3-4.4 defaults: N = 1 principal direction, cutoff 5, lambda_TV 1000, lambda_I 1,
     Adam with STN lr 1e-3 and mode lr 1e-2, STN EMA; ``loss.checkpoint_path`` reaches ssl_vgg."""
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module("gangealing.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[f"generator={generator_path}"])
-        ssl = compose("train", overrides=["loss.name=ssl_vgg", "loss.checkpoint_path=x"])
+    cfg = train_config(generator_path)
     assert (cfg.num_components, cfg.cutoff, cfg.num_modes) == (1, 5, 1)
-    assert (cfg.tv_weight, cfg.identity_weight, cfg.model.transform) == (1000.0, 1.0, "paper")
+    assert (cfg.tv_weight, cfg.identity_weight) == (1000.0, 1.0)
+    assert cfg.model._target_ == "gangealing.align.official_stn.OfficialComposedSTN"
     assert (cfg.optim.lr, cfg.optim.mode_lr, cfg.ema_decay) == (1e-3, 1e-2, 0.999)
     with pytest.raises(FileNotFoundError, match="checkpoint_path='x', which is not a file"):
-        GangealingModule(str(generator_path), **{**TINY, "loss": dict(ssl.loss)})
-    module = GangealingModule(str(generator_path), **TINY)
+        tiny_module(generator_path, "loss.name=ssl_vgg", "loss.checkpoint_path=x")
+    module = tiny_module(generator_path)
     module.trainer = L.Trainer(max_steps=10, logger=False, enable_progress_bar=False)
     groups = module.configure_optimizers()["optimizer"].param_groups
     assert [g["lr"] for g in groups] == [1e-3, 1e-2]
@@ -163,28 +175,11 @@ def test_train_config_defaults_are_the_thesis_settings(generator_path):
 
 def test_aligning_above_the_generator_resolution_warns(generator_path):
     with pytest.warns(UserWarning, match="resolution=32 exceeds the 16px output"):
-        GangealingModule(str(generator_path), **{**TINY, "resolution": 32})
+        tiny_module(generator_path, "resolution=32")
 
 
-def test_the_former_flat_keys_still_compose_with_a_deprecation_line(run_main):
-    """``transform=``/``stn.*`` (now the ``model`` group of ``train``) and ``gan=``/``gan.*`` (of
-    ``train_gan``) keep working for one release."""
-    _, out, err = run_main(
-        "gangealing.train", "generator=g.pt", "transform=flow", "stn.widths=[8]", "--cfg", "job"
-    )
-    assert "transform: flow" in out and "widths:\n  - 8" in out.replace("    - 8", "  - 8")
-    command = "python -m gangealing.train"
-    legacy = "use model=stn/small model.transform=flow"
-    assert f"warning: transform= is deprecated in {command}; {legacy}" in err
-    assert "use model.widths=[8]" in err
-    _, out, err = run_main("gangealing.train_gan", "gan=paper", "gan.n_mlp=3", "--cfg", "job")
-    assert "style_dim: 512" in out and "n_mlp: 3" in out
-    assert "use model=stylegan2/paper" in err
-
-
-def test_train_gan_data_is_a_group_and_the_former_data_keys_still_work(run_main, tmp_path):
-    """``data=photo|folder`` like DiT's ``data=``; ``data=<folder>``, ``data=<photo>``, ``hflip=``
-    and ``synthetic_size=`` of the last release become the group's keys, with a warning each."""
+def test_train_gan_data_is_a_group(run_main, tmp_path):
+    """``data=photo|folder`` like DiT's ``data=``; the folder's images at ``data.root``."""
     import yaml
 
     def job(*args: str) -> tuple[dict, str]:
@@ -194,29 +189,19 @@ def test_train_gan_data_is_a_group_and_the_former_data_keys_still_work(run_main,
     data, _ = job("data=folder", f"data.root={tmp_path}")
     assert (data["name"], data["root"]) == ("folder", str(tmp_path))
     assert data["datamodule"]["data"] == "${data.root}"
-    data, err = job("data=chelsea", "hflip=false", "synthetic_size=8")
+    data, _ = job("data.image=chelsea", "data.flip=false", "data.num_images=8")
     assert (data["name"], data["image"], data["flip"], data["num_images"]) == (
         "photo", "chelsea", False, 8,
     )  # fmt: skip
-    assert "use data=photo data.image=chelsea" in err and "use data.flip=false" in err
-    data, err = job(f"data={tmp_path}")
-    assert data["root"] == str(tmp_path)
-    warning = "warning: data= is deprecated in python -m gangealing.train_gan; use data=folder"
-    assert f"{warning} data.root={tmp_path}" in err
-    assert "deprecated" not in job("data=photo")[1]
 
 
 def test_experiment_synthetic_selects_the_small_similarity_trunk():
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module("gangealing.conf", version_base="1.3"):
-        cfg = compose("train", overrides=["generator=g.pt", "experiment=synthetic"])
-    assert (cfg.model.transform, cfg.module.transform, cfg.resolution) == ("similarity",) * 2 + (
-        32,
-    )
+    cfg = train_config("g.pt", "experiment=synthetic")
+    assert (cfg.model.transform, cfg.module.model.transform) == ("similarity",) * 2
+    assert (cfg.resolution, cfg.model.input_size) == (32, 32)
     assert list(cfg.model.widths) == [32, 64, 128, 256] and "channel_multiplier" not in cfg.model
 
 
 def test_a_small_trunk_flow_size_below_one_is_refused(generator_path):
     with pytest.raises(ValueError, match="model.flow_size=0 must be at least 1"):
-        GangealingModule(str(generator_path), **{**TINY, "stn": {"widths": [8], "flow_size": 0}})
+        tiny_module(generator_path, "model.flow_size=0")

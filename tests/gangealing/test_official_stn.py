@@ -30,9 +30,11 @@ from safetensors.torch import load_file
 from common.checkpoint import atomic_save, checkpoint_kind, safe_load
 from gangealing.align.congealer import Congealer
 from gangealing.align.official_stn import OfficialClusterClassifier, OfficialComposedSTN
-from gangealing.align.released import PRESETS, ReleasedCongealer, infer_architecture
+from gangealing.align.released import PRESETS, infer_architecture
 from gangealing.align.sampling import BilinearDownsample, mipmap_warp
 from gangealing.align.stn import image_to_image_points, nearest_neighbour_points
+from gangealing.stylegan2.networks import Generator
+from tests.gangealing.test_gangealing import TINY_G
 from tests.integration.conftest import run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -120,8 +122,8 @@ def test_clusters_every_head_and_classifier_routing(io, stn2):
 def test_congealer_load_reads_released_files(io, tmp_path):
     """``Congealer.load`` on a released file: its test settings by name, the classifier used."""
     one = Congealer.load(K1)
-    assert isinstance(one, ReleasedCongealer) and one.preset is None
-    assert one.settings == {"padding_mode": "border", "iters": 1}
+    assert isinstance(one.stn, OfficialComposedSTN) and one.preset is None
+    assert one.settings == {"padding_mode": "border", "iters": 1, "flips": True}
     out = one(io["images"], iters=3)  # flip inference is on by default for K = 1
     torch.testing.assert_close(out.image, io["k1_flip_image"], **TOL)
     torch.testing.assert_close(out.grid, io["k1_flip_grid"], **TOL)
@@ -129,7 +131,8 @@ def test_congealer_load_reads_released_files(io, tmp_path):
     torch.testing.assert_close(off.image, io["k1_border_it1_image"], **TOL)
 
     two = Congealer.load(K2)
-    out = two(io["images"], iters=3, padding_mode="reflection")
+    two.settings["padding_mode"] = "reflection"  # what the fixture was made with
+    out = two(io["images"], iters=3)
     torch.testing.assert_close(out.image, io["k2_assigned_image"], **TOL)
     assert out.flipped.tolist() == [True, False, True]
     assert two.classify(io["images"]).tolist() == [1, 0, 0]
@@ -139,7 +142,11 @@ def test_congealer_load_reads_released_files(io, tmp_path):
 
     shutil.copy(K1, tmp_path / "cat.pt")  # the file name selects the preset
     cat = Congealer.load(tmp_path / "cat.pt")
-    assert cat.preset == "cat" and cat.settings == {"padding_mode": "border", "iters": 3}
+    assert cat.preset == "cat" and cat.settings == {
+        "padding_mode": "border",
+        "iters": 3,
+        "flips": True,
+    }
     assert Congealer.load(tmp_path / "cat.pt", preset="none").settings["iters"] == 1
     assert set(PRESETS) >= {"bicycle", "car", "cat", "celeba", "cub", "dog", "horse", "tvmonitor"}
 
@@ -147,7 +154,7 @@ def test_congealer_load_reads_released_files(io, tmp_path):
 @torch.no_grad()
 @pytest.mark.parametrize("iters", [1, 3])
 def test_official_keypoint_transfer_equals_transfer_points(io, stn1, iters):
-    """``transfer=official`` of evaluate_pck: the released code's nearest-neighbour transfer
+    """``transfer=official`` of ``gangealing.pck``: the released code's nearest-neighbour transfer
     (fixture ``official_pck_io``: ``ComposedSTN.transfer_points`` from each image to the next)."""
     pk = load_file(FIXTURES / "official_pck_io.safetensors")
     a, b = io["images"], io["images"].roll(1, 0)
@@ -156,6 +163,34 @@ def test_official_keypoint_transfer_equals_transfer_points(io, stn1, iters):
     torch.testing.assert_close(pred, pk[f"transfer_it{iters}"], **TOL)
     exact = image_to_image_points(pk["points_a"], grid_a, grid_b, 128, 128)
     assert 0.2 < (exact - pred).norm(dim=-1).mean() < 2.0  # within about a pixel of the exact map
+
+
+@torch.no_grad()
+def test_the_target_mode_of_a_released_file_is_its_ll_output(tmp_path):
+    """A released file's learned target mode (official ``DirectionInterpolator``, saved as ``ll``:
+    ``lat_mean`` [1, D], ``directions`` [N, D], ``coefficients`` [K, N]; the mixing cutoff is
+    ``args.inject``) with the generator ``g_ema`` that renders it. The fixture is built here: the
+    K = 1 file above plus a random tiny rosinality generator (``TINY_G``) and random ``ll``
+    tensors, as official ``train.py`` saves them. The official interpolator at psi = 0 gives
+    ``c = lat_mean + coefficients @ directions``; the target image is g_ema at c in every W+
+    layer, with its stored noise."""
+    torch.manual_seed(0)
+    generator = Generator(**TINY_G).eval()
+    ll = {
+        "lat_mean": torch.randn(1, 16),
+        "directions": F.normalize(torch.randn(1, 16), dim=1),
+        "coefficients": torch.randn(1, 1),
+    }
+    blob = safe_load(K1)
+    blob.update(g_ema=generator.state_dict(), ll=ll)
+    blob["args"].inject = 3
+    atomic_save(blob, tmp_path / "released.pt")
+    congealer = Congealer.load(tmp_path / "released.pt")
+    c = ll["lat_mean"] + ll["coefficients"] @ ll["directions"]
+    expected, _ = generator([c], input_is_latent=True, randomize_noise=False)
+    torch.testing.assert_close(congealer.target_images(), expected)
+    assert congealer.target.cutoff == 3 and congealer.target.modes().shape == (1, 16)
+    assert Congealer.load(K1).target_images() is None  # no ll, no g_ema: no target
 
 
 def test_wrong_files_and_presets_are_named(tmp_path):
@@ -198,27 +233,28 @@ def test_mipmap_sampling_invariants():
 
 
 def test_congeal_command_with_a_released_model(cli_main, tmp_path):
-    """``python -m gangealing.congeal congealer=cat.pt``: the released model's settings apply."""
+    """``python -m gangealing.congeal ckpt=cat.pt``: the released model's settings apply."""
     from gangealing.data.synthetic import SimilarityWarpDataset, write_image_folder
 
     folder = write_image_folder(SimilarityWarpDataset("astronaut", 32, 3), tmp_path / "data")
     shutil.copy(K1, tmp_path / "cat.pt")
     run_cli(
-        "gangealing.congeal", f"congealer={tmp_path / 'cat.pt'}", f"images={folder}", "size=64",
+        "gangealing.congeal", f"ckpt={tmp_path / 'cat.pt'}", f"data.root={folder}", "size=64",
         f"out={tmp_path / 'out'}", "device=cpu", cwd=tmp_path,
     )  # fmt: skip
     assert (tmp_path / "out" / "average.png").is_file()
+    assert not (tmp_path / "out" / "target.png").exists()  # the fixture has no target mode
     warps = safe_load(tmp_path / "out" / "warps.pt")
     assert warps["grids"].shape == (3, 64, 64, 2) and warps["flipped"].dtype == torch.bool
     code, err = cli_main(
-        "gangealing.congeal", f"congealer={K1}", f"images={folder}", "preset=kat",
+        "gangealing.congeal", f"ckpt={K1}", f"data.root={folder}", "preset=kat",
     )  # fmt: skip
     assert code == 2 and "error: unknown preset 'kat'" in err.strip().splitlines()[-1], err
     from PIL import Image
 
     Image.new("RGBA", (64, 64), (255, 0, 0, 128)).save(tmp_path / "edit.png")
     code, err = cli_main(
-        "gangealing.propagate", f"congealer={K2}", f"images={folder}",
+        "gangealing.propagate", f"ckpt={K2}", f"data.root={folder}",
         f"edit={tmp_path / 'edit.png'}", "size=64",
     )  # fmt: skip
     line = err.strip().splitlines()[-1]

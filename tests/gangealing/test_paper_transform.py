@@ -9,8 +9,6 @@ and a trained model exports to a congealer that every application loads.
 
 from __future__ import annotations
 
-import inspect
-
 import lightning as L
 import pytest
 import torch
@@ -18,12 +16,13 @@ import torch
 from common.checkpoint import safe_load
 from gangealing.align.congealer import Congealer
 from gangealing.align.official_stn import OfficialClusterClassifier, OfficialComposedSTN
-from gangealing.align.released import ReleasedCongealer, infer_architecture
+from gangealing.align.released import infer_architecture
 from gangealing.align.sampling import BilinearDownsample
 from gangealing.stylegan2.networks import Generator, save_generator
 from gangealing.training.cluster_classifier import load_run, train_cluster_classifier
 from gangealing.training.module import GangealingModule
 from tests.gangealing.test_cluster_classifier import save_run
+from tests.gangealing.test_gangealing import train_config, train_module
 
 G128 = {
     "size": 128,
@@ -31,16 +30,17 @@ G128 = {
     "n_mlp": 2,
     "channels": {4: 16, 8: 16, 16: 8, 32: 8, 64: 4, 128: 4},
 }
-PAPER_TINY = {
-    "transform": "paper",
-    "resolution": 64,
-    "stn": {"channel_multiplier": 0.125, "max_channels": 8},
-    "cutoff": 3,
-    "pca_samples": 512,
-    "loss": {"name": "pyramid_l1"},
-    "psi_anneal_steps": 2,
-    "batch_size": 3,
-}
+PAPER_TINY = [  # the default model=stn/paper, narrow
+    "resolution=64",
+    "model.supersize=128",
+    "model.channel_multiplier=0.125",
+    "model.max_channels=8",
+    "cutoff=3",
+    "pca_samples=512",
+    "loss.name=pyramid_l1",
+    "psi_anneal_steps=2",
+    "batch_size=3",
+]
 
 
 @pytest.fixture
@@ -50,8 +50,12 @@ def generator_path(tmp_path):
     return tmp_path / "g128.pt"
 
 
-def _module(generator_path, **overrides) -> GangealingModule:
-    module = GangealingModule(str(generator_path), **{**PAPER_TINY, **overrides})
+def paper_module(generator_path, *overrides: str) -> GangealingModule:
+    return train_module(generator_path, *PAPER_TINY, *overrides)
+
+
+def _module(generator_path, *overrides: str) -> GangealingModule:
+    module = paper_module(generator_path, *overrides)
     module.on_fit_start()
     return module
 
@@ -65,16 +69,14 @@ def _randomise(stn: torch.nn.Module, seed: int = 1) -> None:
 
 
 def test_paper_is_the_default_and_builds_the_released_architecture(generator_path):
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module("gangealing.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[f"generator={generator_path}"])
-    assert cfg.model.transform == "paper" and cfg.module.transform == "paper"
+    cfg = train_config(generator_path)
+    assert cfg.model._target_ == "gangealing.align.official_stn.OfficialComposedSTN"
     assert (cfg.model.channel_multiplier, cfg.model.flow_downsample) == (0.5, 8)  # get_stn
-    assert inspect.signature(GangealingModule).parameters["transform"].default == "paper"
-    module = GangealingModule(str(generator_path), **PAPER_TINY)
+    # flow_size 128 (official default); real_size: the generator's size unless set
+    assert (cfg.model.flow_size, cfg.model.supersize) == (128, None)
+    module = paper_module(generator_path, "model.supersize=null")
     assert isinstance(module.stns, OfficialComposedSTN) and module.stns.num_heads == 1
-    # flow_size = resolution; test-time input = the generator's size (official real_size)
+    # flow_size = resolution; supersize: the test-time input (official real_size = gen_size)
     assert (module.stns.flow_size, module.stns.supersize) == (64, 128)
     arch = infer_architecture(module.stns.state_dict())
     assert arch == {
@@ -86,7 +88,7 @@ def test_paper_is_the_default_and_builds_the_released_architecture(generator_pat
 
 
 def test_the_k_heads_of_one_pass_are_the_k_candidates_and_start_at_the_identity(generator_path):
-    module = _module(generator_path, num_modes=3)
+    module = _module(generator_path, "num_modes=3")
     x, y = module.pairs(2, psi=0.5)
     assert x.shape == (2, 3, 64, 64) and y.shape == (2, 3, 3, 64, 64)
     outs = module.warp_modes(module.stns, x)
@@ -104,8 +106,7 @@ def test_the_k_heads_of_one_pass_are_the_k_candidates_and_start_at_the_identity(
 def test_sampling_from_full_resolution_is_the_test_time_warp(generator_path):
     """Official ``sample_from_full_res``: regress from the shrunk pair, warp the full-size one,
     which is exactly what congealing a 128 px image does (``congeal``, head k)."""
-    module = _module(generator_path, num_modes=2, stn={**PAPER_TINY["stn"],
-                                                       "sample_from_full_res": True})  # fmt: skip
+    module = _module(generator_path, "num_modes=2", "sample_from_full_res=true")
     _randomise(module.stns)
     x, y, full = module.pairs(2, psi=0.0, with_source=True)
     assert full.shape == (2, 3, 128, 128)
@@ -120,7 +121,7 @@ def test_sampling_from_full_resolution_is_the_test_time_warp(generator_path):
 
 
 def test_flip_candidates_index_the_mirror_as_k_plus_cluster(generator_path):
-    module = _module(generator_path, num_modes=2, flips=True)
+    module = _module(generator_path, "num_modes=2", "flips=true")
     _randomise(module.stns)
     x, y = module.pairs(4, psi=0.0)
     out = module.alignment_losses(module.stns, x, y)
@@ -131,8 +132,8 @@ def test_flip_candidates_index_the_mirror_as_k_plus_cluster(generator_path):
     assert torch.equal(mirrored["assignment"], (out["assignment"] + 2) % 4)
 
 
-def _train_and_save(tmp_path, generator_path, **overrides) -> tuple:
-    module = GangealingModule(str(generator_path), **{**PAPER_TINY, **overrides})
+def _train_and_save(tmp_path, generator_path, *overrides: str) -> tuple:
+    module = paper_module(generator_path, *overrides)
     trainer = L.Trainer(
         max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
@@ -147,12 +148,13 @@ def _train_and_save(tmp_path, generator_path, **overrides) -> tuple:
 def test_a_trained_paper_model_exports_to_a_congealer_with_the_official_warps(
     tmp_path, generator_path
 ):
-    module, run = _train_and_save(tmp_path, generator_path, flips=True)
+    module, run = _train_and_save(tmp_path, generator_path, "flips=true")
     blob = safe_load(run / "congealer.pt")
-    assert blob["config"]["transform"] == "paper" and blob["config"]["flips"] is True
+    assert blob["config"]["model"]["_target_"].endswith("OfficialComposedSTN")
+    assert blob["config"]["flips"] is True
     assert set(blob["stn"]) == set(module.stn_ema.module.state_dict())  # official t_ema keys
     congealer = Congealer.load(run)
-    assert isinstance(congealer, ReleasedCongealer)
+    assert isinstance(congealer.stn, OfficialComposedSTN)
     assert congealer.settings == {"padding_mode": "reflection", "iters": 1, "flips": True}
     images = torch.rand(3, 3, 128, 128) * 2 - 1
     out = congealer(images)
@@ -169,20 +171,20 @@ def test_paper_cluster_classifier_is_the_flip_aware_official_one(
 ):
     """Official ``train_cluster_classifier.py``: 2K logits (cluster x mirror), initialised from
     the similarity stage's trunk; stored in ``congealer.pt`` and used to route real images."""
-    _, run = _train_and_save(tmp_path, generator_path, num_modes=2, flips=True)
+    _, run = _train_and_save(tmp_path, generator_path, "num_modes=2", "flips=true")
     restored = load_run(run)
-    fresh, _ = train_cluster_classifier(restored, steps=0, batch_size=2)
+    fresh, _ = train_cluster_classifier(restored, 0, 2, 1e-3, "stop")
     assert isinstance(fresh, OfficialClusterClassifier) and fresh.num_clusters == 2
     similarity = restored.stn_ema.module.stns[0].state_dict()
     for name, value in fresh.state_dict().items():
         if name.startswith(("convs.", "final_conv.")):
             torch.testing.assert_close(value, similarity[name])
     _, out, _ = run_main(
-        "gangealing.cluster_classifier", f"run={run}", "max_steps=2", "batch_size=2"
+        "gangealing.cluster_classifier", f"ckpt={run}", "max_steps=2", "batch_size=2"
     )
     assert "accuracy on generated images" in out
     record = safe_load(run / "congealer.pt")["classifier"]
-    assert record["kind"] == "official" and record["num_modes"] == 2
+    assert record["kind"] == "official"
     congealer = Congealer.load(run)
     assert isinstance(congealer.classifier, OfficialClusterClassifier)
     images = torch.rand(4, 3, 128, 128) * 2 - 1
@@ -196,13 +198,13 @@ def test_paper_cluster_classifier_is_the_flip_aware_official_one(
 
 
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("override", "message"),
     [
-        ({"resolution": 32}, "resolution=32 does not fit transform=paper"),
-        ({"resolution": 96}, "pass a power of two >= 64, or model=stn/small"),
-        ({"stn": {"input_size": 100}}, "stn.input_size=100 is not a multiple of resolution=64"),
+        ("resolution=32", "flow_size=32 does not fit a flow STN; pass a power of two from 64"),
+        ("resolution=96", "model=stn/small takes smaller sizes"),
+        ("model.supersize=100", "supersize=100 .the test-time input size. must be a multiple"),
     ],
 )
-def test_sizes_the_released_stn_cannot_take_are_refused(generator_path, overrides, message):
+def test_sizes_the_released_stn_cannot_take_are_refused(generator_path, override, message):
     with pytest.raises(ValueError, match=message):
-        GangealingModule(str(generator_path), **{**PAPER_TINY, **overrides})
+        paper_module(generator_path, override)

@@ -127,6 +127,6 @@ def test_low_resolution_crops_are_dropped(tmp_path, photos):
 
 def test_preprocess_filter_options_are_checked(cli_main, tmp_path, photos):
     code, err = cli_main(
-        "gangealing.preprocess", f"congealer={tmp_path}", f"images={photos}", "max_out_of_bounds=2"
+        "gangealing.preprocess", f"ckpt={tmp_path}", f"data.root={photos}", "max_out_of_bounds=2"
     )
     assert code == 2 and err.startswith("error: max_out_of_bounds=2")

@@ -73,9 +73,9 @@ def test_gangealing_beats_both_baselines_on_warped_photos(tmp_path):
         run_cli(
             "gangealing.pck",
             f"method={method}",
-            f"congealer={tmp_path / 'gangealing'}",
-            "dataset=synthetic",
-            f"root={tmp_path / 'data' / 'test'}",
+            f"ckpt={tmp_path / 'gangealing'}",
+            "benchmark=synthetic",
+            f"data.root={tmp_path / 'data' / 'test'}",
             "size=null",
             *TEST_ITERS[method],
             f"out={tmp_path / 'pck' / method}",

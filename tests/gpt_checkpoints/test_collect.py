@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from gpt_checkpoints import collect as collect_mod
-from gpt_checkpoints.collect import collect, save_schedule, train_batch
+from gpt_checkpoints.dataset import collection as collect_mod
+from gpt_checkpoints.dataset.collection import collect, save_schedule, train_batch
 from gpt_checkpoints.dataset.store import CheckpointStore, CorruptShardError
 from gpt_checkpoints.tasks import build_task
 
@@ -117,3 +117,24 @@ def test_changed_recipe_into_same_folder_is_refused(task, tmp_path):
 def test_missing_dataset_names_the_collect_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="gpt_checkpoints.collect"):
         CheckpointStore(tmp_path / "nothing").manifest()
+
+
+def test_collect_reads_data_root_and_records_it(run_main, cli_main, tmp_path):
+    """``collect task=mlp_mnist data.root=<torchvision root>`` trains on that data, on
+    ``device=``, and records the root for the G.pt trained on the runs (prompt and evaluate read
+    it unless ``data.root=`` names another)."""
+    from tests.gpt_checkpoints.test_vision_io import N_TRAIN, _make_mnist
+
+    root, out = tmp_path / "torchvision", tmp_path / "mnist_runs"
+    _make_mnist(root / "MNIST" / "raw")
+    recipe = [f"task.recipe.batch_size={N_TRAIN}", "task.recipe.epochs=2"]
+    args = ["task=mlp_mnist", "runs=2", "checkpoints_per_run=3", *recipe, f"out={out}"]
+    code, stdout, _ = run_main("gpt_checkpoints.collect", *args, f"data.root={root}", "device=cpu")
+    assert code == 0 and "2 stored, 0 filtered" in stdout and "(trained on cpu)" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data_root"] == str(root) and manifest["layout"][0][1] == [10, 784]
+    code, err = cli_main("gpt_checkpoints.collect", *args)
+    assert code == 2 and "pass its root folder (data.root=/path/to/root" in err.splitlines()[-1]
+    code, err = cli_main("gpt_checkpoints.collect", *args, "device=cuda:7")
+    if not torch.cuda.is_available():
+        assert code == 2 and "no CUDA GPU; pass device=cpu or auto" in err.splitlines()[-1]

@@ -1,14 +1,23 @@
-"""Hydra configs of G.pt compose, and the paper-sized model matches Sec. 3.3."""
+"""Hydra configs of G.pt compose, build the model one way, and the paper-sized model matches
+Sec. 3.3."""
 
 from __future__ import annotations
 
-import pytest
-from hydra import compose, initialize_config_module
+import inspect
 
-from gpt_checkpoints.model.gpt import GPT_CONFIGS, Gpt
-from gpt_checkpoints.model.module import sized_config
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import get_object, instantiate
+from omegaconf import OmegaConf
+
+from gpt_checkpoints.model.gpt import Gpt
+from gpt_checkpoints.model.official import OfficialGpt
 from gpt_checkpoints.params.layout import ParamLayout
+from gpt_checkpoints.tasks import task_network, task_permutation_groups
 from gpt_checkpoints.tasks.networks import CNN, MLP
+
+MODELS = ["small", "paper", "tiny", "neuron", "mnist_loss", "cifar10_error", "cartpole"]
 
 
 def _compose(name: str, overrides: list[str]):
@@ -16,33 +25,88 @@ def _compose(name: str, overrides: list[str]):
         return compose(config_name=name, overrides=overrides)
 
 
+def _shapes_and_groups(task: str):
+    layout = ParamLayout.from_module(task_network(task))
+    return layout, layout.entries, [list(g) for g in task_permutation_groups(task)]
+
+
 def test_default_train_config_is_the_cpu_digits_recipe():
     cfg = _compose("train", [])
     assert (cfg.task.name, cfg.metric.name, cfg.metric.best) == ("mlp_digits", "test_loss", "min")
-    model = sized_config(dict(cfg.model))
-    assert cfg.model.size == "small" and cfg.model.hidden_size is None  # numbers: the table's
-    assert model["hidden_size"] == GPT_CONFIGS["small"]["hidden_size"] == 128
-    assert model["max_token_size"] <= model["hidden_size"]  # M below the hidden size
-    bigger = sized_config(dict(_compose("train", ["model.hidden_size=256"]).model))
-    assert (bigger["hidden_size"], bigger["depth"]) == (256, 4)  # a number overrides the size
+    assert cfg.model == {
+        "_target_": "gpt_checkpoints.model.gpt.Gpt",
+        "hidden_size": 128,
+        "depth": 4,
+        "num_heads": 4,
+        "max_token_size": 128,  # M below (here equal to) the hidden size, Sec. 3.2.2
+    }
+    _, shapes, groups = _shapes_and_groups("mlp_digits")
+    net = instantiate(cfg.model, shapes, groups)
+    assert isinstance(net, Gpt) and net.hidden_size == 128 and len(net.blocks) == 4
+    bigger = _compose("train", ["model.hidden_size=256"]).model
+    assert instantiate(bigger, shapes, groups).hidden_size == 256
     assert cfg.task.recipe.lr == 0.1 and cfg.task.recipe.weight_decay == 5e-4
 
 
-@pytest.mark.parametrize("model", ["paper"])
-def test_paper_model_on_the_mnist_mlp(model):
-    cfg = _compose("train", [f"model={model}", "task=mlp_mnist", "metric=test_error"])
-    kw = sized_config(dict(cfg.model))
-    assert (kw["hidden_size"], kw["depth"], kw["num_heads"]) == (1536, 12, 12)
-    layout = ParamLayout.from_module(MLP(784))
-    assert layout.num_params == 784 * 10 + 10 + 10 * 10 + 10
-    import torch
+@pytest.mark.parametrize("model", MODELS)
+def test_the_model_group_holds_the_constructors_arguments(model):
+    """Every key of a ``model`` option is an argument of its ``_target_``, under its name."""
+    cfg = OmegaConf.to_container(_compose("train", [f"model={model}"]).model)
+    target = get_object(cfg.pop("_target_"))
+    parameters = inspect.signature(target).parameters
+    if target == OfficialGpt.from_preset:  # the preset, and overrides of OfficialGpt's arguments
+        parameters = {**parameters, **inspect.signature(OfficialGpt).parameters}
+    assert set(cfg) <= set(parameters), set(cfg) - set(parameters)
 
+
+def test_neuron_is_small_with_neuron_tokens():
+    small, neuron = _compose("train", ["model=small"]).model, _compose("train", ["model=neuron"])
+    assert neuron.model == {**small, "tokenization": "neuron"}
+    _, shapes, groups = _shapes_and_groups("mlp_digits")
+    assert instantiate(neuron.model, shapes, groups).tokenization == "neuron"
+
+
+def test_paper_model_on_the_mnist_mlp():
+    cfg = _compose("train", ["model=paper", "task=mlp_mnist", "metric=test_error"])
+    layout, shapes, groups = _shapes_and_groups("mlp_mnist")
+    assert layout.num_params == 784 * 10 + 10 + 10 * 10 + 10
     with torch.device("meta"):
-        net = Gpt(layout.sizes, **kw)
+        net = instantiate(cfg.model, shapes, groups)
+    assert (net.hidden_size, len(net.blocks)) == (1536, 12)
     # 7840 weights in tokens of M = 1024: seven full tokens and one of 672 (Sec. 3.2.2)
     assert net.tokenizer.token_sizes[:8] == [1024] * 7 + [672]
     params = sum(p.numel() for p in net.blocks.parameters())
     assert 330e6 < params < 345e6  # 12 GPT-2 blocks of width 1536
+
+
+def test_a_released_model_option_builds_its_preset_with_overrides():
+    cfg = _compose("train", ["model=mnist_loss", "+model.hidden_size=32", "+model.depth=1"])
+    _, shapes, groups = _shapes_and_groups("mlp_digits")
+    net = instantiate(cfg.model, shapes, groups)
+    assert isinstance(net, OfficialGpt) and net.metric_encoding == "raw"
+    assert (net.config["hidden_size"], net.config["depth"], net.config["num_heads"]) == (32, 1, 16)
+    assert net.config["chunk_size"] == 1000  # the rest is the preset's
+
+
+def test_the_module_node_needs_only_what_the_dataset_knows():
+    """``instantiate(cfg.module, ...)`` with the five run-time arguments of ``GptModule``."""
+    from gpt_checkpoints.model.module import GptModule
+
+    cfg = _compose("train", ["model=tiny", "ema_decay=0.5"])
+    layout, _, groups = _shapes_and_groups("mlp_digits")
+    module = instantiate(
+        cfg.module,
+        layout=layout.to_list(),
+        permutation_groups=groups,
+        task={"name": "mlp_digits", "data_root": None, "recipe": {}},
+        metric_range=[0.1, 2.3],
+        layer_scales=[1.0] * len(layout.entries),
+    )
+    assert isinstance(module, GptModule) and module.ema.decay == 0.5
+    assert module.hparams["model"]["_target_"] == "gpt_checkpoints.model.gpt.Gpt"
+    assert module.metric_normalizer.encoding == "range"
+    assert module.optim_cfg["lr"] == cfg.optim.lr
+    assert module.diffusion_cfg["diffusion_steps"] == 1000
 
 
 def test_collect_configs_for_every_task():
@@ -53,41 +117,33 @@ def test_collect_configs_for_every_task():
     ]:
         cfg = _compose("collect", [f"task={task}"])
         assert cfg.checkpoints_per_run == 200 and recipe_key in cfg.task.recipe
-    assert CNN(3).conv1.in_channels == 3
+        assert cfg.data.root is None and cfg.device == "auto"
+    assert CNN(3).conv1.in_channels == 3 and MLP(64).fc1.in_features == 64
 
 
-def test_an_unknown_size_names_the_sizes():
-    with pytest.raises(
-        ValueError, match="model.size='huge' is not a G.pt size; choose one of small"
-    ):
-        sized_config({"size": "huge"})
-
-
-def test_diffusion_group_uses_dits_keys_and_reads_the_former_steps_key():
-    """G.pt's ``diffusion=ddpm`` has the keys of DiT's; a checkpoint saved with ``steps`` loads."""
-    from gpt_checkpoints.model.module import diffusion_config
+def test_diffusion_group_uses_dits_keys():
+    """G.pt's ``diffusion=ddpm`` has the keys of DiT's; only Gaussian diffusion is accepted."""
+    from gpt_checkpoints.model.module import GptModule
 
     cfg = _compose("train", ["diffusion.diffusion_steps=40"])
     with initialize_config_module("diffusion_transformer.conf", version_base="1.3"):
         dit = compose(config_name="train", overrides=["diffusion=ddpm"])
     shared = {"objective", "noise_schedule", "diffusion_steps", "sigma_small", "sampler"}
     assert shared <= set(cfg.diffusion) & set(dit.diffusion)
-    assert diffusion_config(dict(cfg.diffusion))["diffusion_steps"] == 40
-    assert diffusion_config({"steps": 7})["diffusion_steps"] == 7  # written before the rename
+    layout, _, groups = _shapes_and_groups("mlp_digits")
+    args = {
+        "model": OmegaConf.to_container(_compose("train", ["model=tiny"]).model),
+        "layout": layout.to_list(),
+        "permutation_groups": groups,
+        "task": {"name": "mlp_digits"},
+        "metric": "test_loss",
+        "metric_range": [0.0, 1.0],
+        "layer_scales": [1.0] * len(layout.entries),
+    }
+    diffusion = OmegaConf.to_container(cfg.diffusion)
+    assert GptModule(**args, diffusion=diffusion).process.num_timesteps == 40
     with pytest.raises(ValueError, match="diffusion.objective='flow' is not available for G.pt"):
-        diffusion_config({"objective": "flow"})
-
-
-def test_the_former_diffusion_steps_key_still_works_with_a_warning(capsys, monkeypatch):
-    from gpt_checkpoints import train
-
-    monkeypatch.setattr("sys.argv", ["train", "diffusion.steps=30", "--cfg", "job"])
-    train.main()
-    out, err = capsys.readouterr()
-    assert (
-        "warning: diffusion.steps= is deprecated" in err and "diffusion.diffusion_steps=30" in err
-    )
-    assert "diffusion_steps: 30" in out
+        GptModule(**args, diffusion={**diffusion, "objective": "flow"})
 
 
 @pytest.mark.parametrize(
@@ -95,8 +151,6 @@ def test_the_former_diffusion_steps_key_still_works_with_a_warning(capsys, monke
 )
 def test_a_tasks_recipe_is_written_once_in_its_yaml(task):
     """``collect task=<name>`` and ``build_task(<name>)`` read the same recipe: the YAML's."""
-    from omegaconf import OmegaConf
-
     from gpt_checkpoints.tasks import task_recipe
 
     cfg = _compose("collect", [f"task={task}"])
@@ -120,8 +174,5 @@ def test_released_tasks_use_the_official_sgd_and_digits_the_thesis():
     assert digits["schedule"] == "cosine_step" and digits["lr"] == 0.1
     with pytest.raises(ValueError, match="unknown task 'mlp_huge'; choose one of mlp_digits"):
         task_recipe("mlp_huge")
-    from gpt_checkpoints import tasks
-
-    with pytest.warns(DeprecationWarning, match="OFFICIAL_RECIPE moved to conf/task/mlp_mnist"):
-        former = tasks.OFFICIAL_RECIPE  # the last release's name, one release more
-    assert former == {"batch_size": 128, "nesterov": True, "schedule": "cosine_epoch"}
+    with pytest.raises(ValueError, match=r"pass its root folder \(data.root=/path/to/root"):
+        build_task("mlp_mnist")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from gpt_checkpoints.analysis.memorization import (
     align,
@@ -107,9 +109,12 @@ def test_novelty_baselines_on_a_fresh_gpt(task, runs):
     train, test = runs.select(torch.arange(6)), runs.select(torch.arange(6, 8))
     normalizer = ParameterNormalizer.fit(train.params, task.layout)
     best = float(train.metrics["test_loss"].min())
+    with initialize_config_module("gpt_checkpoints.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["model=tiny"])
     module = GptModule(
-        model={"size": None, "hidden_size": 32, "depth": 1, "num_heads": 2, "max_token_size": 32},
+        model=OmegaConf.to_container(cfg.model),
         layout=task.layout.to_list(),
+        permutation_groups=[list(g) for g in task.permutation_groups],
         task={"name": "mlp_digits", "recipe": task.config()},
         metric="test_loss",
         metric_range=[
@@ -117,7 +122,7 @@ def test_novelty_baselines_on_a_fresh_gpt(task, runs):
             float(train.metrics["test_loss"].max()),
         ],
         layer_scales=normalizer.layer_scales,
-        permutation_groups=[list(g) for g in task.permutation_groups],
+        diffusion=OmegaConf.to_container(cfg.diffusion),
     )
     res = novelty_baselines(
         module, task, train, test, prompt=best, num_nets=2, noise_levels=(0.01, 0.5),

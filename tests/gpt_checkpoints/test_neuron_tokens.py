@@ -49,14 +49,13 @@ def test_neuron_gpt_is_equivariant_to_hidden_unit_permutations():
     task, groups = _task("mlp_digits")
     layout = task.layout
     model = Gpt(
-        layout.sizes,
+        layout.entries,
+        groups,
         hidden_size=32,
         depth=2,
         num_heads=2,
         max_token_size=128,
         tokenization="neuron",
-        param_shapes=layout.entries,
-        permutation_groups=groups,
     )
     with torch.no_grad():  # leave the identity-at-init state so the check is not trivial
         model.decoder.weight.normal_(std=0.1)
@@ -74,13 +73,7 @@ def test_neuron_gpt_is_equivariant_to_hidden_unit_permutations():
 def test_fresh_neuron_gpt_returns_its_input():
     task, groups = _task("mlp_digits")
     model = Gpt(
-        task.layout.sizes,
-        hidden_size=32,
-        depth=1,
-        num_heads=2,
-        tokenization="neuron",
-        param_shapes=task.layout.entries,
-        permutation_groups=groups,
+        task.layout.entries, groups, hidden_size=32, depth=1, num_heads=2, tokenization="neuron"
     )
     theta = torch.randn(3, task.layout.num_params)
     out = model(
@@ -92,18 +85,8 @@ def test_fresh_neuron_gpt_returns_its_input():
 def test_neuron_tokenization_needs_groups_and_a_known_name():
     task, groups = _task("mlp_digits")
     with pytest.raises(ValueError, match="tokenization=layer"):
-        Gpt(task.layout.sizes, hidden_size=16, depth=1, num_heads=2, tokenization="neuron")
+        Gpt(task.layout.entries, hidden_size=16, depth=1, num_heads=2, tokenization="neuron")
     with pytest.raises(ValueError, match="choose layer or neuron"):
-        Gpt(task.layout.sizes, hidden_size=16, depth=1, num_heads=2, tokenization="units")
-    with pytest.raises(ValueError, match="pass the shapes of the same task network"):
-        Gpt(
-            [5],
-            hidden_size=16,
-            depth=1,
-            num_heads=2,
-            tokenization="neuron",
-            param_shapes=task.layout.entries,
-            permutation_groups=groups,
-        )
+        Gpt(task.layout.entries, hidden_size=16, depth=1, num_heads=2, tokenization="units")
     with pytest.raises(ValueError, match="not a parameter"):
         NeuronTokenizer(task.layout.entries, [(10, (("fc9.weight", 0),))])

@@ -78,7 +78,7 @@ def test_the_official_layout_reads_lazily_with_fused_runs(released):
 
 
 def test_import_writes_the_store_resumably_and_training_reads_it(released, tmp_path, cli_main):
-    from gpt_checkpoints.import_official import import_dataset
+    from gpt_checkpoints.dataset.official import import_dataset
 
     root, params = released
     out = tmp_path / "store"
@@ -95,7 +95,7 @@ def test_import_writes_the_store_resumably_and_training_reads_it(released, tmp_p
     assert manifest["task"] == "mlp_mnist" and manifest["checkpoints_per_run"] == 4
     with pytest.raises(ValueError, match=r"not the cnn_cifar10 network"):
         import_dataset(root, tmp_path / "other", "cnn_cifar10")
-    code, err = cli_main("gpt_checkpoints.import_official", f"src={root}", f"out={out}")
+    code, err = cli_main("gpt_checkpoints.import_official", f"dataset={root}", f"out={out}")
     assert code == 2 and "pass preset=" in err
 
 

@@ -11,10 +11,11 @@ import importlib
 from pathlib import Path
 
 import gpt_checkpoints
-from tests.layout import find_cycle, package_modules, upward_imports
+from tests.layout import find_cycle, imports, package_modules, upward_imports
 
 ROOT = Path(gpt_checkpoints.__file__).parent
 LAYERS = ["params", "tasks", "dataset", "model", "analysis"]  # bottom to top; CLIs above
+COMMANDS = ["collect", "train", "prompt", "evaluate", "import_official"]
 
 
 def _modules() -> dict[str, Path]:
@@ -32,4 +33,17 @@ def test_no_import_cycles():
 
 def test_layers_import_only_downwards():
     wrong = upward_imports(_modules(), LAYERS)
+    assert not wrong, wrong
+
+
+def test_nothing_imports_a_command():
+    """Commands are entry points only: what two of them need lives in a library module."""
+    modules = _modules()
+    commands = {f"gpt_checkpoints.{c}" for c in COMMANDS}
+    wrong = [
+        f"{m} imports {n}"
+        for m, p in modules.items()
+        for n in imports(p, modules) & commands
+        if n != m  # a command's ``__main__`` block imports its own main
+    ]
     assert not wrong, wrong

@@ -39,7 +39,7 @@ def test_digits_gpt_beats_one_step_of_sgd_and_adam(tmp_path):
     out = tmp_path / "eval"
     run_cli(
         "gpt_checkpoints.evaluate",
-        f"gpt={run_dir}",
+        f"ckpt={run_dir}",
         f"out={out}",
         "analyses=[one_step,alignment]",
         "sampler=ddim",

@@ -70,7 +70,8 @@ def test_layout_round_trip_and_errors():
 
 
 def _gpt(**kw) -> Gpt:
-    return Gpt([640, 10, 100, 10], hidden_size=32, depth=2, num_heads=2, max_token_size=32, **kw)
+    shapes = ParamLayout.from_module(MLP(64)).entries  # tensors of 640, 10, 100, 10 values
+    return Gpt(shapes, hidden_size=32, depth=2, num_heads=2, max_token_size=32, **kw)
 
 
 def test_fresh_gpt_returns_its_input_theta():

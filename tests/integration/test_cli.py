@@ -87,7 +87,7 @@ def test_cli_errors_name_the_fix(cli_main):
 def test_extract_latents_train_on_them_and_decode_samples(tmp_path, image_folder, tiny_vae):
     proc = run_cli(
         "diffusion_transformer.extract_latents",
-        f"data_root={image_folder}",
+        f"data.root={image_folder}",
         f"vae={tiny_vae}",
         "out=latents",
         "image_size=16",
@@ -104,7 +104,7 @@ def test_extract_latents_train_on_them_and_decode_samples(tmp_path, image_folder
     # Re-running keeps the finished shards (resumable) and gives the same manifest.
     run_cli(
         "diffusion_transformer.extract_latents",
-        f"data_root={image_folder}",
+        f"data.root={image_folder}",
         f"vae={tiny_vae}",
         "out=latents",
         "image_size=16",

@@ -148,33 +148,6 @@ def test_every_command_writes_under_outputs_package_command(package, command):
     assert hydra["sweep"]["dir"].startswith(f"multirun/{package}/{command}/")
 
 
-@pytest.mark.parametrize(
-    ("module", "args", "former", "key", "value"),
-    [
-        ("diffusion_transformer.sample", ["ckpt=x"], "steps=7", "sampling_steps", 7),
-        ("diffusion_transformer.sample", ["ckpt=x"], "out_dir=o", "out", "o"),
-        ("diffusion_transformer.evaluate", [], "out_dir=o", "out", "o"),
-        ("gpt_checkpoints.prompt", ["gpt=x"], "steps=7", "sampling_steps", 7),
-        ("gpt_checkpoints.evaluate", ["gpt=x"], "steps=7", "sampling_steps", 7),
-        ("gpt_checkpoints.evaluate", ["gpt=x"], "wandb=true", "wandb", "offline"),
-        ("gpt_checkpoints.evaluate", ["gpt=x"], "wandb_mode=online", "wandb", "online"),
-        ("gangealing.train", ["generator=g.pt"], "stn_lr=0.5", "optim.lr", 0.5),
-        ("gangealing.train", ["generator=g.pt"], "mode_lr=0.5", "optim.mode_lr", 0.5),
-        ("gangealing.train_gan", [], "hflip=false", "data.flip", False),
-    ],
-)
-def test_former_spellings_become_the_shared_keys(run_main, module, args, former, key, value):
-    """``sampling_steps`` (as ``diffusion.sampling_steps`` in training), ``out``, ``wandb=<mode>``,
-    ``optim.lr``, ``data.flip`` everywhere; the former spellings still work one release, with a
-    warning."""
-
-    _, out, err = run_main(module, *args, former, "--cfg", "job")
-    assert OmegaConf.select(OmegaConf.create(out), key) == value
-    old = former.partition("=")[0]
-    shown = str(value).lower() if isinstance(value, bool) else value
-    assert f"warning: {old}= is deprecated in python -m {module}; use {key}={shown}" in err
-
-
 TRAIN = ["diffusion_transformer.train", "gpt_checkpoints.train", "gangealing.train_gan"]
 
 
@@ -205,7 +178,6 @@ def test_help_lists_this_commands_groups_and_its_composed_config(run_main, packa
 @pytest.mark.parametrize(
     ("module", "args", "key"),
     [
-        ("diffusion_transformer.train", [], "data.datamodule.batch_size"),
         ("gpt_checkpoints.train", [], "batch_size"),
         ("gangealing.train_gan", [], "batch_size"),
         ("gangealing.train", ["generator=g.pt"], "batch_size"),
@@ -216,16 +188,16 @@ def test_batch_size_is_spelled_the_same_in_every_training_command(run_main, modu
     assert OmegaConf.select(OmegaConf.create(out), key) == 8
 
 
-@pytest.mark.parametrize(
-    ("module", "args"),
-    [("diffusion_transformer.report", ["sweep=."]), ("gpt_checkpoints.evaluate", ["gpt=x"])],
-)
-def test_one_wandb_mode_switch_outside_training(cli_main, module, args):
-    """``wandb=offline|online|disabled`` (``common.training.loggers.wandb_mode``)."""
-    code, err = cli_main(module, *args, "wandb=off")
-    assert code == 2 and err.strip().splitlines()[-1] == (
-        "error: wandb='off' is not a W&B mode; pass one of offline, online, disabled"
-    )
+def test_gpt_evaluate_logs_through_the_shared_logger_group(run_main, cli_main):
+    """G.pt ``evaluate`` takes ``logger=wandb|csv|none`` from common/conf/logger (default none,
+    as before: results.json and the PNGs are written either way)."""
+    _, out, _ = run_main("gpt_checkpoints.evaluate", "ckpt=x", "--cfg", "job")
+    assert OmegaConf.create(out).logger == {}
+    _, out, _ = run_main("gpt_checkpoints.evaluate", "ckpt=x", "logger=wandb", "--cfg", "job")
+    wandb = OmegaConf.create(out).logger.wandb
+    assert (wandb.offline, wandb.project) == (True, "gpt")
+    code, err = cli_main("gpt_checkpoints.evaluate", "ckpt=x", "logger=off")
+    assert code == 2 and "Could not find 'logger/off'" in err.strip().splitlines()[-1]
 
 
 def test_help_with_a_bad_override_is_one_line(cli_main):

@@ -39,22 +39,6 @@ def dataset(tmp_path_factory):
     return out
 
 
-def test_relative_dataset_path_survives_hydra_job_chdir(dataset, tmp_path):
-    """hydra.job.chdir=true runs the job in its output folder; dataset= given relative to the
-    launch directory still points at the data."""
-    (tmp_path / "data").symlink_to(dataset)
-    run_cli(
-        "gpt_checkpoints.train",
-        "dataset=data",
-        "hydra.job.chdir=true",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        *TINY_TRAIN,
-        "trainer.max_steps=1",
-        cwd=tmp_path,
-    )
-    assert (tmp_path / "run" / "gpt.safetensors").is_file()
-
-
 def test_collect_train_resume_prompt_evaluate(dataset, tmp_path):
     run_dir = tmp_path / "run"
     common = [f"dataset={dataset}", f"hydra.run.dir={run_dir}", *TINY_TRAIN]
@@ -69,30 +53,33 @@ def test_collect_train_resume_prompt_evaluate(dataset, tmp_path):
     assert (run_dir / "run_id.txt").read_text() == run_id
     assert ckpt["hyper_parameters"]["metric"] == "test_loss"
 
-    params = tmp_path / "prompted.safetensors"
+    prompted = tmp_path / "prompted"
     out = run_cli(
         "gpt_checkpoints.prompt",
-        f"gpt={run_dir}",
+        f"ckpt={run_dir}",
         "init=kaiming",
         "recursive=2",
         "prompt=0.5",
-        f"out={params}",
-        f"report={tmp_path / 'prompt.json'}",
+        "device=cpu",
+        f"out={prompted}",
         *FAST_SAMPLER,
         cwd=tmp_path,
     ).stdout
-    assert "test_loss" in out and "2 G.pt step(s)" in out
-    state = safe_load(params)
+    assert "test_loss" in out and "2 G.pt step(s) on cpu" in out
+    assert f"parameters    : {prompted / 'prompted_params.safetensors'}" in out
+    state = safe_load(prompted / "prompted_params.safetensors")
     assert state["fc1.weight"].shape == (10, 64)
-    report = json.loads((tmp_path / "prompt.json").read_text())
+    report = json.loads((prompted / "report.json").read_text())
     assert len(report["trace"]) == 3 and report["prompt"] == 0.5
 
     eval_dir = tmp_path / "eval"
     run_cli(
         "gpt_checkpoints.evaluate",
-        f"gpt={run_dir / 'gpt.safetensors'}",
+        f"ckpt={run_dir / 'gpt.safetensors'}",
         f"dataset={dataset}",
         f"out={eval_dir}",
+        "device=cpu",
+        "logger=csv",
         "num_nets=2",
         "curve_steps=4",
         "alignment_nets=2",
@@ -115,6 +102,8 @@ def test_collect_train_resume_prompt_evaluate(dataset, tmp_path):
     assert len(novelty["gpt"]["distance"]) == 2  # the two held-out runs of test_fraction=0.25
     for png in ("one_step.png", "curves.png", "alignment.png", "recursive.png", "novelty.png"):
         assert (eval_dir / png).stat().st_size > 0
+    logged = (eval_dir / "csv" / "metrics.csv").read_text()  # logger=csv: the scalar results
+    assert "one_step_gpt" in logged and "prompt_alignment_r2" in logged
 
 
 def test_gpt_cli_errors_name_the_fix(dataset, cli_main, tmp_path):
@@ -131,8 +120,9 @@ def test_gpt_cli_errors_name_the_fix(dataset, cli_main, tmp_path):
         (["analyses=[novelty]"], "the novelty analysis needs dataset=<checkpoint dataset folder>"),
         (["analyses=[novelti]"], "unknown analyses ['novelti']; choose from [one_step,curves,"),
     ]
+    ckpt = f"ckpt={tmp_path / 'g.safetensors'}"
     for args, phrase in evaluate_cases:
-        code, err = cli_main("gpt_checkpoints.evaluate", f"gpt={tmp_path / 'g.safetensors'}", *args)
+        code, err = cli_main("gpt_checkpoints.evaluate", ckpt, *args)
         assert code == 2 and phrase in err.strip().splitlines()[-1], err
 
 

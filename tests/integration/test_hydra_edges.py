@@ -1,6 +1,6 @@
 """The config groups work the same way in every package's training command, through the real
-CLIs: ``experiment`` (``experiment=x``, ``+experiment=x``, ``experiment=null``), ``strategy``,
-``callbacks``, ``logger`` and ``trainer``; relative inputs survive ``hydra.job.chdir=true``."""
+CLIs: ``experiment`` (``experiment=x``, ``~experiment``), ``strategy``, ``callbacks``,
+``logger`` and ``trainer``."""
 
 from __future__ import annotations
 
@@ -49,18 +49,18 @@ def job_config(monkeypatch, capsys):
 @pytest.mark.parametrize("module", sorted(TRAIN_COMMANDS))
 def test_every_training_command_has_the_same_groups(module, job_config):
     name, applied = EXPERIMENTS[module]
-    groups = ["strategy=ddp", "callbacks=none", "logger=csv", "trainer=gpu", f"+experiment={name}"]
+    groups = ["strategy=ddp", "callbacks=none", "logger=csv", "trainer=gpu", f"experiment={name}"]
     cfg = job_config(module, *groups)
     assert cfg["strategy"]["_target_"] == "lightning.pytorch.strategies.DDPStrategy"
     assert cfg["callbacks"] == {}
     assert list(cfg["logger"]) == ["csv"]
     assert cfg["trainer"]["accelerator"] == "gpu"
     assert cfg["fsdp_wrap_classes"]  # strategy=fsdp has its wrap units
-    assert applied(cfg)  # +experiment= (Hydra's docs' spelling) selects it like experiment=
+    assert applied(cfg)
 
 
-def test_experiment_null_drops_the_default_experiment(job_config):
-    cfg = job_config("diffusion_transformer.train", "experiment=null")
+def test_tilde_experiment_drops_the_default_experiment(job_config):
+    cfg = job_config("diffusion_transformer.train", "~experiment")
     assert cfg["optim"]["lr"] == 1e-4 and cfg["trainer"]["max_steps"] == 1000  # train.yaml's own
     assert job_config("diffusion_transformer.train")["optim"]["lr"] == 1e-3  # experiment=digits
 

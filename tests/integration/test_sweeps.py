@@ -88,12 +88,12 @@ def test_sweep_one_wandb_run_per_job_rerun_skips_and_report_joins_the_group(
     assert [len(offline_runs(jobs[n] / "wandb")) for n in (0, 2)] == [1, 1]
 
     # The report: same project and group, job_type report, its W&B folder under report/.
-    from diffusion_transformer.report import report
+    from diffusion_transformer.scaling import report
 
     for key, value in env.items():  # the report runs in this process: W&B offline here too
         monkeypatch.setenv(key, value)
     capsys.readouterr()
-    report(sweep)
+    report(sweep, wandb="offline")
     out = capsys.readouterr().out
     assert "missing 1 job(s)" in out and "patch=3" in out and "failed: ValueError" in out
     assert "correlations need at least 3 runs; 2 have results" in out

@@ -184,9 +184,9 @@ def checkpoint_kind(obj: Any, path: str | os.PathLike | None = None) -> str:
     if "state_dict" in obj:
         if "layout" in hp or "metric_range" in hp:
             return "a G.pt training checkpoint (python -m gpt_checkpoints.train)"
-        if "network" in hp and "resolution" in hp:
+        if "regularization" in hp and "mixing" in hp:
             return "a StyleGAN2 training checkpoint (python -m gangealing.train_gan)"
-        if "transform" in hp and "num_modes" in hp:
+        if "generator" in hp and "num_modes" in hp:
             return "a GANgealing training checkpoint (python -m gangealing.train)"
         if "diffusion" in hp and "model" in hp:
             return "a DiT training checkpoint (python -m diffusion_transformer.train)"
@@ -224,3 +224,37 @@ def plain_container(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [plain_container(v) for v in obj]
     return obj
+
+
+def _nested_target(obj: Any) -> bool:
+    if isinstance(obj, Mapping):
+        return "_target_" in obj or any(_nested_target(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_nested_target(v) for v in obj)
+    return False
+
+
+def build_model(config: Mapping[str, Any], allowed: Iterable[str], *args: Any) -> Any:
+    """``hydra.utils.instantiate(config, *args)`` for a ``model`` node (a ``_target_`` and its
+    constructor's arguments) that a config or a checkpoint file holds, when its ``_target_`` is one
+    of ``allowed`` and no argument holds a ``_target_`` of its own: a file never chooses the code
+    that runs. The constructor's own error comes out unwrapped."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=True)
+    config = dict(config)
+    allowed = list(allowed)
+    target = config.get("_target_")
+    if target not in allowed:
+        raise ValueError(f"model._target_={target!r} is not a model here; use one of "
+                         f"{', '.join(allowed)}")  # fmt: skip
+    if _nested_target({k: v for k, v in config.items() if k != "_target_"}):
+        raise ValueError(f"the model config of {target} holds a _target_ of its own; pass plain "
+                         "values as its arguments")  # fmt: skip
+    try:
+        return instantiate(config, *args, _convert_="all")
+    except InstantiationException as err:
+        raise (err.__cause__ or err) from None

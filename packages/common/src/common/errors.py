@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -44,12 +45,11 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         types.append(HydraException)
     except ImportError:  # pragma: no cover
         pass
-    try:  # Lightning's own "your Trainer arguments do not fit" (devices, precision, strategy)
-        from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-        types.append(MisconfigurationException)
-    except ImportError:  # pragma: no cover
-        pass
+    # Lightning's own "your Trainer arguments do not fit" (devices, precision, strategy), when
+    # Lightning is loaded: importing it here, at error time, would only slow the error down.
+    lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
+    if lightning is not None:
+        types.append(lightning.MisconfigurationException)
     return tuple(types)
 
 

@@ -279,7 +279,7 @@ class EvalMetrics(L.Callback):
 
     def evaluate(self, trainer, pl_module, steps: int | None, final: bool = False) -> dict:
         from common.metrics import evaluate_images
-        from diffusion_transformer.evaluate import resolve_reference
+        from diffusion_transformer.metrics import resolve_reference
 
         started = time.perf_counter()
         images, labels = self._samples(trainer, pl_module, steps)

@@ -89,8 +89,8 @@ def check_compatible(model: DiT, state_dict: dict[str, torch.Tensor]) -> None:
 
 
 def read_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[dict, dict[str, Any]]:
-    """-> (DiT state dict, metadata). Metadata holds ``dit_config``, ``diffusion``, ``vae`` when
-    the file is one of our Lightning checkpoints."""
+    """-> (DiT state dict, metadata). Metadata holds ``model`` (the DiT's constructor arguments),
+    ``diffusion`` and ``vae`` when the file is one of our Lightning checkpoints."""
     obj = safe_load(path)
     kind = checkpoint_kind(obj, path)
     if not kind.startswith(("a DiT", "an official DiT")):
@@ -103,7 +103,7 @@ def read_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[dict, dict[
         sd = {k[len(prefix) :]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
         hp = obj.get("hyper_parameters", {})
         meta = {
-            "dit_config": obj.get("dit_config") or hp.get("model"),
+            "model": hp.get("model"),
             "diffusion": hp.get("diffusion"),
             "vae": hp.get("vae"),
         }
@@ -121,14 +121,14 @@ def read_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[dict, dict[
 
 def load_dit(
     path: str | Path,
-    model: str | None = None,
+    arch: str | None = None,
     image_size: int | None = None,
     num_classes: int | None = None,
     use_ema: bool = True,
     cfg_channels: int | None = None,
     num_heads: int | None = None,
 ) -> tuple[DiT, dict[str, Any]]:
-    """Build a DiT and load ``path`` strictly. ``model``/``image_size``/``num_classes`` (latent
+    """Build a DiT and load ``path`` strictly. ``arch``/``image_size``/``num_classes`` (latent
     space, 8x VAE) pin the architecture; when omitted they are read off the checkpoint. A
     diffusers folder (``DiTPipeline`` or ``DiTTransformer2DModel``) is imported exactly."""
     from diffusion_transformer.diffusers_io import (
@@ -142,13 +142,12 @@ def load_dit(
         dit.cfg_channels = cfg_channels
         return dit, diffusers_meta(path)
     state_dict, meta = read_checkpoint(path, use_ema)
-    config = dict(meta.get("dit_config") or infer_config(state_dict))
-    official = meta.get("official_args", {})
-    model = model or official.get("model")
-    if model is not None:
-        if model not in DiT_models:
-            raise KeyError(f"unknown DiT model {model!r}; valid names: {', '.join(DiT_models)}")
-        size, patch = model[len("DiT-") :].split("/")
+    config = dict(meta.get("model") or infer_config(state_dict))
+    arch = arch or meta.get("official_args", {}).get("model")
+    if arch is not None:
+        if arch not in DiT_models:
+            raise KeyError(f"unknown DiT model {arch!r}; valid names: {', '.join(DiT_models)}")
+        size, patch = arch[len("DiT-") :].split("/")
         config.update(**DIT_CONFIGS[size]._asdict(), patch_size=int(patch))
     if image_size is not None:
         config["input_size"] = image_size // 8 if config.get("in_channels", 4) == 4 else image_size

@@ -21,12 +21,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from common.data.digits import digits_split, load_digits_images
+from common.data.digits import digits_split, load_digits
+from common.data.images import IMAGE_EXTENSIONS, list_images
 from common.training import resumable_loader
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -51,11 +50,6 @@ def to_tensor(arr: np.ndarray) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- datasets
-def load_digits_tensors(image_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 1,797 real 8x8 handwritten digits: ``[N, 1, S, S]`` in [-1, 1], labels."""
-    return load_digits_images(image_size)
-
-
 class ImageFolderDataset(Dataset):
     """Images under ``root``: ImageNet/ImageFolder layout (one subfolder per class, sorted names
     give labels 0..K-1) or a flat folder (every image has label 0).
@@ -77,10 +71,10 @@ class ImageFolderDataset(Dataset):
         if class_dirs:
             self.classes = [p.name for p in class_dirs]
             for label, folder in enumerate(class_dirs):
-                files += [(f, label) for f in sorted(folder.rglob("*")) if _is_image(f)]
+                files += [(f, label) for f in list_images(folder)]
         else:
             self.classes = ["all"]
-            files = [(f, 0) for f in sorted(self.root.iterdir()) if _is_image(f)]
+            files = [(f, 0) for f in list_images(self.root, recursive=False)]
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
         self.files = files
@@ -107,10 +101,6 @@ class ImageFolderDataset(Dataset):
                     log.warning("skipping unreadable image %s (%s)", path, err)
                     warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=2)
         raise RuntimeError(f"no readable image under {self.root}")
-
-
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 class LatentShardDataset(Dataset):
@@ -203,7 +193,7 @@ class DigitsDataModule(_InfiniteDataModule):
         self.holdout_fraction = holdout_fraction
 
     def _split(self):
-        images, labels = load_digits_tensors(self.image_size)
+        images, labels = load_digits(self.image_size)
         train, held = digits_split(len(images), self.holdout_fraction, self.seed)
         return images, labels, train, held
 

@@ -12,19 +12,24 @@ The folder loads back here as well: ``python -m diffusion_transformer.sample ckp
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import DictConfig
 
 from common.cli import hydra_main
-from diffusion_transformer.checkpoints import load_dit
-from diffusion_transformer.diffusers_io import export_diffusers
+
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "num_heads": "int>=1|null",
+}
 
 
-def export(cfg: DictConfig) -> Path:
+@hydra_main("export_diffusers", checks=CHECKS)
+def main(cfg: DictConfig) -> None:
+    from diffusion_transformer.checkpoints import load_dit
+    from diffusion_transformer.diffusers_io import export_diffusers
+
     if not cfg.get("ckpt"):
         raise ValueError("set ckpt=<path to a .ckpt, ema.pt or official DiT .pt file>")
-    dit, meta = load_dit(cfg.ckpt, model=cfg.arch, use_ema=cfg.use_ema, num_heads=cfg.num_heads)
+    dit, meta = load_dit(cfg.ckpt, arch=cfg.arch, use_ema=cfg.use_ema, num_heads=cfg.num_heads)
     vae = cfg.vae or (meta.get("vae") or {}).get("path")
     out = export_diffusers(dit, cfg.out, meta.get("diffusion"), vae)
     kind = "DiTPipeline (transformer, scheduler, vae)" if vae else "transformer + scheduler"
@@ -35,20 +40,6 @@ def export(cfg: DictConfig) -> Path:
             f"{dit.num_classes} classes (null class {dit.num_classes}): call it with "
             "guidance_scale=1, or sample with diffusion_transformer.sample"
         )
-    return out
-
-
-# What makes sense for each number this command reads (common.errors.check_values).
-CHECKS = {
-    "num_heads": "int>=1|null",
-}
-
-
-@hydra_main(
-    "export_diffusers", input_paths=("ckpt", "vae"), checks=CHECKS, aliases={"model": "arch"}
-)
-def main(cfg: DictConfig) -> None:
-    export(cfg)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The analytic forward flop count of a DiT in the paper's convention (Table 2.1, Sec. 2.3.2).
 
 Pure arithmetic on the configuration, so the Gflops of every model of the scaling study are known
-without building it; ``DiT.gflops()`` and ``python -m diffusion_transformer.gflops`` use it, and
-``diffusion_transformer.models`` re-exports it.
+without building it; ``DiT.gflops()`` and ``models.gflops_table`` (``python -m
+diffusion_transformer.gflops``) use it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 One file, as in the official code: patchify, four conditioning block designs (Sec. 2.3.2, Fig. 2.3),
 the linear decoder, and the registry of the twelve Table 2.1 models (``DiT_XL_2`` ... ``DiT_S_8``)
-over ``DIT_CONFIGS``, the one table of model sizes (the Hydra model configs read it too).
+over ``DIT_CONFIGS``, the one table of model sizes (``dit``, the ``_target_`` of the Hydra model
+configs, reads it too).
 Parameter names equal the released checkpoints', so ``DiT-XL-2-256x256.pt`` loads with
 ``strict=True`` into ``DiT_models["DiT-XL/2"]()``. Gflops: ``diffusion_transformer.flops``.
 """
@@ -167,7 +168,9 @@ class DiT(nn.Module):
         block: str = "adaln_zero",
         cfg_channels: int | None = None,
     ) -> None:
+        config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
+        self.config = config  # the constructor arguments: what checkpoints store to rebuild it
         if block not in BLOCK_TYPES:
             raise ValueError(f"unknown block {block!r}: choose one of {', '.join(BLOCK_TYPES)}")
         if patch_size <= 0 or input_size % patch_size:
@@ -328,7 +331,7 @@ class DiTSize(NamedTuple):
     num_heads: int
 
 
-#: Table 2.1, the one table of model sizes: the registry below and ``conf/model/*.yaml`` read it.
+#: Table 2.1, the one table of model sizes: the registry below and ``dit`` (``conf/model``) read it.
 DIT_CONFIGS: dict[str, DiTSize] = {
     "S": DiTSize(depth=12, hidden_size=384, num_heads=6),
     "B": DiTSize(depth=12, hidden_size=768, num_heads=12),
@@ -338,16 +341,25 @@ DIT_CONFIGS: dict[str, DiTSize] = {
 PATCH_SIZES = (2, 4, 8)
 
 
-def size_value(size: str, key: str, override: int | None = None) -> int:
-    """``key`` (a ``DiTSize`` field) of Table 2.1's ``size``, or ``override`` when it is set."""
-    if override is not None:
-        return override
-    if size not in DIT_CONFIGS:
+def dit(
+    size: str,
+    depth: int | None = None,
+    hidden_size: int | None = None,
+    num_heads: int | None = None,
+    **kwargs: Any,
+) -> DiT:
+    """A DiT of Table 2.1's ``size`` (``DIT_CONFIGS``); ``depth``, ``hidden_size`` and
+    ``num_heads`` that are set win over its row (a size outside the table sets all three)."""
+    given = {"depth": depth, "hidden_size": hidden_size, "num_heads": num_heads}
+    given = {k: v for k, v in given.items() if v is not None}
+    if size not in DIT_CONFIGS and len(given) < 3:
         raise ValueError(
             f"model size {size!r} is not in Table 2.1 ({', '.join(DIT_CONFIGS)}): pick one with "
-            f"model=s|b|l|xl, or set model.{key}=<value> for a size of your own"
+            "model=s|b|l|xl, or set model.depth, model.hidden_size and model.num_heads for a "
+            "size of your own"
         )
-    return getattr(DIT_CONFIGS[size], key)
+    row = DIT_CONFIGS[size]._asdict() if size in DIT_CONFIGS else {}
+    return DiT(**{**row, **given}, **kwargs)
 
 
 def DiT_XL_2(**kwargs: Any) -> DiT:
@@ -407,8 +419,25 @@ DiT_models = {
 }  # fmt: skip
 
 
-def create_model(name: str, **kwargs: Any) -> DiT:
-    """Build a registered DiT, with an error that lists the valid names."""
-    if name not in DiT_models:
-        raise KeyError(f"unknown DiT model {name!r}; valid names: {', '.join(DiT_models)}")
-    return DiT_models[name](**kwargs)
+def gflops_table(image_size: int = 256, block: str = "adaln_zero") -> list[tuple[str, float]]:
+    """``[(name, gflops)]`` of the twelve registered models on latents of ``image_size / 8``
+    (Table 2.1, Fig. 2.2)."""
+    if image_size % 8:
+        raise ValueError(
+            f"image size {image_size} is not a multiple of the VAE's factor 8; pass e.g. "
+            "image_size=256 or image_size=512"
+        )
+    if block not in BLOCK_TYPES:
+        raise ValueError(f"unknown block {block!r}; choose one of {', '.join(BLOCK_TYPES)}")
+    rows = []
+    for size, config in DIT_CONFIGS.items():
+        for patch in PATCH_SIZES:
+            flops = dit_flops(
+                input_size=image_size // 8,
+                patch_size=patch,
+                hidden_size=config.hidden_size,
+                depth=config.depth,
+                block=block,
+            )
+            rows.append((f"DiT-{size}/{patch}", flops["total"] / 1e9))
+    return rows

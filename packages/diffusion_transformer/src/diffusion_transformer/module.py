@@ -25,9 +25,12 @@ from diffusion_transformer.vae import build_vae
 
 
 class DiTModule(L.LightningModule):
+    """Trains ``model`` (a ``DiT``; the ``model`` config group builds it with
+    ``diffusion_transformer.models.dit``) on ``diffusion`` (the config's objective)."""
+
     def __init__(
         self,
-        model: dict[str, Any],
+        model: DiT,
         diffusion: dict[str, Any],
         optim: dict[str, Any] | None = None,
         ema_decay: float = 0.9999,
@@ -37,8 +40,10 @@ class DiTModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = DiT(**model)
+        self.save_hyperparameters(ignore=["model"])
+        # The DiT's constructor arguments: checkpoints rebuild it from them (checkpoints.load_dit).
+        self.hparams["model"] = model.config
+        self.model = model
         self.ema = EMA(self.model, decay=ema_decay)
         self.diffusion_cfg = dict(diffusion)
         self.process = build_training_process(self.diffusion_cfg, self.model.learn_sigma)
@@ -80,7 +85,7 @@ class DiTModule(L.LightningModule):
         ``common.nn.flops.count_macs`` (twice the DiT paper's Gflops, Sec. 2.3.2). Counted on a
         meta-device copy of the network, so it costs no memory and works under any strategy."""
         with torch.device("meta"):
-            net = DiT(**self.model_config()).eval()
+            net = DiT(**self.hparams["model"]).eval()
             x = torch.zeros(1, net.in_channels, net.input_size, net.input_size)
             t = torch.zeros(1)
             y = torch.zeros(1, dtype=torch.long)
@@ -145,10 +150,6 @@ class DiTModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain containers only: the checkpoint must load with torch.load(weights_only=True).
         checkpoint["hyper_parameters"] = plain_container(dict(self.hparams))
-        checkpoint["dit_config"] = plain_container(self.model_config())
-
-    def model_config(self) -> dict[str, Any]:
-        return dict(self.hparams["model"])
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

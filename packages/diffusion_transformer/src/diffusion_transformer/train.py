@@ -8,60 +8,9 @@ optimizer, EMA, data order, logs and W&B run. ``strategy=ddp|fsdp`` (``conf/stra
 
 from __future__ import annotations
 
-import logging
-
-import hydra
-import lightning as L
-import torch
 from omegaconf import DictConfig
 
-from common.checkpoint import atomic_save
 from common.cli import hydra_main
-from common.training import build_trainer
-from common.training.runs import Export, Job, TrainResult, fit_and_export, run_job
-from common.training.strategies import full_state_dict
-
-log = logging.getLogger(__name__)
-
-
-def train(cfg: DictConfig) -> TrainResult | None:
-    """Compose-level entry point (used by ``main`` and by tests); ``None`` when a rerun multirun
-    skips this job because it finished before (``common.training.runs``)."""
-    return run_job(cfg, _fit)
-
-
-def _fit(cfg: DictConfig, job: Job) -> TrainResult:
-    run_dir = job.run_dir
-    if torch.cuda.is_available():
-        tf32 = bool(cfg.get("tf32", True))
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data.datamodule)
-    module = hydra.utils.instantiate(cfg.module)
-    trainer: L.Trainer = build_trainer(
-        cfg,
-        {
-            "gflops": module.model.gflops(),
-            "params": sum(p.numel() for p in module.model.parameters()),
-        },
-    )
-
-    def export(trainer: L.Trainer) -> Export:
-        """The EMA weights as a plain state dict with the official key names."""
-        ema_weights = run_dir / "checkpoints" / "ema.pt"
-        state = full_state_dict(trainer)  # every rank takes part: FSDP gathers the shards
-        if trainer.is_global_zero:
-            prefix = "ema.module."
-            ema = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            atomic_save(ema, ema_weights)
-        grids = [c.last_path for c in trainer.callbacks if getattr(c, "last_path", None)]
-        usage = f"python -m diffusion_transformer.sample ckpt={ema_weights}"
-        return Export(ema_weights, "EMA weights", usage, grids[-1] if grids else None)
-
-    return fit_and_export(job, trainer, module, export, datamodule=datamodule)
-
 
 # What makes sense for each number this command reads (common.errors.check_values).
 CHECKS = {
@@ -89,22 +38,11 @@ CHECKS = {
 
 @hydra_main(
     "train",
-    input_paths=(
-        "resume",
-        "data.root",
-        "data.vae.path",
-        "eval.reference",
-        "metrics.inception_weights",
-        "metrics.cache_dir",
-    ),
     checks=CHECKS,
-    # The spellings of the other packages' training commands (batch_size=, num_workers=).
-    aliases={
-        "batch_size": "data.datamodule.batch_size",
-        "num_workers": "data.datamodule.num_workers",
-    },
 )
 def main(cfg: DictConfig) -> None:
+    from diffusion_transformer.training import train
+
     train(cfg)
 
 

@@ -1,9 +1,9 @@
 """PCK-Transfer evaluation (thesis Sec. 4.4.2):
-``python -m gangealing.pck congealer=<run> dataset=spair|cub|synthetic root=<...>``.
+``python -m gangealing.pck ckpt=<run> benchmark=spair|cub|synthetic data.root=<...>``.
 
 Methods ``gangealing`` (a congealer: ours or a released one), ``congealing`` (classic pixel
 congealing) and ``none``; writes ``<out>/pck.json``. The protocols and transfers are documented
-in ``gangealing.eval.benchmark``; ``gangealing.evaluate_pck`` is the old name of this command.
+in ``gangealing.eval.benchmark``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from common.cli import hydra_main
-from gangealing.eval.benchmark import run
 
 # What makes sense for each number this command reads (common.errors.check_values).
 CHECKS = {
@@ -28,18 +27,20 @@ CHECKS = {
 }
 
 
-@hydra_main("pck", input_paths=("congealer", "root"), checks=CHECKS)
+@hydra_main("pck", checks=CHECKS)
 def main(cfg: DictConfig) -> None:
+    from gangealing.eval.benchmark import run
+
     record = run(cfg)
     for alpha in cfg.alphas:
         value = record[f"pck@{alpha:g}"]
         shown = "n/a" if value is None or math.isnan(value) else f"{value:.2f}%"
-        print(f"PCK-Transfer@{alpha:g} ({record['method']}, {record['dataset']}): {shown}")
+        print(f"PCK-Transfer@{alpha:g} ({record['method']}, {record['benchmark']}): {shown}")
     print(f"pairs: {record['num_pairs']}, keypoints: {record['num_visible']}")
     print(f"results: {Path(cfg.out) / 'pck.json'}")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the module's own main, so the config knows its command's name
     from gangealing.pck import main as _main
 
     _main()

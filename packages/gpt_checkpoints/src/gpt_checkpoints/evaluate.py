@@ -1,156 +1,57 @@
-"""Evaluate a trained G.pt: ``python -m gpt_checkpoints.evaluate gpt=<run dir>``.
+"""Evaluate a trained G.pt: ``python -m gpt_checkpoints.evaluate ckpt=<run dir>``.
 
-Writes ``results.json`` and PNG plots to the output folder (and to W&B, ``wandb=offline|online``):
-one G.pt step vs one tuned step of hand-designed optimizers (Fig. 3.3; keys ``one_step_gpt``,
+Writes ``results.json`` and PNG plots to the output folder (and to the loggers of ``logger=``:
+``wandb`` (offline unless ``logger.wandb.offline=false``), ``csv`` or ``none``): one G.pt step vs
+one tuned step of hand-designed optimizers (Fig. 3.3; keys ``one_step_gpt``,
 ``one_step_best_sgd``, ``one_step_best_adam``, ...), SGD/Adam optimisation curves vs one G.pt step
 (Fig. 3.4), prompt alignment R^2 (Sec. 3.4.4; ``prompt_alignment_r2``), recursive prompting from
 out-of-distribution initialisations (Fig. 3.6) and the nearest-neighbour memorisation score
 (Sec. 3.5, Fig. 3.9) and the memorisation baselines of Zeng et al. 2025 with their
 performance-vs-novelty figure (``novelty``, ``memorization.novelty_baselines``); the last two
-need ``dataset=`` for the training and test runs.
+need ``dataset=`` for the training and test runs. G.pt samples on ``device=``.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig
 
 from common.cli import hydra_main
-from common.training.loggers import wandb_mode as resolve_wandb_mode
-from gpt_checkpoints.analysis import evaluation as ev  # noqa: E402
-from gpt_checkpoints.analysis import memorization  # noqa: E402
-from gpt_checkpoints.analysis.evaluation import best_prompt  # noqa: E402
-from gpt_checkpoints.dataset.datamodule import CheckpointDataModule  # noqa: E402
-from gpt_checkpoints.model.module import load_gpt  # noqa: E402
-from gpt_checkpoints.prompt import load_task, resolve_better  # noqa: E402
-
-log = logging.getLogger(__name__)
-
-
-def _plot_one_step(res: dict, path: Path) -> None:
-    names = ["G.pt", *res["optimizers"]]
-    values = [res["one_step_gpt"], *(v["value"] for v in res["optimizers"].values())]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(names, values, color=["tab:red"] + ["tab:gray"] * (len(names) - 1))
-    ax.axhline(res["initial"], ls="--", c="k", lw=1, label="initial")
-    ax.set_ylabel(res["metric"])
-    ax.set_title("one step: G.pt vs tuned optimizers (Fig. 3.3)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _plot_curves(res: dict, gpt_value: float, metric: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, curve in res["curves"].items():
-        steps = [max(int(s), 1) for s in curve]
-        ax.plot(steps, list(curve.values()), marker="o", ms=3, label=name)
-    ax.axhline(gpt_value, c="tab:red", label="G.pt, one step")
-    ax.set_xscale("log")
-    ax.set_xlabel("optimizer steps")
-    ax.set_ylabel(metric)
-    ax.set_title("optimization curves (Fig. 3.4)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _plot_alignment(res: dict, metric: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    for prompts, achieved in zip(res["prompts"], res["achieved"], strict=True):
-        ax.plot(prompts, achieved, c="tab:blue", alpha=0.4, lw=1)
-    flat = [p for row in res["prompts"] for p in row]
-    ax.plot([min(flat), max(flat)], [min(flat), max(flat)], "k--", lw=1, label="ideal")
-    ax.set_xlabel(f"prompted {metric}")
-    ax.set_ylabel(f"achieved {metric}")
-    ax.set_title(f"prompt alignment R^2 = {res['prompt_alignment_r2']:.3f}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _plot_recursive(res: dict, metric: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for scheme, trace in res.items():
-        ax.plot(range(len(trace)), trace, marker="o", ms=3, label=scheme)
-    ax.set_xlabel("G.pt steps (recursive prompting)")
-    ax.set_ylabel(metric)
-    ax.set_title("out-of-distribution initialisations (Fig. 3.6)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
 
 ANALYSES = ("one_step", "curves", "alignment", "recursive", "memorization", "novelty")
 DATA_ANALYSES = {"memorization", "novelty"}  # need the training and held-out runs (dataset=)
 
-NOVELTY_STYLE = {  # method -> (label, colour, marker)
-    "gpt": ("G.pt, one step", "tab:red", "o"),
-    "nearest_prompted": ("nearest training ckpt with the prompted metric", "k", "s"),
-    "interpolation": ("interpolation of two training ckpts (aligned)", "tab:purple", "D"),
-    "independent_runs": ("independent SGD runs (held out)", "tab:green", "^"),
+# What makes sense for each number this command reads (common.errors.check_values).
+CHECKS = {
+    "test_fraction": "(0,1)",
+    "prompt": ">=0|null",
+    "num_nets": "int>=1",
+    "curve_steps": "int>=1",
+    "alignment_nets": "int>=1",
+    "alignment_prompts": "int>=2",
+    "recursive_steps": "int>=1",
+    "memorization_runs": "int>=1",
+    "memorization_prompts": "int>=1",
+    "novelty_nets": "int>=2",
+    "noise_levels": ">0",
+    "sampling_steps": "int>=1|null",
 }
 
 
-def _plot_novelty(res: dict, path: Path) -> None:
-    """Zeng et al. 2025, Figs. 3-4: metric against novelty, per network, per method."""
-    metric = res["metric"]
-    methods = res["methods"]
-    axes_keys = [k for k in ("similarity", "distance") if k in next(iter(methods.values()))]
-    fig, axes = plt.subplots(1, len(axes_keys), figsize=(5.5 * len(axes_keys), 4), squeeze=False)
-    noise = [m for m in methods if m.startswith("noise_")]
-    greys = plt.cm.Blues(torch.linspace(0.4, 0.9, max(len(noise), 1)).tolist())
-    for ax, key in zip(axes[0], axes_keys, strict=True):
-        for name, row in methods.items():
-            if name in NOVELTY_STYLE:
-                label, colour, marker = NOVELTY_STYLE[name]
-            else:
-                label, colour, marker = (
-                    f"training ckpt + noise {name[6:]}",
-                    greys[noise.index(name)],
-                    "x",
-                )
-            ax.scatter(
-                row[key], row[metric], s=14, c=[colour], marker=marker, alpha=0.7, label=label
-            )
-        ax.set_xlabel(
-            "max IoU of mispredictions with a training ckpt (1 = same errors)"
-            if key == "similarity"
-            else "distance to nearest training ckpt (aligned, normalised space)"
-        )
-        ax.set_ylabel(metric)
-    axes[0][0].set_title(f"performance vs novelty, prompt {res['prompt']:.3g}")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+@hydra_main("evaluate", checks=CHECKS)
+def main(cfg: DictConfig) -> None:
+    import json
+    from pathlib import Path
 
+    import torch
 
-def _print_novelty(res: dict) -> None:
-    metric = res["metric"]
-    keys = [metric] + [k for k in ("similarity", "distance") if k in res["methods"]["gpt"]]
-    print(
-        f"{'novelty (mean of ' + str(res['num_nets']) + ')':<26}"
-        + "".join(f"{k:>12}" for k in keys)
-    )
-    for name, row in res["methods"].items():
-        print(f"  {name:<24}" + "".join(f"{row['mean'][k]:>12.4f}" for k in keys))
+    from common.devices import pick_device
+    from gpt_checkpoints.analysis import evaluation as ev
+    from gpt_checkpoints.analysis import memorization
+    from gpt_checkpoints.analysis import plots as plots_
+    from gpt_checkpoints.analysis.evaluation import best_prompt, resolve_better
+    from gpt_checkpoints.dataset.datamodule import CheckpointDataModule
+    from gpt_checkpoints.model.module import load_gpt, load_task
 
-
-def run(cfg: DictConfig) -> dict:
-    resolve_wandb_mode(cfg.wandb)  # a bad mode is refused before any work
     analyses = set(ANALYSES if cfg.analyses is None else cfg.analyses)
     if unknown := sorted(analyses - set(ANALYSES)):
         raise ValueError(
@@ -169,10 +70,9 @@ def run(cfg: DictConfig) -> dict:
         )
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    module = load_gpt(cfg.gpt, preset=cfg.get("preset"))
-    if torch.cuda.is_available():
-        module.cuda()
-    task = load_task(module, cfg.get("data_root"))
+    device = pick_device(cfg.device)
+    module = load_gpt(cfg.ckpt, preset=cfg.preset).to(device)
+    task = load_task(module, cfg.data.root)
     metric = module.hparams["metric"]
     sampler, steps, better = cfg.sampler, cfg.sampling_steps, resolve_better(module, cfg.better)
     results: dict = {
@@ -186,7 +86,7 @@ def run(cfg: DictConfig) -> dict:
         res = ev.one_step_comparison(module, task, better, cfg.num_nets, cfg.prompt, sampler, steps)
         results.update({k: v for k, v in res.items() if k.startswith("one_step") or k == "initial"})
         results["optimizers"] = res["optimizers"]
-        _plot_one_step(res, plots.setdefault("one_step", out / "one_step.png"))
+        plots_.plot_one_step(res, plots.setdefault("one_step", out / "one_step.png"))
         if "curves" in analyses:
             curves = ev.optimization_curves(
                 module,
@@ -198,7 +98,7 @@ def run(cfg: DictConfig) -> dict:
                 res["one_step_gpt"],
             )
             results["optimization_curves"] = curves
-            _plot_curves(
+            plots_.plot_curves(
                 curves, res["one_step_gpt"], metric, plots.setdefault("curves", out / "curves.png")
             )
     if "alignment" in analyses:
@@ -209,11 +109,11 @@ def run(cfg: DictConfig) -> dict:
             cfg.alignment_prompts,
             sampler,
             steps,
-            prompt_range=cfg.get("alignment_range", "auto"),
+            prompt_range=cfg.alignment_range,
         )
         results["prompt_alignment_r2"] = res["prompt_alignment_r2"]
         results["prompt_alignment"] = res
-        _plot_alignment(res, metric, plots.setdefault("alignment", out / "alignment.png"))
+        plots_.plot_alignment(res, metric, plots.setdefault("alignment", out / "alignment.png"))
     if "recursive" in analyses:
         res = ev.recursive_prompting(
             module,
@@ -226,7 +126,7 @@ def run(cfg: DictConfig) -> dict:
             steps=steps,
         )
         results["recursive_prompting"] = res
-        _plot_recursive(res, metric, plots.setdefault("recursive", out / "recursive.png"))
+        plots_.plot_recursive(res, metric, plots.setdefault("recursive", out / "recursive.png"))
     dm = (
         CheckpointDataModule(
             cfg.dataset, metric, test_fraction=cfg.test_fraction, seed=cfg.split_seed
@@ -261,68 +161,32 @@ def run(cfg: DictConfig) -> dict:
             steps,
         )
         results["novelty"] = res
-        _plot_novelty(res, plots.setdefault("novelty", out / "novelty.png"))
-        _print_novelty(res)
+        plots_.plot_novelty(res, plots.setdefault("novelty", out / "novelty.png"))
+        plots_.print_novelty(res)
     path = out / "results.json"
     path.write_text(json.dumps(results, indent=2))
-    if resolve_wandb_mode(cfg.wandb) != "disabled":
-        _log_wandb(cfg, results, plots)
-    print(f"results : {path}")
+    _log(cfg, results, plots)
+    print(f"results : {path} (G.pt on {device})")
     for key in ("one_step_gpt", "one_step_best_sgd", "one_step_best_adam", "prompt_alignment_r2"):
         if key in results:
             print(f"{key:<20}: {results[key]:.4f}")
     print(f"plots   : {', '.join(str(p) for p in plots.values())}")
-    return results
 
 
-def _log_wandb(cfg: DictConfig, results: dict, plots: dict) -> None:
-    import wandb
+def _log(cfg: DictConfig, results: dict, plots: dict) -> None:
+    """The scalar results (and, to W&B, the plots) to each logger of ``logger=``."""
+    from hydra.utils import instantiate
 
-    run = wandb.init(
-        project=cfg.project,
-        dir=str(cfg.out),
-        job_type="evaluate",
-        mode=resolve_wandb_mode(cfg.wandb),
-    )
-    run.log({k: v for k, v in results.items() if isinstance(v, (int, float))})
-    run.log({f"plots/{k}": wandb.Image(str(p)) for k, p in plots.items()})
-    run.finish()
-
-
-# What makes sense for each number this command reads (common.errors.check_values).
-CHECKS = {
-    "test_fraction": "(0,1)",
-    "prompt": ">=0|null",
-    "num_nets": "int>=1",
-    "curve_steps": "int>=1",
-    "alignment_nets": "int>=1",
-    "alignment_prompts": "int>=2",
-    "recursive_steps": "int>=1",
-    "memorization_runs": "int>=1",
-    "memorization_prompts": "int>=1",
-    "novelty_nets": "int>=2",
-    "noise_levels": ">0",
-    "sampling_steps": "int>=1|null",
-}
-
-
-def _former_wandb(value: str) -> list[str] | None:
-    """``wandb=true|false`` of the last release (with ``wandb_mode=``): today's ``wandb=<mode>``."""
-    return {"true": ["wandb=offline"], "false": ["wandb=disabled"]}.get(value.lower())
-
-
-# Former spellings, kept one release with a deprecation line (DiT report's wandb=<mode>).
-LEGACY = {"steps": "sampling_steps", "wandb": _former_wandb, "wandb_mode": "wandb"}
-
-
-@hydra_main(
-    "evaluate",
-    input_paths=("gpt", "dataset", "data_root"),
-    checks=CHECKS,
-    legacy_flags=LEGACY,
-)
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+    scalars = {k: v for k, v in results.items() if isinstance(v, (int, float))}
+    for name, node in (cfg.logger or {}).items():
+        logger = instantiate(node, **({"job_type": "evaluate"} if name == "wandb" else {}))
+        logger.log_metrics(scalars)
+        if name == "wandb":
+            for key, path in plots.items():
+                logger.log_image(f"plots/{key}", [str(path)])
+            logger.experiment.finish()
+        else:
+            logger.save()
 
 
 if __name__ == "__main__":

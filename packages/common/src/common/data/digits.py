@@ -8,21 +8,15 @@ import torch
 import torch.nn.functional as F
 
 
-def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """Images ``[1797, 8, 8]`` float32 in [0, 1] and integer labels ``[1797]``."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return digits.images.astype(np.float32) / 16.0, digits.target.astype(np.int64)
-
-
-def load_digits_images(image_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def load_digits(image_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``[1797, 1, S, S]`` in [-1, 1] (bilinear resize for ``S != 8``) and labels."""
-    images, labels = load_digits_arrays()
-    x = torch.from_numpy(images).mul(2.0).sub(1.0).unsqueeze(1)
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    x = torch.from_numpy(digits.images.astype(np.float32) / 8.0 - 1.0).unsqueeze(1)
     if image_size != 8:
         x = F.interpolate(x, size=image_size, mode="bilinear", align_corners=False).clamp(-1, 1)
-    return x, torch.from_numpy(labels)
+    return x, torch.from_numpy(digits.target.astype(np.int64))
 
 
 def digits_split(

@@ -13,6 +13,16 @@ from PIL import Image
 
 from common.checkpoint import atomic_write_bytes
 
+#: The image files every command reads (PIL decodes them all).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """The image files in ``folder`` (and its subfolders unless ``recursive=False``), sorted."""
+    folder = Path(folder)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
 
 def open_image(path: str | os.PathLike) -> Image.Image:
     """Open and decode an image file; a missing, truncated or non-image file raises an error that

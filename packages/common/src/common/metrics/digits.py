@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.checkpoint import atomic_save, safe_load
-from common.data.digits import digits_split, load_digits_images
+from common.data.digits import digits_split, load_digits
 from common.metrics.inputs import default_cache_dir
 
 CLASSIFIER_FILE = "digits_classifier_v1.safetensors"
@@ -69,11 +69,6 @@ class DigitsClassifier(nn.Module):
         return self.logits(self.features(x))
 
 
-def load_digits_data() -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's digits as ``[1797, 1, 8, 8]`` floats in [-1, 1] and integer labels."""
-    return load_digits_images(8)
-
-
 def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Random translation by up to one pixel (pad with background -1, crop)."""
     padded = F.pad(x, (1, 1, 1, 1), value=-1.0)
@@ -91,7 +86,7 @@ def train_digits_classifier(
     Runs on one CPU thread: the network is tiny (threads only add overhead), and a fixed thread
     count keeps float reductions in a fixed order, so every machine trains the same weights.
     """
-    images, labels = load_digits_data()
+    images, labels = load_digits()
     train, test = digits_split(len(images), 0.2, SEED)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+from common.data.images import IMAGE_EXTENSIONS, list_images
+
 ImageSource = np.ndarray | torch.Tensor | str | os.PathLike
 
 
@@ -50,13 +51,6 @@ def to_uint8_nhwc(images: np.ndarray | torch.Tensor) -> np.ndarray:
     return images
 
 
-def list_image_files(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted), by extension."""
-    folder = Path(folder)
-    files = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(files)
-
-
 def _read_image(path: Path) -> np.ndarray | None:
     from PIL import Image
 
@@ -70,7 +64,7 @@ def _read_image(path: Path) -> np.ndarray | None:
 
 
 def _iter_folder(folder: Path, batch_size: int) -> Iterator[np.ndarray]:
-    files = list_image_files(folder)
+    files = list_images(folder)
     if not files:
         raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {folder}")
     skipped: list[str] = []
@@ -185,7 +179,7 @@ def source_fingerprint(source: str | os.PathLike) -> str:
     if path.is_dir():
         entries = [
             (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
-            for p in list_image_files(path)
+            for p in list_images(path)
         ]
     else:
         st = path.stat()

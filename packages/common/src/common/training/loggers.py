@@ -4,9 +4,6 @@ Lightning's CSV logger deletes ``metrics.csv`` when its folder already exists, s
 would lose its loss curve. ``CSVLogger`` here keeps the file and, on the first write after a
 restart, drops the rows logged after the checkpoint the run resumed from (they are logged again),
 so the curve on disk is exactly the one of an uninterrupted run.
-
-``wandb_mode`` is the one ``wandb=<mode>`` switch of the commands that log to W&B outside a
-Lightning trainer (DiT's report, G.pt's evaluate).
 """
 
 from __future__ import annotations
@@ -16,18 +13,6 @@ import os
 
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-
-WANDB_MODES = ("offline", "online", "disabled")
-
-
-def wandb_mode(value: str | None) -> str:
-    """The W&B mode of ``wandb=<offline|online|disabled>``; null: ``$WANDB_MODE``, else offline
-    (no account needed)."""
-    if value is None:
-        return os.environ.get("WANDB_MODE", "offline")
-    if value not in WANDB_MODES:
-        raise ValueError(f"wandb={value!r} is not a W&B mode; pass one of {', '.join(WANDB_MODES)}")
-    return value
 
 
 class _AppendingWriter(ExperimentWriter):

@@ -33,8 +33,8 @@ def import_class(path: str) -> type[nn.Module]:
         cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as err:
         raise ImportError(
-            f"cannot import the FSDP module class {path!r} ({err}): give full class paths, e.g. "
-            "diffusion_transformer.models.DiTBlock"
+            f"cannot import the FSDP module class {path!r} ({err}); give full class paths "
+            "(package.module.Class), as fsdp_wrap_classes in the train config does"
         ) from err
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise TypeError(f"{path!r} is not a torch.nn.Module class: FSDP wraps modules")

@@ -153,21 +153,23 @@ class OfficialSpatialTransformer(nn.Module):
         super().__init__()
         if transform not in ("similarity", "flow"):
             raise ValueError(f"transform={transform!r}; the official STNs are similarity or flow")
-        if supersize < flow_size or supersize % flow_size:
-            raise ValueError(
-                f"the input size ({supersize}) must be a multiple of flow_size ({flow_size})"
-            )
         self.is_flow, self.flow_size, self.supersize = transform == "flow", flow_size, supersize
-        if supersize > flow_size:
-            self.input_downsample = BilinearDownsample(supersize // flow_size, 3)
         ch = official_channels(channel_multiplier, max_channels)
         log_size = int(math.log2(flow_size))
         end = log_size - 4 if self.is_flow else 2
         if flow_size not in ch or 2**end not in ch:
             raise ValueError(
                 f"flow_size={flow_size} does not fit a {transform} STN; pass a power of two "
-                f"from {16 if transform == 'similarity' else 64} to 1024"
+                f"from {16 if transform == 'similarity' else 64} to 1024 (gangealing.train: "
+                "resolution=; model=stn/small takes smaller sizes)"
             )
+        if supersize < flow_size or supersize % flow_size:
+            raise ValueError(
+                f"supersize={supersize} (the test-time input size) must be a multiple of "
+                f"flow_size={flow_size}"
+            )
+        if supersize > flow_size:
+            self.input_downsample = BilinearDownsample(supersize // flow_size, 3)
         downsamples = int(math.log2(flow_downsample)) if self.is_flow else log_size - end
         self.convs, in_ch = resblock_trunk(ch, flow_size, end, downsamples, blur_kernel)
         self.final_conv = ConvLayer(in_ch, ch[4], 3)

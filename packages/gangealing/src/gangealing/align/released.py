@@ -1,12 +1,12 @@
 """The released GANgealing congealing models (``bicycle``, ``cat``, ``celeba``, ``cub``, ``dog``,
-``tvmonitor``; clustering ``car`` and ``horse``, K = 4) as aligners of real images.
+``tvmonitor``; clustering ``car`` and ``horse``, K = 4): reading their files.
 
 A released file (official ``train.py``) holds ``g_ema``, ``t``, ``t_ema``, ``ll``, their
 optimisers and schedulers, ``args`` (an ``argparse.Namespace``) and, for clustering models,
 ``classifier``. It is read with ``weights_only=True`` (``Namespace`` is the one allow-listed
 class); the architecture is read from the tensors' shapes and checked against ``args``.
-``ReleasedCongealer`` aligns images like :class:`gangealing.align.congealer.Congealer` does, with
-the test-time settings the official applications use for each model (``PRESETS``, from official
+:func:`released_parts` gives ``gangealing.align.congealer.Congealer`` what it holds, with the
+test-time settings the official applications use for each model (``PRESETS``, from official
 ``utils/download.py``: ``PRETRAINED_TEST_HYPERPARAMS``; flip inference on for K = 1, the cluster
 classifier choosing cluster and mirror for K > 1).
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from gangealing.align.official_stn import OfficialClusterClassifier, OfficialComposedSTN, unmirror
-from gangealing.align.stn import STNOutput, check_rgb
+from gangealing.align.official_stn import OfficialClusterClassifier, OfficialComposedSTN
+from gangealing.align.target import target_from_state
+from gangealing.stylegan2.networks import generator_from_state
 
 #: Official test-time settings per released model (padding, similarity iterations, clusters).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -35,8 +35,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "horse": {"padding_mode": "reflection", "iters": 3, "num_heads": 4},
     "tvmonitor": {"padding_mode": "reflection", "iters": 3, "num_heads": 1},
 }
-#: The official applications' defaults for other files (``applications/__init__.py``).
-DEFAULT_SETTINGS = {"padding_mode": "border", "iters": 1}
+#: The official applications' defaults for other files (``applications/__init__.py``; flip
+#: inference unless ``--no_flip_inference``).
+DEFAULT_SETTINGS = {"padding_mode": "border", "iters": 1, "flips": True}
 _CONSTANT_BUFFERS = (
     "input_downsample.kernel_horz",
     "input_downsample.kernel_vert",
@@ -113,129 +114,43 @@ def resolve_preset(path: str | Path, preset: str | None) -> str | None:
     return preset
 
 
-class ReleasedCongealer(nn.Module):
-    """An official congealing model with the interface of ``Congealer`` (module docstring)."""
-
-    def __init__(
-        self, architecture: dict[str, Any], settings: dict[str, Any], preset: str | None
-    ) -> None:
-        super().__init__()
-        arch = dict(architecture)
-        self.stn = OfficialComposedSTN(**arch)
-        self.classifier: OfficialClusterClassifier | None = None
-        self.architecture, self.settings, self.preset = arch, dict(settings), preset
-        self.resolution, self.num_modes = arch["supersize"], arch["num_heads"]
-        self.config = {"transform": "official", **arch, **self.settings, "preset": preset}
-
-    @classmethod
-    def from_checkpoint(
-        cls, blob: dict[str, Any], path: str | Path, preset: str | None = None
-    ) -> ReleasedCongealer:
-        state = blob["t_ema"]
-        arch = infer_architecture(state)
-        args = blob.get("args") or {}
-        args = dict(args) if isinstance(args, dict) else vars(args)
-        for key, inferred in (("flow_size", arch["flow_size"]), ("num_heads", arch["num_heads"])):
-            if key in args and int(args[key]) != inferred:
-                raise ValueError(
-                    f"{path}: its args say {key}={args[key]} but its t_ema tensors are those of "
-                    f"{key}={inferred}; the file is inconsistent, pass an unmodified released model"
-                )
-        name = resolve_preset(path, preset)
-        if name is not None and PRESETS[name]["num_heads"] != arch["num_heads"]:
+def released_parts(blob: dict[str, Any], path: str | Path, preset: str | None) -> dict[str, Any]:
+    """The ``Congealer`` arguments of a released file: ``t_ema`` (architecture from its shapes,
+    checked against ``args``), the test settings of its preset, its cluster classifier and, when
+    the file has them, the target mode ``ll`` (official ``DirectionInterpolator``: ``lat_mean``,
+    ``directions``, ``coefficients``; the mixing cutoff is ``args.inject``) and ``g_ema``."""
+    state = blob["t_ema"]
+    arch = infer_architecture(state)
+    args = blob.get("args") or {}
+    args = dict(args) if isinstance(args, dict) else vars(args)
+    for key, inferred in (("flow_size", arch["flow_size"]), ("num_heads", arch["num_heads"])):
+        if key in args and int(args[key]) != inferred:
             raise ValueError(
-                f"preset={name} is a model with {PRESETS[name]['num_heads']} cluster(s), but "
-                f"{path} has {arch['num_heads']}; pass the matching preset= or preset=none"
+                f"{path}: its args say {key}={args[key]} but its t_ema tensors are those of "
+                f"{key}={inferred}; the file is inconsistent, pass an unmodified released model"
             )
-        settings = {**DEFAULT_SETTINGS, **(PRESETS[name] if name else {})}
-        settings.pop("num_heads", None)
-        congealer = cls(arch, settings, name)
-        congealer.stn.load_state_dict(_check_constants(state, congealer.stn), strict=True)
-        if blob.get("classifier") is not None:
-            congealer.classifier = official_classifier_for(congealer.stn)
-            congealer.classifier.load_state_dict(
-                _check_constants(blob["classifier"], congealer.classifier), strict=True
-            )
-        return congealer.eval()
-
-    @classmethod
-    def from_export(cls, blob: dict[str, Any], path: str | Path) -> ReleasedCongealer:
-        """A ``transform=paper`` congealer written by this package's ``train``: the official
-        network, tested with its training padding, one similarity pass and flip inference where
-        it was trained with flips; a cluster classifier if ``cluster_classifier`` added one."""
-        config, state = blob["config"], blob["stn"]
-        arch = infer_architecture(state)
-        if arch["num_heads"] != int(config["num_modes"]):
-            raise ValueError(
-                f"{path}: its config says num_modes={config['num_modes']} but its transformer has "
-                f"{arch['num_heads']} heads; the file is inconsistent, export it again"
-            )
-        stn_cfg = dict(config.get("stn") or {})
-        settings = {
-            "padding_mode": stn_cfg.get("padding_mode") or "reflection",
-            "iters": 1,
-            "flips": bool(config.get("flips", False)),
-        }
-        congealer = cls(arch, settings, None)
-        congealer.config.update(transform="paper", resolution=config["resolution"])
-        congealer.stn.load_state_dict(state, strict=True)
-        record = blob.get("classifier")
-        if record is not None:
-            congealer.classifier = official_classifier_for(congealer.stn)
-            congealer.classifier.load_state_dict(record["state"], strict=True)
-        congealer.generator_info = dict(blob.get("generator") or {})
-        return congealer.eval()
-
-    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
-        check_rgb(images)
-        size = (self.resolution,) * 2
-        if tuple(images.shape[-2:]) == size:
-            return images
-        return F.interpolate(images, size=size, mode="bilinear", antialias=True)
-
-    def forward(
-        self,
-        images: torch.Tensor,
-        cluster: int | None = None,
-        output_size: int | None = None,
-        iters: int | None = None,
-        flips: bool | None = None,
-        padding_mode: str | None = None,
-    ) -> STNOutput:
-        """Congeal ``images [N, 3, H, W]`` (resized to the model's input size); ``iters``,
-        ``flips`` and ``padding_mode`` default to the model's test settings. K > 1: the cluster
-        classifier picks each image's cluster and mirror (``cluster=k`` fixes the cluster)."""
-        x = self._inputs(images)
-        iters = self.settings["iters"] if iters is None else iters
-        padding_mode = padding_mode or self.settings["padding_mode"]
-        size = output_size or self.stn.flow_size
-        if self.num_modes == 1:
-            if flips is None:
-                flips = self.settings.get("flips", True) and self.stn.predicts_flow
-            return self.stn.congeal(
-                x, output_size=size, iters=iters, flips=flips, padding_mode=padding_mode, cluster=0
-            )
-        if self.classifier is None and cluster is None:
-            raise ValueError(
-                f"this model has {self.num_modes} clusters and no cluster classifier: pass "
-                f"cluster=<0..{self.num_modes - 1}>"
-            )
-        if self.classifier is not None and flips is not False:
-            clusters, mirrored = self.classifier.assign(x, cluster)
-        else:
-            clusters = torch.full((x.shape[0],), int(cluster), device=x.device)
-            mirrored = torch.zeros_like(clusters, dtype=torch.bool)
-        x = torch.where(mirrored.view(-1, 1, 1, 1), x.flip(-1), x)
-        out = self.stn.congeal(
-            x, output_size=size, iters=iters, padding_mode=padding_mode, cluster=clusters
+    name = resolve_preset(path, preset)
+    if name is not None and PRESETS[name]["num_heads"] != arch["num_heads"]:
+        raise ValueError(
+            f"preset={name} is a model with {PRESETS[name]['num_heads']} cluster(s), but "
+            f"{path} has {arch['num_heads']}; pass the matching preset= or preset=none"
         )
-        out = unmirror(out, mirrored)
-        out.flipped = mirrored
-        return out
-
-    @torch.no_grad()
-    def classify(self, images: torch.Tensor) -> torch.Tensor:
-        """Cluster of each image [N] (its mirror folded in)."""
-        if self.classifier is None:
-            raise ValueError("this model has no cluster classifier")
-        return self.classifier.assign(self._inputs(images))[0]
+    settings = {**DEFAULT_SETTINGS, **(PRESETS[name] if name else {})}
+    settings.pop("num_heads", None)
+    stn = OfficialComposedSTN(**arch)
+    stn.load_state_dict(_check_constants(state, stn), strict=True)
+    classifier = None
+    if blob.get("classifier") is not None:
+        classifier = official_classifier_for(stn)
+        classifier.load_state_dict(_check_constants(blob["classifier"], classifier), strict=True)
+    target = generator = None
+    if blob.get("ll") is not None and blob.get("g_ema") is not None:
+        ll = blob["ll"]
+        ours = {"w_mean": ll["lat_mean"], "directions": ll["directions"]}
+        ours["coefficients"] = ll["coefficients"]
+        target = target_from_state(ours, args.get("inject", 5))  # official --inject default: 5
+        generator = generator_from_state(blob["g_ema"], f"{path}['g_ema']")
+    return {
+        "stn": stn, "size": arch["flow_size"], "settings": settings, "classifier": classifier,
+        "target": target, "generator": generator, "preset": name,
+    }  # fmt: skip

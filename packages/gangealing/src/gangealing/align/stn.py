@@ -236,9 +236,7 @@ class ConvTrunk(nn.Module):
     LeakyReLU(0.2); a simpler stand-in for the ResNet-style trunk of the official GANgealing STN.
     """
 
-    def __init__(
-        self, input_size: int = 64, widths: Sequence[int] = (32, 64, 128, 128), in_channels: int = 3
-    ):
+    def __init__(self, input_size: int, widths: Sequence[int], in_channels: int = 3):
         super().__init__()
         self.input_size = input_size
         layers: list[nn.Module] = []
@@ -376,8 +374,8 @@ class SimilarityTransformer(_SpatialTransformer):
 
     def __init__(
         self,
-        input_size: int = 64,
-        widths: Sequence[int] = (32, 64, 128, 128),
+        input_size: int,
+        widths: Sequence[int],
         output_size: Size | None = None,
         padding_mode: str = "reflection",
     ):
@@ -419,9 +417,9 @@ class FlowTransformer(_SpatialTransformer):
 
     def __init__(
         self,
-        input_size: int = 64,
-        widths: Sequence[int] = (32, 64, 128, 128),
-        flow_size: int = 16,
+        input_size: int,
+        widths: Sequence[int],
+        flow_size: int,
         output_size: Size | None = None,
         padding_mode: str = "reflection",
     ):

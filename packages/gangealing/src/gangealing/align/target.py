@@ -150,3 +150,14 @@ class TargetMode(nn.Module):
             ],
             dim=2,
         )
+
+
+def target_from_state(state: dict[str, torch.Tensor], cutoff: int) -> TargetMode:
+    """The :class:`TargetMode` of a saved state (``w_mean``, ``directions``, ``coefficients``),
+    its sizes read from the tensors."""
+    num_modes, num_components = state["coefficients"].shape
+    target = TargetMode(
+        state["w_mean"].shape[1], num_components, num_modes=num_modes, cutoff=int(cutoff)
+    )
+    target.load_state_dict(state, strict=True)
+    return target

@@ -1,15 +1,19 @@
-"""Building the Spatial Transformers T of a GANgealing run (thesis Sec. 4.3.1) from its config:
-``paper`` (the released network, ``official_stn``) or the small CPU trunk (``stn``). Shared by
-training (``training.module``) and inference (``align.congealer``)."""
+"""Building the Spatial Transformers T of a GANgealing run (thesis Sec. 4.3.1) from its ``model``
+config: the released network (``official_stn.OfficialComposedSTN``, K heads on one trunk) or the
+small CPU trunk (:class:`SmallTransformers`, one network per mode). Training
+(``training.module``) and inference (``align.congealer``) build them the same way,
+:func:`build_transformers`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
 import torch
 from torch import nn
 
+from common.checkpoint import build_model
 from common.errors import require_positive_int
 from gangealing.align.official_stn import OfficialComposedSTN
 from gangealing.align.stn import (
@@ -19,64 +23,61 @@ from gangealing.align.stn import (
     STNOutput,
 )
 
-TRANSFORMS = ("paper", "similarity", "flow", "composed")
+SMALL_TRANSFORMS = ("similarity", "flow", "composed")
 
 
-def build_paper_transformer(
-    resolution: int, num_modes: int, stn: dict[str, Any], supersize: int | None = None
-) -> OfficialComposedSTN:
-    """The thesis' T (Sec. 4.3.1) as released: ``ComposedSTN(['similarity', 'flow'])`` with K
-    heads on one trunk, regressing at ``resolution`` (official ``flow_size``) from inputs of
-    ``supersize`` px at test time (official ``real_size``)."""
-    if resolution < 64 or resolution & (resolution - 1):
-        raise ValueError(
-            f"resolution={resolution} does not fit transform=paper (the released STN regresses "
-            "its flow at resolution / 8 down to 4 px): pass a power of two >= 64, or "
-            "model=stn/small for the small CPU trunk"
-        )
-    if supersize % resolution:
-        raise ValueError(
-            f"stn.input_size={supersize} is not a multiple of resolution={resolution}; pass a "
-            "multiple (the official real_size is 2x the flow size) or leave it null"
-        )
-    return OfficialComposedSTN(
-        flow_size=resolution,
-        supersize=int(supersize or resolution),
-        channel_multiplier=float(stn.get("channel_multiplier", 0.5)),
-        num_heads=num_modes,
-        flow_downsample=int(stn.get("flow_downsample", 8)),
-        max_channels=int(stn.get("max_channels", 512)),
-    )
+class SmallTransformers(nn.ModuleList):
+    """K small-trunk Spatial Transformers T_k, one per mode (the CPU option of ``model=stn/small``):
+    ``similarity``, ``flow`` or ``composed`` (similarity, then flow on its output)."""
+
+    def __init__(
+        self,
+        transform: str,
+        num_heads: int,
+        input_size: int,
+        widths: Sequence[int],
+        flow_size: int,
+        padding_mode: str,
+    ) -> None:
+        if transform not in SMALL_TRANSFORMS:
+            raise ValueError(
+                f"unknown transform {transform!r}: use one of {', '.join(SMALL_TRANSFORMS)}"
+            )
+        flow_size = require_positive_int("model.flow_size", flow_size)
+        common = {"input_size": int(input_size), "widths": tuple(widths)}
+
+        def similarity() -> SimilarityTransformer:
+            return SimilarityTransformer(**common, padding_mode=padding_mode)
+
+        def flow() -> FlowTransformer:
+            return FlowTransformer(**common, flow_size=flow_size, padding_mode=padding_mode)
+
+        def one() -> nn.Module:
+            if transform == "composed":
+                return ComposedTransformer(similarity(), flow())
+            return similarity() if transform == "similarity" else flow()
+
+        super().__init__(one() for _ in range(num_heads))
+        self.transform, self.num_heads, self.input_size = transform, num_heads, int(input_size)
+
+    @property
+    def predicts_flow(self) -> bool:
+        return self.transform != "similarity"
 
 
-def build_transformer(transform: str, resolution: int, stn: dict[str, Any]) -> nn.Module:
-    """One small-trunk Spatial Transformer T (Sec. 4.3.1): ``similarity``, ``flow`` or their
-    composition (the CPU option; ``paper`` is :func:`build_paper_transformer`)."""
-    stn = dict(stn)
-    input_size = int(stn.get("input_size") or resolution)
-    widths = tuple(stn.get("widths", (32, 64, 128, 128)))
-    padding = stn.get("padding_mode", "reflection")
-    common = {"input_size": input_size, "widths": widths, "output_size": resolution}
-    similarity = lambda: SimilarityTransformer(**common, padding_mode=padding)  # noqa: E731
-    flow_size = require_positive_int("model.flow_size", stn.get("flow_size", 16))
-    flow = lambda: FlowTransformer(  # noqa: E731
-        **common, flow_size=flow_size, padding_mode=padding
-    )
-    if transform == "similarity":
-        return similarity()
-    if transform == "flow":
-        return flow()
-    if transform == "composed":
-        return ComposedTransformer(similarity(), flow())
-    raise ValueError(f"unknown transform {transform!r}: use one of {TRANSFORMS}")
+#: The ``_target_`` of every Spatial Transformer a ``model`` config (or a congealer file) may name.
+TRANSFORMERS = {
+    "gangealing.align.official_stn.OfficialComposedSTN": OfficialComposedSTN,
+    "gangealing.align.transformers.SmallTransformers": SmallTransformers,
+}
 
 
-def paper_supersize(stn: dict[str, Any], resolution: int, generator_size: int) -> int:
-    """Test-time input size of a ``paper`` T: ``stn.input_size``, else the generator's size when
-    it is a multiple of ``resolution`` (official ``real_size = gen_size``), else ``resolution``."""
-    if stn.get("input_size"):
-        return int(stn["input_size"])
-    return generator_size if generator_size % resolution == 0 else resolution
+def build_transformers(model: Mapping[str, Any]) -> OfficialComposedSTN | SmallTransformers:
+    """The K Spatial Transformers of a ``model`` config (``conf/model/stn/*.yaml``: a
+    ``_target_`` and its constructor's arguments), built by ``hydra.utils.instantiate``. Only the
+    targets of :data:`TRANSFORMERS` are built: a congealer file names its own, and a file must
+    never choose what code runs (``common.checkpoint.build_model``)."""
+    return build_model(model, TRANSFORMERS)
 
 
 def head_outputs(out: STNOutput, num_heads: int) -> list[STNOutput]:

@@ -2,8 +2,10 @@
 
 Thesis Sec. 4.4.1: the trained Spatial Transformer aligns every image; the average of the
 congealed images is the template on which a user draws edits (``gangealing.propagate``). Writes
-``aligned/<name>.png``, ``average.png`` and ``warps.pt`` (per image: the reverse grid into the
-image and whether it was flipped).
+``aligned/<name>.png``, ``average.png``, ``warps.pt`` (per image: the reverse grid into the
+image and whether it was flipped) and, when the congealer has a learned target mode,
+``target.png``: G(c), what the images were aligned to (with K modes and no ``cluster``: the K
+targets side by side), as in the official training visuals.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from common.checkpoint import atomic_save
-from common.data.images import save_png
+from common.data.images import save_grid, save_png, to_uint8
 from gangealing.align.congealer import Congealer
 from gangealing.data.datasets import ImageFolder
 
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def congeal_folder(
     congealer: Congealer,
-    images: str | Path,
+    root: str | Path,
     out: str | Path,
     size: int = 256,
     batch_size: int = 32,
@@ -34,8 +37,9 @@ def congeal_folder(
     iters: int | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[str, Path]:
-    """Align every image of ``images`` and write the outputs to ``out``; returns their paths."""
-    dataset = ImageFolder(images, size)
+    """Align every image of the folder ``root`` and write the outputs to ``out`` (module
+    docstring); returns their paths."""
+    dataset = ImageFolder(root, size)
     out = Path(out)
     congealer = congealer.to(device)
     total = torch.zeros(3, size, size, dtype=torch.float64)
@@ -58,4 +62,14 @@ def congeal_folder(
         {"files": names, "grids": torch.cat(grids), "flipped": torch.cat(flipped), "size": size},
         out / "warps.pt",
     )
-    return {"aligned": out / "aligned", "average": out / "average.png", "warps": out / "warps.pt"}
+    paths = {"aligned": out / "aligned", "average": out / "average.png", "warps": out / "warps.pt"}
+    targets = congealer.target_images()
+    if targets is not None:
+        if cluster is not None or congealer.num_modes == 1:
+            targets = targets[cluster or 0][None]
+        targets = F.interpolate(targets, size=(size, size), mode="bilinear", antialias=True)
+        if len(targets) == 1:
+            paths["target"] = save_png(targets[0].cpu(), out / "target.png")
+        else:
+            paths["target"] = save_grid(to_uint8(targets.cpu()), out / "target.png", len(targets))
+    return paths

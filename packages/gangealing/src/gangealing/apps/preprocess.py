@@ -1,7 +1,7 @@
 """Automated GAN dataset pre-processing (thesis Sec. 4.4.3, Fig. 4.6; the library of
 ``python -m gangealing.preprocess``).
 
-``python -m gangealing.preprocess congealer=<run> images=<folder> out=<dir> keep=0.9 size=256``
+``python -m gangealing.preprocess ckpt=<run> data.root=<folder> out=<dir> keep=0.9 size=256``
 
 1. Score every image by how smoothly the congealer warps it
    (:func:`gangealing.apps.correspondence.flow_smoothness_scores` on the residual flow
@@ -74,7 +74,7 @@ def _similarity_grid(result: STNOutput, size: int) -> Tensor:
 @torch.no_grad()
 def preprocess_folder(
     congealer: Congealer,
-    images: str | Path,
+    root: str | Path,
     out: str | Path,
     keep: float = 0.9,
     size: int = 256,
@@ -89,8 +89,8 @@ def preprocess_folder(
     max_out_of_bounds: float | None = 0.025,
     min_effective_resolution: int | None = None,
 ) -> dict[str, Path]:
-    """Rank ``images`` by warp quality, filter them, write ``ranking.csv`` and the kept images
-    aligned (module docstring).
+    """Rank the images of the folder ``root`` by warp quality, filter them, write ``ranking.csv``
+    and the kept images aligned (module docstring).
 
     Two passes: the first scores every image and keeps only its similarity matrix; the second
     reloads the kept images and warps them (re-running the congealer only when it has no
@@ -98,7 +98,7 @@ def preprocess_folder(
     """
     if not 0 < keep <= 1:
         raise ValueError(f"keep is the fraction of images to keep, in (0, 1]; got {keep}")
-    dataset = ImageFolder(images, load_size or size, square=square)
+    dataset = ImageFolder(root, load_size or size, square=square)
     out = Path(out)
     congealer = congealer.to(device)
 

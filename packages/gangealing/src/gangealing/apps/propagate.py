@@ -1,7 +1,7 @@
 """Propagate one edit from congealed space to a folder of images (thesis Sec. 4.4.1, Fig. 4.4;
 the library of ``python -m gangealing.propagate``).
 
-``python -m gangealing.propagate congealer=<run> images=<folder> edit=<file> size=256``
+``python -m gangealing.propagate ckpt=<run> data.root=<folder> edit=<file> size=256``
 
 The edit is drawn on the average congealed image (``average.png`` of ``gangealing.congeal``), at
 any resolution (it is resized to ``size`` x ``size``, nearest neighbour for labels):
@@ -14,10 +14,13 @@ any resolution (it is resized to ``size`` x ``size``, nearest neighbour for labe
   ``{"points": [[x, y], ...], "size": S}`` at resolution S -> ``keypoints/`` (points drawn on the
   images) and ``keypoints.json`` (every image's points, in-image visibility and flip).
 
+When the congealer has a learned target mode, ``target.png`` shows the edit on it: G(c) at
+``size``, the image every input is aligned to.
+
 Images are loaded center-cropped at ``image_size`` (default ``size``); the congealer runs at
 ``size`` and its grids, being normalised, map straight into the ``image_size`` images.
 Videos: extract frames first, ``ffmpeg -i video.mp4 frames/%05d.png``, propagate with
-``images=frames``, and reassemble ``ffmpeg -i <out>/edited/%05d.png edited.mp4`` (the thesis
+``data.root=frames``, and reassemble ``ffmpeg -i <out>/edited/%05d.png edited.mp4`` (the thesis
 applies T per frame, without temporal information).
 """
 
@@ -201,7 +204,7 @@ def _draw_points(
 @torch.no_grad()
 def propagate_folder(
     congealer: Congealer,
-    images: str | Path,
+    root: str | Path,
     edit: Edit,
     out: str | Path,
     size: int = 256,
@@ -214,7 +217,8 @@ def propagate_folder(
     point_radius: float = 2.0,
     device: torch.device | str = "cpu",
 ) -> dict[str, Path]:
-    """Propagate ``edit`` to every image of ``images``; returns the paths written under ``out``."""
+    """Propagate ``edit`` to every image of the folder ``root``; returns the paths written under
+    ``out``."""
     if congealer.num_modes > 1 and cluster is None:
         raise ValueError(
             f"the congealer has {congealer.num_modes} modes and an edit belongs to the average "
@@ -222,7 +226,7 @@ def propagate_folder(
             "drawn on (python -m gangealing.congeal ... cluster=k writes that average image)"
         )
     image_size = image_size or size
-    dataset = ImageFolder(images, image_size)
+    dataset = ImageFolder(root, image_size)
     out = Path(out)
     congealer = congealer.to(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -275,4 +279,35 @@ def propagate_folder(
         record = {"image_size": image_size, "congealed_size": size, "images": records}
         atomic_write_bytes(json.dumps(record, indent=1).encode(), out / "keypoints.json")
         paths = {"keypoints": out / "keypoints", "json": out / "keypoints.json"}
+    preview = _edited_target(congealer, edit, size, cluster, label_alpha, point_radius)
+    if preview is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        preview.save(out / "target.png")
+        paths["target"] = out / "target.png"
     return paths
+
+
+def _edited_target(
+    congealer: Congealer,
+    edit: Edit,
+    size: int,
+    cluster: int | None,
+    label_alpha: float,
+    point_radius: float,
+) -> Image.Image | None:
+    """The edit drawn in congealed space on the target mode G(c) (None without one)."""
+    targets = congealer.target_images()
+    if targets is None:
+        return None
+    target = targets[cluster or 0][None].float().cpu()
+    target = F.interpolate(target, size=(size, size), mode="bilinear", antialias=True)
+    if edit.kind == "overlay":
+        alpha = edit.overlay[3:]
+        composed = target[0] * (1 - alpha) + (edit.overlay[:3] * 2 - 1) * alpha
+        return Image.fromarray(to_uint8(composed[None])[0])
+    pixels = to_uint8(target)[0]
+    if edit.kind == "labels":
+        labels = edit.labels.numpy().astype(np.uint8)
+        return Image.fromarray(_blend_labels(pixels, labels, edit.palette, label_alpha))
+    visible = torch.ones(len(edit.points), dtype=torch.bool)
+    return _draw_points(pixels, edit.points, visible, default_palette(), point_radius)

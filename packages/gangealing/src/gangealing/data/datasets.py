@@ -27,11 +27,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from common.data.images import open_image
+from common.data.images import IMAGE_EXTENSIONS, list_images, open_image
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 SPAIR_LAYOUT = (
     "SPair-71k layout: <root>/JPEGImages/<category>/*.jpg and "
@@ -168,7 +166,6 @@ class ImageFolder(Dataset):
         self,
         root: str | os.PathLike,
         size: int,
-        extensions: Sequence[str] = IMAGE_EXTENSIONS,
         strict_channels: bool = False,
         square: str = "crop",
     ) -> None:
@@ -177,17 +174,14 @@ class ImageFolder(Dataset):
         self.square = square
         self.root = Path(root)
         self.size = int(size)
-        self.extensions = tuple("." + e.lower().lstrip(".") for e in extensions)
         self.strict_channels = strict_channels
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist; check the path")
-        self.files = sorted(
-            p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in self.extensions
-        )
+        self.files = list_images(self.root)
         if not self.files:
             raise ValueError(
                 f"no images found in {self.root} (searched recursively for "
-                f"{', '.join(self.extensions)}); put images there or pass extensions=..."
+                f"{', '.join(IMAGE_EXTENSIONS)}); put images there or pass another root"
             )
         self._warned: set[str] = set()
 

@@ -8,9 +8,10 @@ W)`` for CUB and the synthetic benchmark). When the Spatial Transformer flips ex
 pair, keypoints with a left/right distinction are swapped by the dataset's permutation (the last
 sentence of Sec. 4.4.2).
 
-Methods: ``gangealing`` (a trained ``congealer.pt``), ``congealing`` (classic least-squares pixel
-congealing of the evaluation images themselves, Sec. 4.2) and ``none`` (identity transfer).
-Writes ``<out>/pck.json`` with ``pck@<alpha>`` (percent), counts, method, dataset and config.
+Methods: ``gangealing`` (a congealer: ``congealer.pt`` or a released model), ``congealing``
+(classic least-squares pixel congealing of the evaluation images themselves, Sec. 4.2) and
+``none`` (identity transfer).
+Writes ``<out>/pck.json`` with ``pck@<alpha>`` (percent), counts, method, benchmark and config.
 """
 
 from __future__ import annotations
@@ -51,13 +52,13 @@ from gangealing.eval.pck import DEFAULT_ALPHAS, combine_pck, pck, write_pck_json
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("spair", "cub", "synthetic")
+BENCHMARKS = ("spair", "cub", "synthetic")
 METHODS = ("gangealing", "congealing", "none")
 TRANSFERS = ("exact", "official")
 SIDES = ("source", "target")  # keypoint transfer of method=gangealing (gangealing_transfer)
 MISSING_CONGEALER = (
-    "method=gangealing needs congealer=<run dir of python -m gangealing.train or its "
-    "congealer.pt>; or use method=congealing / method=none for the baselines"
+    "method=gangealing needs ckpt=<run dir of python -m gangealing.train, its congealer.pt or a "
+    "released model>; or use method=congealing / method=none for the baselines"
 )
 
 
@@ -118,16 +119,15 @@ class Benchmark:
 
 def build_benchmark(cfg: DictConfig) -> Benchmark:
     """The SPair-71k, CUB or synthetic pairs described by ``cfg`` (see ``conf/pck.yaml``)."""
-    name = str(cfg.dataset).lower()
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset={cfg.dataset!r}: use one of {', '.join(DATASETS)}")
-    if cfg.get("root") is None:
-        raise ValueError(f"dataset={name} needs root=<folder of the dataset>")
+    name = str(cfg.benchmark).lower()
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark={cfg.benchmark!r}: use one of {', '.join(BENCHMARKS)}")
+    root = cfg.data.root
     permutation = list(cfg.permutation) if cfg.get("permutation") is not None else None
     if name == "spair":
         if cfg.get("category") is None:
-            raise ValueError("dataset=spair needs category=<name>, e.g. category=cat")
-        pairs = SPairPairs(cfg.root, cfg.category, split=cfg.split, size=cfg.size)
+            raise ValueError("benchmark=spair needs category=<name>, e.g. category=cat")
+        pairs = SPairPairs(root, cfg.category, split=cfg.split, size=cfg.size)
         if cfg.flips and permutation is None and cfg.method == "gangealing":
             raise ValueError(
                 "flips=true on SPair-71k needs the category's left/right keypoint permutation "
@@ -143,7 +143,7 @@ def build_benchmark(cfg: DictConfig) -> Benchmark:
         return Benchmark(name, pairs, keys, load_spair, permutation)
     if name == "cub":
         cub_split = "test" if cfg.split is None else str(cfg.split)
-        pairs = CUBPairs(cfg.root, cub_split, size=cfg.size, num_pairs=cfg.num_pairs, seed=cfg.seed)
+        pairs = CUBPairs(root, cub_split, size=cfg.size, num_pairs=cfg.num_pairs, seed=cfg.seed)
         return Benchmark(
             name,
             pairs,
@@ -151,7 +151,7 @@ def build_benchmark(cfg: DictConfig) -> Benchmark:
             lambda key: pairs.load(int(key))["image"],
             permutation or list(CUB_FLIP_PERMUTATION),
         )
-    pairs = SyntheticPairs(cfg.root, cfg.size, cfg.get("max_pairs"), cfg.seed)
+    pairs = SyntheticPairs(root, cfg.size, cfg.get("max_pairs"), cfg.seed)
     return Benchmark(name, pairs, list(pairs.pairs), lambda k: pairs.load(int(k))["image"], None)
 
 
@@ -230,16 +230,9 @@ def congealing_thetas(
 # ---------------------------------------------------------------------------- evaluation
 
 
-def both_ways_default(dataset: str, both_ways: bool | None) -> bool:
+def both_ways_default(benchmark: str, both_ways: bool | None) -> bool:
     """The official protocols: CUB random pairs both ways, SPair-71k fixed pairs one way."""
-    return dataset == "cub" if both_ways is None else bool(both_ways)
-
-
-def congealed_size(congealer: Any) -> int:
-    """The size at which the official evaluation predicts grids: the STN's flow size (released
-    models) or the training resolution (this package's congealers)."""
-    stn = getattr(congealer, "stn", None)
-    return int(stn.flow_size) if stn is not None else int(congealer.resolution)
+    return benchmark == "cub" if both_ways is None else bool(both_ways)
 
 
 def _align(congealer: Congealer, images: torch.Tensor, device, options: dict) -> Any:
@@ -296,7 +289,8 @@ def evaluate(
         sizes = (tuple(batch["source_image"].shape[-2:]), tuple(batch["target_image"].shape[-2:]))
         visible = (batch["source_visible"].bool(), batch["target_visible"].bool())
         if method == "gangealing":
-            size = sizes[0][0] if transfer == "exact" else congealed_size(congealer)
+            # official: grids at the size the STN was trained at (its flow size)
+            size = sizes[0][0] if transfer == "exact" else congealer.size
             options = {"cluster": cluster, "output_size": size, "iters": iters, "flips": flips}
             aligned = [_align(congealer, batch[f"{s}_image"], device, options) for s in SIDES]
         elif method == "congealing":
@@ -330,11 +324,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     method = str(cfg.method)
     if method not in METHODS:
         raise ValueError(f"unknown method={method!r}: use one of {', '.join(METHODS)}")
-    if method == "gangealing" and cfg.get("congealer") is None:
+    if method == "gangealing" and cfg.get("ckpt") is None:
         raise ValueError(MISSING_CONGEALER)
     benchmark = build_benchmark(cfg)
     congealer = (
-        Congealer.load(cfg.congealer, preset=cfg.get("preset")) if method == "gangealing" else None
+        Congealer.load(cfg.ckpt, preset=cfg.get("preset")) if method == "gangealing" else None
     )
     began = time.perf_counter()
     results = evaluate(
@@ -354,7 +348,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     record = {
         **results,
         "method": method,
-        "dataset": benchmark.name,
+        "benchmark": benchmark.name,
         "seconds": round(time.perf_counter() - began, 2),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

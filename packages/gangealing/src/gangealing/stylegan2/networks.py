@@ -48,6 +48,7 @@ __all__ = [
     "Discriminator",
     "Generator",
     "default_channels",
+    "generator_from_state",
     "infer_generator_config",
     "load_generator",
     "save_generator",
@@ -370,10 +371,20 @@ def load_generator(
                 f"{where} has channel widths {inferred}, not {wanted} as requested; pass "
                 "channel_multiplier=None and channels=None to read them from the checkpoint"
             )
+    generator = generator_from_state(state, where)
+    if isinstance(map_location, (str, torch.device)):
+        generator.to(map_location)
+    return generator
+
+
+def generator_from_state(state: Mapping[str, Any], where: str = "state dict") -> Generator:
+    """A :class:`Generator` with the architecture read from ``state`` (a rosinality ``g_ema``
+    state dict, e.g. the one a GANgealing congealer file carries), loaded strictly."""
+    cfg = infer_generator_config(state, where)
     multiplier = cfg["channel_multiplier"]
     generator = Generator(
         cfg["size"], cfg["style_dim"], cfg["n_mlp"], channel_multiplier=multiplier or 2,
-        channels=inferred if multiplier is None else None,
+        channels=cfg["channels"] if multiplier is None else None,
     )  # fmt: skip
     try:
         generator.load_state_dict(state, strict=True)
@@ -382,8 +393,6 @@ def load_generator(
             f"{where} does not match a rosinality StyleGAN2 generator ({' '.join(str(err).split())}"
             f"); re-save it from rosinality's Generator or with save_generator, or {_CONVERT}"
         ) from err
-    if isinstance(map_location, (str, torch.device)):
-        generator.to(map_location)
     return generator
 
 

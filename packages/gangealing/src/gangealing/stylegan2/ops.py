@@ -389,7 +389,10 @@ def channel_table(
     size: int, channel_multiplier: int, channels: Mapping[int, int] | None
 ) -> dict[int, int]:
     """The width table to build with: ``channels`` if given (checked), else the default."""
-    table = default_channels(channel_multiplier) if channels is None else dict(channels)
+    if channels is None:
+        table = default_channels(channel_multiplier)
+    else:  # keys may arrive as strings from a config
+        table = {int(r): int(c) for r, c in channels.items()}
     missing = [2**i for i in range(2, resolution_log2(size) + 1) if 2**i not in table]
     if missing:
         raise ValueError(

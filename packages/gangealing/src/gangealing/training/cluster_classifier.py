@@ -5,22 +5,21 @@ the thesis, a classifier is trained on generated images labelled with their assi
 k* = argmin_k L_align(T_k, c_k), initialised from the weights of T (its feature trunk) with a
 fresh classification head. It generalises to real images, which are then aligned by T_{k*}.
 
-``python -m gangealing.cluster_classifier run=<gangealing run dir> steps=2000`` trains it from
-the run's last checkpoint and stores it in the run's ``congealer.pt``; ``Congealer`` then assigns
-clusters itself.
+``python -m gangealing.cluster_classifier ckpt=<gangealing run dir>`` trains it from the run's
+last checkpoint and stores it in the run's ``congealer.pt`` (:func:`add_classifier`);
+``Congealer`` then assigns clusters itself.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.checkpoint import safe_load
+from common.checkpoint import atomic_save, safe_load
 from common.errors import (
     NonFiniteError,
     require_choice,
@@ -29,6 +28,7 @@ from common.errors import (
 )
 from common.training.guards import NAN_POLICIES, gradients_finite
 from gangealing.align.classifier import ClusterClassifier, trunk_widths
+from gangealing.align.congealer import Congealer
 from gangealing.align.official_stn import OfficialClusterClassifier, OfficialComposedSTN
 from gangealing.align.released import official_classifier_for
 from gangealing.training.module import GangealingModule
@@ -41,20 +41,16 @@ def _first_trunk(stn: nn.Module) -> nn.Module:
 
 
 def train_cluster_classifier(
-    module: GangealingModule,
-    steps: int = 2000,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    nan_policy: str = "stop",
+    module: GangealingModule, max_steps: int, batch_size: int, lr: float, nan_policy: str
 ) -> tuple[nn.Module, list[float]]:
     """Train on (G(w), k*) pairs from a trained GANgealing module; returns the classifier and
     its accuracy on each step's fresh batch (before the update). A step with NaN/inf gradients
     stops the training (``nan_policy=stop``) or is skipped (``skip``), as in every other loop."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps={steps!r}: pass a whole number of steps >= 0")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
+        raise ValueError(f"max_steps={max_steps!r}: pass a whole number of steps >= 0")
     require_positive_int("batch_size", batch_size)
-    if require_finite("lr", lr) <= 0:
-        raise ValueError(f"lr={lr} must be positive; pass e.g. lr=1e-3")
+    if require_finite("optim.lr", lr) <= 0:
+        raise ValueError(f"optim.lr={lr} must be positive; pass e.g. optim.lr=1e-3")
     require_choice("nan_policy", nan_policy, NAN_POLICIES)
     hp = module.hparams
     if hp.num_modes < 2:
@@ -70,7 +66,7 @@ def train_cluster_classifier(
     classifier = classifier.to(module.device)
     opt = torch.optim.Adam(classifier.parameters(), lr=lr)
     accuracy, skipped = [], 0
-    for step in range(steps):
+    for step in range(max_steps):
         with torch.no_grad():
             x, y = module.pairs(batch_size, psi=0.0)
             labels = module.alignment_losses(stns, x, y)["assignment"]
@@ -85,26 +81,16 @@ def train_cluster_classifier(
             if nan_policy == "stop":
                 raise NonFiniteError(
                     f"non-finite gradients at classifier step {step} (loss {float(loss):.3g}); "
-                    "nothing was written; lower lr=, or pass nan_policy=skip"
+                    "nothing was written; lower optim.lr=, or pass nan_policy=skip"
                 )
             skipped += 1
             continue
         opt.step()
     if skipped:
-        logger.warning("skipped %d of %d classifier steps with NaN/inf gradients", skipped, steps)
+        logger.warning(
+            "skipped %d of %d classifier steps with NaN/inf gradients", skipped, max_steps
+        )
     return classifier.eval(), accuracy
-
-
-def classifier_record(classifier: nn.Module) -> dict[str, Any]:
-    if isinstance(classifier, OfficialClusterClassifier):
-        state = {k: v.detach().cpu() for k, v in classifier.state_dict().items()}
-        return {"kind": "official", "num_modes": classifier.num_clusters, "state": state}
-    return {
-        "input_size": classifier.trunk.input_size,
-        "widths": trunk_widths(classifier.trunk),
-        "num_modes": classifier.head.out_features,
-        "state": {k: v.detach().cpu() for k, v in classifier.state_dict().items()},
-    }
 
 
 def load_run(run: str | Path) -> GangealingModule:
@@ -112,10 +98,30 @@ def load_run(run: str | Path) -> GangealingModule:
     ckpt_path = Path(run) / "checkpoints" / "last.ckpt"
     if not ckpt_path.is_file():
         raise FileNotFoundError(
-            f"no checkpoint at {ckpt_path}: pass run=<run dir of python -m gangealing.train>"
+            f"no checkpoint at {ckpt_path}: pass ckpt=<run dir of python -m gangealing.train>"
         )
     ckpt = safe_load(ckpt_path)
     module = GangealingModule(**ckpt["hyper_parameters"])
     module.on_load_checkpoint(ckpt)
     module.load_state_dict(ckpt["state_dict"])
     return module.eval()
+
+
+def add_classifier(
+    run: str | Path,
+    max_steps: int,
+    batch_size: int,
+    lr: float,
+    nan_policy: str,
+    device: torch.device | str = "cpu",
+) -> tuple[Path, float]:
+    """Train the cluster classifier of the run in ``run`` and store it in its ``congealer.pt``;
+    returns that file and the accuracy on generated images over the last 50 steps."""
+    module = load_run(run).to(device)
+    classifier, accuracy = train_cluster_classifier(module, max_steps, batch_size, lr, nan_policy)
+    path = Path(run) / "congealer.pt"
+    congealer = Congealer.load(path) if path.is_file() else module.congealer()
+    congealer.classifier = classifier
+    atomic_save(congealer.export(), path)
+    tail = accuracy[-min(50, len(accuracy)) :]
+    return path, sum(tail) / max(1, len(tail))

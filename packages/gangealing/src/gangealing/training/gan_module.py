@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common.checkpoint import plain_container
+from common.checkpoint import build_model, plain_container
 from common.data.images import save_grid, to_uint8
 from common.training import step_seed
 from common.training.ema import EMA
@@ -47,14 +47,10 @@ from gangealing.stylegan2.networks import Discriminator, Generator, save_generat
 DEFAULT_EMA_DECAY = 0.5 ** (32 / (10 * 1000))
 """rosinality's G EMA decay: half-life of 10k images at batch size 32."""
 
-DEFAULT_REGULARIZATION: dict[str, float] = {
-    "r1_gamma": 10.0,
-    "d_reg_every": 16,
-    "g_reg_every": 4,
-    "path_weight": 2.0,
-    "path_batch_shrink": 2,
-    "path_decay": 0.01,
-}
+REGULARIZATION = (
+    "r1_gamma", "d_reg_every", "g_reg_every", "path_weight", "path_batch_shrink", "path_decay",
+)  # fmt: skip
+"""The settings of ``regularization`` (``conf/train_gan.yaml`` holds the recipe's values)."""
 
 
 def lazy_adam_hparams(
@@ -107,10 +103,12 @@ def path_length_penalty(
 class StyleGAN2Module(L.LightningModule):
     """Trains a StyleGAN2 ``generator`` G and ``discriminator`` D, and keeps ``ema`` (G_ema).
 
-    ``network``: ``style_dim``, ``n_mlp``, ``channel_multiplier``, ``channels`` (per-resolution
-    widths or None), ``lr_mlp``. ``regularization``: see :data:`DEFAULT_REGULARIZATION`.
-    ``augment``: a DiffAugment policy such as ``"color,translation,cutout"`` (or a list of
-    names), or None.
+    ``model``: G's config (``conf/model/stylegan2``: the ``_target_`` and arguments of
+    :class:`~gangealing.stylegan2.networks.Generator`), built by ``hydra.utils.instantiate``; D
+    mirrors its resolution and widths. ``optim``: ``lr``, ``betas``. ``regularization``: the keys
+    of :data:`REGULARIZATION`. ``augment``: a DiffAugment policy such as
+    ``"color,translation,cutout"`` (or a list of names), or None. ``ema_decay`` None:
+    :data:`DEFAULT_EMA_DECAY`.
     Every ``sample_every`` steps a grid of G_ema samples for fixed z is written to
     ``<trainer.default_root_dir>/samples/``; every ``export_every`` steps the rosinality-format
     ``stylegan2.pt`` there is refreshed (:meth:`export`).
@@ -118,46 +116,37 @@ class StyleGAN2Module(L.LightningModule):
 
     def __init__(
         self,
-        resolution: int,
-        network: Mapping[str, Any] | None = None,
-        lr: float = 0.002,
-        betas: tuple[float, float] = (0.0, 0.99),
-        regularization: Mapping[str, float] | None = None,
-        mixing: float = 0.9,
-        augment: str | Sequence[str] | None = None,
-        ema_decay: float | None = None,
-        num_samples: int = 16,
-        sample_every: int = 500,
-        export_every: int = 0,
-        seed: int = 0,
+        model: Mapping[str, Any],
+        optim: Mapping[str, Any],
+        regularization: Mapping[str, float],
+        mixing: float,
+        augment: str | Sequence[str] | None,
+        ema_decay: float | None,
+        num_samples: int,
+        sample_every: int,
+        export_every: int,
+        seed: int,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        net = dict(network or {})
-        channels = net.pop("channels", None)
-        channels = {int(k): int(v) for k, v in channels.items()} if channels else None
-        multiplier = int(net.pop("channel_multiplier", 2))
-        self.generator = Generator(
-            resolution, channel_multiplier=multiplier, channels=channels, **net
-        )
-        self.discriminator = Discriminator(
-            resolution, channel_multiplier=multiplier, channels=channels
-        )
+        # A checkpoint's hyper-parameters build this: only the generator class may be named.
+        self.generator: Generator = build_model(model, ["gangealing.stylegan2.networks.Generator"])
+        g = self.generator
+        self.discriminator = Discriminator(g.size, g.channel_multiplier, channels=g.channels)
         self.ema = EMA(self.generator, DEFAULT_EMA_DECAY if ema_decay is None else ema_decay)
-        self.reg = {**DEFAULT_REGULARIZATION, **(regularization or {})}
-        unknown = set(self.reg) - set(DEFAULT_REGULARIZATION)
-        if unknown:
+        self.reg = dict(regularization)
+        if set(self.reg) != set(REGULARIZATION):
             raise ValueError(
-                f"unknown regularization settings {sorted(unknown)}; known: "
-                f"{', '.join(DEFAULT_REGULARIZATION)}"
+                f"regularization has the keys {sorted(self.reg)}; it needs exactly "
+                f"{', '.join(REGULARIZATION)}"
             )
         self.augment = parse_policy(augment)
         self.mixing, self.seed = mixing, seed
         self.register_buffer("mean_path_length", torch.zeros(()))
-        g = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
         self.register_buffer(
-            "sample_z", torch.randn(num_samples, self.generator.style_dim, generator=g)
+            "sample_z", torch.randn(num_samples, self.generator.style_dim, generator=gen)
         )
 
     @property
@@ -166,7 +155,7 @@ class StyleGAN2Module(L.LightningModule):
         return self.ema.module
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        lr, betas = self.hparams.lr, tuple(self.hparams.betas)
+        lr, betas = self.hparams.optim["lr"], tuple(self.hparams.optim["betas"])
         g_lr, g_betas = lazy_adam_hparams(lr, betas, self.reg["g_reg_every"])
         d_lr, d_betas = lazy_adam_hparams(lr, betas, self.reg["d_reg_every"])
         return [

@@ -64,7 +64,7 @@ def _load_state_dict(path: Path) -> Mapping[str, Tensor]:
 def _build_lpips(**kwargs) -> nn.Module:
     import lpips
 
-    with warnings.catch_warnings():  # lpips passes the deprecated ``pretrained`` to torchvision
+    with warnings.catch_warnings():  # lpips builds torchvision's VGG with its former ``pretrained``
         warnings.simplefilter("ignore", UserWarning)
         return lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False, **kwargs)
 

@@ -12,8 +12,8 @@ The target latent is annealed from the sample's own ``w`` (psi = 1) to the mode 
 ``psi_anneal_steps``; the learning rate is constant during the anneal, then follows a cosine to 0.
 
 The transformers' EMA (``stn_ema``) is what congealing, propagation and PCK use. ``export()``
-writes a congealer file with the EMA transformers, the modes and the configuration needed at test
-time, plus the fingerprint of the generator it was trained with.
+gives the congealer file: the EMA transformers with the config that builds them, the modes, the
+generator that renders them and its fingerprint.
 """
 
 from __future__ import annotations
@@ -33,19 +33,13 @@ from torch.utils.data import DataLoader, IterableDataset
 from common.checkpoint import plain_container
 from common.training import step_seed
 from common.training.ema import EMA
+from gangealing.align.congealer import Congealer
 from gangealing.align.flow import identity_loss, total_variation_huber
 from gangealing.align.official_stn import OfficialComposedSTN
 from gangealing.align.sampling import BilinearDownsample
-from gangealing.align.stn import (
-    STNOutput,
-)
+from gangealing.align.stn import STNOutput
 from gangealing.align.target import TargetMode, fit_w_pca, psi_schedule
-from gangealing.align.transformers import (
-    build_paper_transformer,
-    build_transformer,
-    head_outputs,
-    paper_supersize,
-)
+from gangealing.align.transformers import build_transformers, head_outputs
 from gangealing.stylegan2.networks import Generator, load_generator
 from gangealing.training.losses import perceptual_loss
 
@@ -85,27 +79,31 @@ class _AntialiasedResize(nn.Module):
 
 
 class GangealingModule(L.LightningModule):
+    """GANgealing training (module docstring). ``model`` is the Spatial Transformer's config
+    (``conf/model/stn``, built by :func:`gangealing.align.transformers.build_transformers`);
+    every other argument is the key of ``conf/train.yaml`` with the same name."""
+
     def __init__(
         self,
         generator: str,
-        resolution: int = 64,
-        transform: str = "paper",
-        stn: dict[str, Any] | None = None,
-        num_modes: int = 1,
-        num_components: int = 1,
-        cutoff: int = 5,
-        pca_samples: int = 100_000,
-        loss: dict[str, Any] | None = None,
-        tv_weight: float = 1000.0,
-        identity_weight: float = 1.0,
-        flips: bool = False,
-        psi_anneal_steps: int = 5000,
-        psi_anneal: str = "cosine",
-        stn_lr: float = 1e-3,
-        mode_lr: float = 1e-2,
-        batch_size: int = 16,
-        ema_decay: float = 0.999,
-        seed: int = 0,
+        model: dict[str, Any],
+        resolution: int,
+        num_modes: int,
+        num_components: int,
+        cutoff: int,
+        pca_samples: int,
+        loss: dict[str, Any],
+        tv_weight: float,
+        identity_weight: float,
+        flips: bool,
+        padding_mode: str,
+        sample_from_full_res: bool,
+        psi_anneal_steps: int,
+        psi_anneal: str,
+        optim: dict[str, float],
+        batch_size: int,
+        ema_decay: float,
+        seed: int,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -123,17 +121,22 @@ class GangealingModule(L.LightningModule):
             self.generator.style_dim, num_components, num_modes=num_modes, cutoff=cutoff
         )
         self.register_buffer("target_initialised", torch.tensor(False))
-        stn = dict(stn or {})
-        if transform == "paper":
-            supersize = paper_supersize(stn, resolution, self.generator.size)
-            self.stns = build_paper_transformer(resolution, num_modes, stn, supersize)
-        else:
-            self.stns = nn.ModuleList(
-                build_transformer(transform, resolution, stn) for _ in range(num_modes)
+        if model.get("supersize", 0) is None:  # official real_size = the generator's size
+            g = self.generator.size
+            model = {**model, "supersize": g if g % resolution == 0 else resolution}
+        self.stns = build_transformers(model)
+        if self.stns.num_heads != num_modes:
+            raise ValueError(
+                f"model.num_heads={self.stns.num_heads} but num_modes={num_modes}: leave "
+                "model.num_heads at ${num_modes}"
             )
-        self.padding_mode = stn.get("padding_mode", "reflection")
-        self.sample_from_full_res = bool(stn.get("sample_from_full_res", False))
-        if transform == "paper" and self.generator.size % resolution == 0:
+        official = isinstance(self.stns, OfficialComposedSTN)
+        if sample_from_full_res and not official:
+            raise ValueError(
+                "sample_from_full_res=true needs the released transformer (model=stn/paper); "
+                "set sample_from_full_res=false with model=stn/small"
+            )
+        if official and self.generator.size % resolution == 0:
             factor = self.generator.size // resolution  # official resize_fake2stn
             self.pair_resize: nn.Module = (
                 BilinearDownsample(factor, 3) if factor > 1 else nn.Identity()
@@ -141,7 +144,7 @@ class GangealingModule(L.LightningModule):
         else:
             self.pair_resize = _AntialiasedResize(resolution)
         self.stn_ema = EMA(self.stns, decay=ema_decay)
-        loss = {k: v for k, v in (loss or {"name": "lpips"}).items() if v is not None}
+        loss = {k: v for k, v in loss.items() if v is not None}
         self.distance = perceptual_loss(loss.pop("name"), **loss)
 
     # ------------------------------------------------------------------ setup
@@ -182,8 +185,8 @@ class GangealingModule(L.LightningModule):
         hp = self.hparams
         opt = torch.optim.Adam(
             [
-                {"params": self.stns.parameters(), "lr": hp.stn_lr},
-                {"params": self.target.parameters(), "lr": hp.mode_lr},
+                {"params": self.stns.parameters(), "lr": hp.optim["lr"]},
+                {"params": self.target.parameters(), "lr": hp.optim["mode_lr"]},
             ],
             betas=(0.9, 0.999),
         )
@@ -204,7 +207,7 @@ class GangealingModule(L.LightningModule):
     ) -> tuple[torch.Tensor, ...]:
         """GAN-supervised pairs (Eq. 4.3): inputs x [B, 3, R, R] and targets y [B, K, 3, R, R]
         (official ``sample_gan_supervised_pairs``); ``with_source`` adds the generated inputs at
-        full resolution, which ``stn.sample_from_full_res`` warps instead of x.
+        full resolution, which ``sample_from_full_res`` warps instead of x.
 
         Gradients reach the mode coefficients through y; the generator stays frozen.
         """
@@ -224,7 +227,7 @@ class GangealingModule(L.LightningModule):
     ) -> list[STNOutput]:
         """T_k(x) for every mode k: one pass of the K-head ``paper`` T, or each small T_k."""
         if isinstance(stns, OfficialComposedSTN):
-            out = stns(x, source, padding_mode=self.padding_mode)
+            out = stns(x, source, padding_mode=self.hparams.padding_mode)
             return head_outputs(out, stns.num_heads)
         return [stn(x) for stn in stns]
 
@@ -267,7 +270,7 @@ class GangealingModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int):
         torch.manual_seed(step_seed(self.hparams.seed, self.global_step, self.global_rank))
         psi = psi_schedule(self.global_step, self.hparams.psi_anneal_steps, self.hparams.psi_anneal)
-        if self.sample_from_full_res:
+        if self.hparams.sample_from_full_res:
             x, y, source = self.pairs(self.hparams.batch_size, psi, with_source=True)
         else:
             (x, y), source = self.pairs(self.hparams.batch_size, psi), None
@@ -299,26 +302,20 @@ class GangealingModule(L.LightningModule):
                 "generator= file it was trained with, or start a new run without resume="
             )
 
-    def export(self) -> dict[str, Any]:
-        """What congealing real images needs (``congealer.pt``): EMA transformers, modes, config."""
+    def congealer(self) -> Congealer:
+        """What congealing real images needs: the EMA transformers, the target modes and the
+        generator that renders them, with the test settings of this training run."""
         hp = self.hparams
-        return {
-            "format": "gangealing-congealer-v1",
-            "config": {
-                "transform": hp.transform,
-                "resolution": hp.resolution,
-                "flips": bool(hp.flips),
-                "stn": plain_container(dict(hp.stn or {})),
-                "num_modes": hp.num_modes,
-                "num_components": hp.num_components,
-                "cutoff": hp.cutoff,
-                "style_dim": self.generator.style_dim,
-            },
-            "stn": {k: v.detach().cpu() for k, v in self.stn_ema.module.state_dict().items()},
-            "target": {k: v.detach().cpu() for k, v in self.target.state_dict().items()},
-            "generator": {
-                "path": str(hp.generator),
-                "fingerprint": self.fingerprint,
-                "size": self.generator.size,
-            },
-        }
+        settings = {"padding_mode": hp.padding_mode, "iters": 1, "flips": bool(hp.flips)}
+        congealer = Congealer(
+            self.stn_ema.module, hp.resolution, settings, target=self.target,
+            generator=self.generator, model=plain_container(dict(hp.model)),
+        )  # fmt: skip
+        congealer.generator_info = {
+            "path": str(hp.generator), "fingerprint": self.fingerprint, "size": self.generator.size,
+        }  # fmt: skip
+        return congealer
+
+    def export(self) -> dict[str, Any]:
+        """``congealer.pt`` (``gangealing.align.congealer``)."""
+        return self.congealer().export()

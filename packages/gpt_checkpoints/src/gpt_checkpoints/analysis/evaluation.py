@@ -1,4 +1,5 @@
-"""Analyses of a trained G.pt (thesis Sec. 3.4 and 3.5), used by ``gpt_checkpoints.evaluate``.
+"""Prompting and the analyses of a trained G.pt (thesis Sec. 3.4 and 3.5), used by
+``gpt_checkpoints.prompt`` and ``gpt_checkpoints.evaluate``.
 
 Every analysis feeds G.pt *unseen* networks: fresh initialisations from seeds outside the dataset
 (``UNSEEN_SEED``) or the initial checkpoints of held-out test runs.
@@ -6,8 +7,11 @@ Every analysis feeds G.pt *unseen* networks: fresh initialisations from seeds ou
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from common.checkpoint import safe_load
 from gpt_checkpoints.analysis.optimizers import best_one_step, optimization_curve
 from gpt_checkpoints.dataset.store import RunData
 from gpt_checkpoints.model.module import GptModule
@@ -45,6 +49,60 @@ def best_prompt(module: GptModule, better: str) -> float:
         return float(module.protocol["best_prompt"])
     low, high = module.metric_normalizer.low, module.metric_normalizer.high
     return low if better == "min" else high
+
+
+def resolve_better(module: GptModule, better: str | None) -> str:
+    """``min``/``max``: given, or the released model's (``minimize``), or ``min``."""
+    if better in ("min", "max"):
+        return better
+    if better not in (None, "auto"):
+        raise ValueError(f"better={better!r}; choose min, max or auto")
+    return "min" if module.protocol.get("minimize", True) else "max"
+
+
+def load_params(path: str | Path, task: Task) -> torch.Tensor:
+    """A task network's parameters from a file (a state dict, or a flat vector under the key
+    ``params``) -> ``[1, P]`` (or ``[N, P]``), checked against the task's layout."""
+    state = safe_load(path)
+    if isinstance(state, dict) and "params" in state and torch.is_tensor(state["params"]):
+        flat = state["params"].float()
+        flat = flat[None] if flat.ndim == 1 else flat
+        task.layout.check_flat(flat)
+        return flat
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict or 'params' vector")
+    batched = {
+        k: v.float()[None] if v.ndim == len(dict(task.layout.entries).get(k, ())) else v.float()
+        for k, v in state.items()
+    }
+    return task.layout.flatten(batched)
+
+
+def prompt_recursively(
+    module: GptModule,
+    task: Task,
+    theta: torch.Tensor,
+    prompt: float,
+    recursive: int = 1,
+    sampler: str | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, list[list[float]]]:
+    """``recursive`` G.pt steps from ``theta [N, P]``, each fed the previous output (Sec. 3.4.1,
+    3.4.3); returns the last parameters and the metric of every network before and after each
+    step."""
+    metric = module.hparams["metric"]
+    current = task.evaluate(theta)[metric]
+    trace = [current.tolist()]
+    for k in range(recursive):
+        theta = gpt_step(
+            module, task, theta, prompt, sampler, steps, seed=seed + k, current=current
+        )
+        current = task.evaluate(theta)[metric]
+        trace.append(current.tolist())
+    return theta, trace
 
 
 def alignment_prompts(

@@ -15,11 +15,17 @@ run when fused). Values are bytes, never pickles. The ``lmdb`` package is an opt
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from gpt_checkpoints.dataset.store import CheckpointStore
+from gpt_checkpoints.params.layout import ParamLayout
+from gpt_checkpoints.tasks import task_network, task_permutation_groups
 
 #: This package's metric names -> the keys of an official runs.json.
 OFFICIAL_METRICS = {
@@ -130,3 +136,62 @@ class OfficialDataset:
         for env in self._envs.values():
             env.close()
         self._envs.clear()
+
+
+# ------------------------------------------------------------------ import into the store
+_KEY = re.compile(r"ep(\d+)_it(\d+)")
+
+
+def _iteration(key: str) -> int:
+    m = _KEY.search(key)
+    if m is None:
+        raise ValueError(f"checkpoint key {key!r} does not follow the official ep<E>_it<I> form")
+    return int(m.group(1)) * 100_000 + int(m.group(2))
+
+
+def import_dataset(src: str | Path, out: str | Path, task: str) -> dict:
+    """Import every run of ``src`` not yet in ``out``; returns counts."""
+    data = OfficialDataset(src)
+    layout = ParamLayout.from_module(task_network(task))
+    sizes = data.parameter_sizes()
+    if sizes != layout.sizes:
+        raise ValueError(
+            f"{src} holds networks with tensors of sizes {sizes}, not the {task} network "
+            f"({layout.describe()}); pass the matching preset= or task="
+        )
+    first = next(iter(data.runs[0].checkpoints.values()))
+    metrics = [ours for ours, theirs in OFFICIAL_METRICS.items() if theirs in first]
+    count = len(data.runs[0].checkpoints)
+    store = CheckpointStore(out)
+    store.init_manifest(
+        {
+            "task": task,
+            "recipe": {"name": task, "official": True},
+            "layout": layout.to_list(),
+            "metrics": metrics,
+            "checkpoints_per_run": count,
+            "permutation_groups": [
+                [size, [list(m) for m in members]]
+                for size, members in task_permutation_groups(task)
+            ],
+            "max_abs": math.inf,
+            "imported_from": str(Path(src).resolve()),
+        }
+    )
+    done = skipped = 0
+    for run in data.runs:
+        seed = int(run.name)
+        if store.is_done(seed):
+            skipped += 1
+            continue
+        if len(run.checkpoints) != count:
+            raise ValueError(
+                f"run {run.name} in {run.folder} has {len(run.checkpoints)} checkpoints, the first "
+                f"run {count}; this store keeps runs of equal length"
+            )
+        params = torch.stack([p for _, p in data.iter_run(run)])
+        iteration = torch.tensor([_iteration(k) for k in run.checkpoints])
+        store.write_run(seed, params, iteration, {m: data.metric(run, m) for m in metrics}, task)
+        done += 1
+    data.close()
+    return {"imported": done, "skipped": skipped, "runs": len(data.runs), "out": str(out)}

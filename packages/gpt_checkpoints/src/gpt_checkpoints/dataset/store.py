@@ -32,8 +32,7 @@ from gpt_checkpoints.params.layout import ParamLayout
 log = logging.getLogger(__name__)
 
 FORMAT = "gpt-checkpoints/1"
-#: Units of the metrics (the released G.pt's); datasets whose manifest has no ``metric_units``
-#: were collected with errors as fractions and are converted to percent where they are read.
+#: Units of the metrics (the released G.pt's), recorded in every manifest.
 METRIC_UNITS = {"train_error": "percent", "test_error": "percent"}
 
 
@@ -87,11 +86,6 @@ class CheckpointStore:
         manifest = json.loads(json.dumps({"format": FORMAT, **manifest, "metric_units": units}))
         if self.manifest_path.is_file():
             old = json.loads(self.manifest_path.read_text())
-            if units and "metric_units" not in old:
-                raise ValueError(
-                    f"{self.root} was collected before errors were stored in percent; collect "
-                    "into a new out= folder (the old runs still load, converted, for training)"
-                )
             keys = ("format", "task", "recipe", "layout", "metrics", "checkpoints_per_run")
             diff = [k for k in keys if old.get(k) != manifest.get(k)]
             if diff:
@@ -209,14 +203,9 @@ class CheckpointStore:
             raise CorruptShardError(
                 f"runs in {self.root} hold different numbers of checkpoints {counts}"
             )
-        stacked = {k: torch.stack(v) for k, v in metrics.items()}
-        if "metric_units" not in manifest:  # collected before errors were in percent
-            for k in METRIC_UNITS:
-                if k in stacked:
-                    stacked[k] = stacked[k] * 100
         return RunData(
             torch.stack(params),
             torch.stack(iteration),
-            stacked,
+            {k: torch.stack(v) for k, v in metrics.items()},
             torch.tensor(seeds, dtype=torch.long),
         )

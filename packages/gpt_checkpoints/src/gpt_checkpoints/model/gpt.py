@@ -221,47 +221,48 @@ class Gpt(nn.Module):
     Token order: ``[l, l*, j, theta tokens..., theta*_j tokens...]``. Metrics are expected
     normalised to about [0, 1] (``metric_scale`` spreads them over the sinusoid frequencies).
 
-    ``tokenization="neuron"`` (needs ``param_shapes`` and ``permutation_groups``, which the
-    layer tokenisation ignores) uses
-    ``NeuronTokenizer`` instead, and one token per unit holds both that unit's theta and theta*_j
-    (the sum of their two encoders): ``[l, l*, j, unit/layer tokens...]``.
+    ``param_shapes`` (``(name, shape)`` of each tensor of the task network, in flattening order)
+    and ``permutation_groups`` (its hidden-unit groups, Sec. 3.2.1) describe the task network: they
+    come from the checkpoint dataset at run time (``model.module.GptModule`` passes them); the
+    rest are the ``model`` config group's keys (``conf/model/*.yaml``).
+    ``tokenization="neuron"`` uses ``NeuronTokenizer`` instead of the layer tokens, and one token
+    per unit holds both that unit's theta and theta*_j (the sum of their two encoders):
+    ``[l, l*, j, unit/layer tokens...]``; the layer tokenisation ignores ``permutation_groups``.
     """
+
+    #: Metrics enter normalised to [0, 1] over the training range (``MetricNormalizer``).
+    metric_encoding = "range"
 
     def __init__(
         self,
-        layer_sizes: Sequence[int],
-        hidden_size: int = 256,
-        depth: int = 6,
-        num_heads: int = 4,
+        param_shapes: Sequence,
+        permutation_groups: Sequence = (),
+        *,
+        hidden_size: int,
+        depth: int,
+        num_heads: int,
         mlp_ratio: float = 4.0,
         max_token_size: int | None = None,
         frequency_embedding_size: int = 256,
         metric_scale: float = 1000.0,
         noisy_skip: bool = True,
         tokenization: str = "layer",
-        param_shapes: Sequence | None = None,
-        permutation_groups: Sequence | None = None,
     ) -> None:
         super().__init__()
         if tokenization == "layer":
-            self.tokenizer = ParameterTokenizer(layer_sizes, max_token_size)
+            sizes = [math.prod(shape) for _, shape in param_shapes]
+            self.tokenizer = ParameterTokenizer(sizes, max_token_size)
             slots = None
         elif tokenization == "neuron":
-            if not param_shapes or not permutation_groups:
+            if not permutation_groups:
                 raise ValueError(
-                    "tokenization=neuron needs the task's parameter shapes and permutation "
-                    "groups; for a task without hidden-unit symmetries use tokenization=layer "
-                    "(model=small or model=paper)"
+                    "tokenization=neuron needs the task's permutation groups; for a task without "
+                    "hidden-unit symmetries use tokenization=layer (model=small or model=paper)"
                 )
             self.tokenizer = NeuronTokenizer(param_shapes, permutation_groups, max_token_size)
             slots = self.tokenizer.slots
         else:
             raise ValueError(f"unknown tokenization {tokenization!r}; choose layer or neuron")
-        if self.tokenizer.num_params != sum(layer_sizes):
-            raise ValueError(
-                f"param_shapes hold {self.tokenizer.num_params} parameters but layer_sizes "
-                f"{sum(layer_sizes)}; pass the shapes of the same task network"
-            )
         self.tokenization = tokenization
         self.hidden_size = hidden_size
         sizes = self.tokenizer.slot_sizes
@@ -335,12 +336,3 @@ class Gpt(nn.Module):
         if self.skip_gate is not None:
             out = out + self.skip_gate(step) * (x - theta)
         return out
-
-
-GPT_CONFIGS = {
-    # CPU-sized: trains on the digits tasks in minutes.
-    "small": {"hidden_size": 128, "depth": 4, "num_heads": 4, "max_token_size": 128},
-    # Paper-sized (Sec. 3.3: hidden 1536-2048, 12 layers, 12-16 heads) for GPUs.
-    "paper": {"hidden_size": 1536, "depth": 12, "num_heads": 12},
-    "paper_2048": {"hidden_size": 2048, "depth": 12, "num_heads": 16},
-}

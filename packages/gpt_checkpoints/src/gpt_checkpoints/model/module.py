@@ -18,16 +18,13 @@ from typing import Any
 import lightning as L
 import torch
 
-from common.checkpoint import checkpoint_kind, plain_container, safe_load
+from common.checkpoint import build_model, checkpoint_kind, plain_container, safe_load
 from common.diffusion import create_diffusion
 from common.training import step_seed
 from common.training.ema import EMA
 from gpt_checkpoints.dataset.datamodule import MetricNormalizer, ParameterNormalizer
-from gpt_checkpoints.model.gpt import GPT_CONFIGS, Gpt
 from gpt_checkpoints.model.official import (
-    ARCHITECTURE_KEYS,
     PRESETS,
-    OfficialGpt,
     build_splits,
     infer_config,
     preset_architecture,
@@ -35,99 +32,66 @@ from gpt_checkpoints.model.official import (
 )
 from gpt_checkpoints.params.layout import ParamLayout
 from gpt_checkpoints.params.permutation import permute_pair
-from gpt_checkpoints.tasks import task_network, task_permutation_groups
+from gpt_checkpoints.tasks import task_from_recipe, task_network, task_permutation_groups
+from gpt_checkpoints.tasks.base import Task
 
-DEFAULT_DIFFUSION = {
-    "objective": "ddpm",
-    "diffusion_steps": 1000,
-    "noise_schedule": "linear",
-    "sigma_small": False,  # fixed variances (Sec. 3.2.2): beta_t
-    "sampler": "ddpm",
-    "sampling_steps": None,  # all steps for DDPM; e.g. 50 for ddim
-}
-
-
-def build_network(model: dict[str, Any], layout: ParamLayout, groups: list) -> torch.nn.Module:
-    """The network of a ``model`` config: this package's ``Gpt`` (a named ``size`` from
-    ``GPT_CONFIGS`` plus overrides) or, with ``architecture: official``, the released network
-    (``model.official.OfficialGpt``, from a ``preset`` of ``model.official.PRESETS`` plus
-    overrides)."""
-    model = dict(model)
-    if model.pop("architecture", "project") == "official":
-        preset = model.pop("preset", None)
-        config = {**(preset_architecture(preset) if preset else {}), **model}
-        return OfficialGpt(layout.sizes, **{k: config[k] for k in ARCHITECTURE_KEYS if k in config})
-    config = sized_config({**model, "size": model.pop("size", None)})
-    return Gpt(layout.sizes, param_shapes=layout.entries, permutation_groups=groups, **config)
-
-
-def sized_config(model: dict[str, Any]) -> dict[str, Any]:
-    """``Gpt`` arguments of a project ``model`` config: the named ``size``'s numbers from
-    ``GPT_CONFIGS`` (the one table of sizes), where the config leaves them null, then the rest."""
-    size = model.get("size")
-    if size is not None and size not in GPT_CONFIGS:
-        raise ValueError(
-            f"model.size={size!r} is not a G.pt size; choose one of {', '.join(GPT_CONFIGS)} or "
-            "size=null with explicit numbers"
-        )
-    table = GPT_CONFIGS.get(size, {}) if size else {}
-    rest = {k: v for k, v in model.items() if k not in ("architecture", "size")}
-    return {**table, **{k: v for k, v in rest.items() if v is not None or k not in table}}
-
-
-def diffusion_config(diffusion: dict[str, Any] | None) -> dict[str, Any]:
-    """The diffusion settings of a G.pt (``conf/diffusion/ddpm.yaml``, DiT's keys) over the
-    defaults; ``steps``, the key of checkpoints written before it was ``diffusion_steps``, is
-    read as ``diffusion_steps``. G.pt is trained with Gaussian diffusion only (Sec. 3.2.2)."""
-    diffusion = dict(diffusion or {})
-    if "steps" in diffusion:
-        diffusion.setdefault("diffusion_steps", diffusion.pop("steps"))
-    config = {**DEFAULT_DIFFUSION, **diffusion}
-    if config["objective"] != "ddpm":
-        raise ValueError(
-            f"diffusion.objective={config['objective']!r} is not available for G.pt; "
-            "it is trained with Gaussian diffusion: diffusion=ddpm"
-        )
-    return config
+#: The networks a ``model`` config (or a trained file's copy of it) may name.
+NETWORKS = (
+    "gpt_checkpoints.model.gpt.Gpt",
+    "gpt_checkpoints.model.official.OfficialGpt.from_preset",
+)
 
 
 class GptModule(L.LightningModule):
+    """G.pt and its training (Algorithm 2). ``model`` is the ``model`` config group: a
+    ``_target_`` (``model.gpt.Gpt``, or ``model.official.OfficialGpt.from_preset``) and its
+    arguments, built here by ``hydra.utils.instantiate`` with the task network's ``param_shapes``
+    and ``permutation_groups``; ``diffusion`` holds the keys of ``conf/diffusion/ddpm.yaml``.
+
+    What only the checkpoint dataset knows comes at run time (``model.training``): ``layout`` and
+    ``permutation_groups`` (the task network, from the dataset's manifest), ``task`` (its name,
+    data root and the recipe the runs were collected with), ``metric_range`` and ``layer_scales``
+    (fitted on the training split, or the released preset's ``openai_coeff``). ``optim`` is
+    ``None`` for a model that is only sampled (a released file).
+    """
+
     def __init__(
         self,
         model: dict[str, Any],
         layout: list,
+        permutation_groups: list,
         task: dict[str, Any],
         metric: str,
         metric_range: list[float],
         layer_scales: list[float],
-        permutation_groups: list | None = None,
-        diffusion: dict[str, Any] | None = None,
+        diffusion: dict[str, Any],
         optim: dict[str, Any] | None = None,
-        ema_decay: float = 0.9999,
+        ema_decay: float = 0.999,
         augment: bool = True,
         seed: int = 0,
-        metric_encoding: str = "range",
         protocol: dict[str, Any] | None = None,
-        metric_units: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.layout = ParamLayout.from_list(layout)
-        self.groups = [
-            (int(s), tuple((n, int(a)) for n, a in m)) for s, m in permutation_groups or []
-        ]
-        self.model = build_network(model, self.layout, self.groups)
+        self.groups = [(int(s), tuple((n, int(a)) for n, a in m)) for s, m in permutation_groups]
+        self.model = build_model(model, NETWORKS, self.layout.entries, self.groups)
         self.ema = EMA(self.model, decay=ema_decay)
         self.normalizer = ParameterNormalizer(self.layout, layer_scales)
         self.metric_normalizer = MetricNormalizer(
-            *metric_range, name=metric, encoding=metric_encoding
+            *metric_range, name=metric, encoding=self.model.metric_encoding
         )
         # The released models' prompting protocol (official Gpt/tasks.py, configs/test):
         # best_prompt, recursive_prompt, prompt_start_coeff, minimize; None for this package's.
         self.protocol = dict(protocol or {})
-        self.diffusion_cfg = diffusion_config(diffusion)
+        if diffusion["objective"] != "ddpm":  # Sec. 3.2.2: Gaussian diffusion only
+            raise ValueError(
+                f"diffusion.objective={diffusion['objective']!r} is not available for G.pt; "
+                "it is trained with Gaussian diffusion: diffusion=ddpm"
+            )
+        self.diffusion_cfg = dict(diffusion)
         self.process = self.build_diffusion(None)
-        self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.1, "betas": (0.9, 0.999), **(optim or {})}
+        self.optim_cfg = optim
         self.augment, self.seed = augment, seed
 
     def build_diffusion(self, respacing: str | None):
@@ -143,6 +107,8 @@ class GptModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optim_cfg
+        if cfg is None:
+            raise ValueError("this G.pt was loaded for sampling (no optim settings); train one")
         # No decay on biases, LayerNorm weights and positional embeddings (official
         # GPT.configure_optimizers; pos_embed here, decoder.pos_emb in the released network).
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "pos_emb" not in n]
@@ -279,7 +245,7 @@ def load_gpt(path: str | Path, map_location: str = "cpu", preset: str | None = N
                 f"{path} is {kind}, not a G.pt export (no hyper_parameters metadata); pass the "
                 "gpt.safetensors or run folder of python -m gpt_checkpoints.train"
             )
-        module = GptModule(**legacy_units(json.loads(meta["hyper_parameters"])))
+        module = GptModule(**json.loads(meta["hyper_parameters"]))
         state = safe_load(path, map_location)
         module.model.load_state_dict(state)
         module.ema.module.load_state_dict(state)
@@ -293,23 +259,22 @@ def load_gpt(path: str | Path, map_location: str = "cpu", preset: str | None = N
             f"{path} is {kind}, not a G.pt checkpoint; pass the gpt.safetensors, "
             "checkpoints/last.ckpt or run folder of python -m gpt_checkpoints.train"
         )
-    module = GptModule(**legacy_units(ckpt["hyper_parameters"]))
+    module = GptModule(**ckpt["hyper_parameters"])
     module.load_state_dict(ckpt["state_dict"])
     return module.eval()
 
 
-def legacy_units(hparams: dict[str, Any]) -> dict[str, Any]:
-    """Hyper-parameters of a G.pt trained before errors were in percent (no ``metric_units``):
-    its error range is rescaled, so prompts in percent give the model the inputs it learned."""
-    hparams = dict(hparams)
-    if "metric_units" not in hparams and str(hparams.get("metric", "")).endswith("_error"):
-        hparams["metric_range"] = [v * 100 for v in hparams["metric_range"]]
-    hparams["metric_units"] = hparams.get("metric_units") or {}
-    return hparams
-
-
+#: The ``model`` config of a released network (``conf/model/<preset>.yaml``).
+OFFICIAL_TARGET = NETWORKS[1]
 #: The released models' diffusion (official main.py: 1000 linear-beta steps, fixed large variance).
-OFFICIAL_DIFFUSION = {"diffusion_steps": 1000, "noise_schedule": "linear", "sigma_small": False}
+OFFICIAL_DIFFUSION = {
+    "objective": "ddpm",
+    "noise_schedule": "linear",
+    "diffusion_steps": 1000,
+    "sigma_small": False,
+    "sampler": "ddpm",
+    "sampling_steps": None,
+}
 
 
 def load_released(ckpt: dict[str, Any], path: str | Path, preset: str | None = None) -> GptModule:
@@ -340,15 +305,14 @@ def load_released(ckpt: dict[str, Any], path: str | Path, preset: str | None = N
             f"split_policy={wanted['split_policy']}, chunk_size={wanted['chunk_size']}"
         )
     module = GptModule(
-        model={"architecture": "official", "preset": name},
+        model={"_target_": OFFICIAL_TARGET, "preset": name},
         layout=layout.to_list(),
+        permutation_groups=[list(g) for g in task_permutation_groups(spec["task"])],
         task={"name": spec["task"], "data_root": None, "recipe": None},
         metric=spec["metric"],
         metric_range=[float("-inf"), float("inf")],
         layer_scales=[spec["openai_coeff"]] * len(layout.entries),
-        permutation_groups=[list(g) for g in task_permutation_groups(spec["task"])],
         diffusion=OFFICIAL_DIFFUSION,
-        metric_encoding="raw",
         protocol={k: spec[k] for k in ("best_prompt", "recursive_prompt", "prompt_start_coeff",
                                        "minimize")},
     )  # fmt: skip
@@ -360,3 +324,22 @@ def load_released(ckpt: dict[str, Any], path: str | Path, preset: str | None = N
 def build_network_splits(layout: ParamLayout, architecture: dict[str, Any]) -> list[int]:
 
     return build_splits(layout.sizes, architecture["split_policy"], architecture["chunk_size"])
+
+
+def load_task(module: GptModule, data_root: str | None = None) -> Task:
+    """The task a G.pt was trained on, rebuilt from the recipe it recorded; ``data_root``
+    (``data.root=``) replaces the recorded MNIST/CIFAR-10 root when the data moved."""
+    spec = module.hparams["task"]
+    if module.protocol and spec["name"] == "cartpole":
+        raise ValueError(
+            "the released cartpole.pt trains Isaac Gym's continuous Cartpole (GPU simulator), "
+            "which this package does not emulate; its network loads (load_gpt), but prompting "
+            "it here needs that environment. The package's own Cartpole task is discrete"
+        )
+    task = task_from_recipe(spec["name"], data_root or spec.get("data_root"), spec.get("recipe"))
+    if task.layout.to_list() != module.layout.to_list():
+        raise ValueError(
+            f"G.pt was trained on a {module.layout.describe()} network but task {task.name} builds "
+            f"{task.layout.describe()}"
+        )
+    return task

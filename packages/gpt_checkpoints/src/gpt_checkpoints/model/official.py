@@ -253,6 +253,26 @@ class OfficialGpt(nn.Module):
     loss_target, loss_prev, x_prev)`` computes the same.
     """
 
+    #: Metrics enter raw (losses, errors in percent, returns), as in the released training.
+    metric_encoding = "raw"
+
+    @classmethod
+    def from_preset(
+        cls,
+        param_shapes: Sequence,
+        permutation_groups: Sequence = (),
+        *,
+        preset: str,
+        **overrides: Any,
+    ) -> OfficialGpt:
+        """The released network of ``preset`` (``PRESETS``) for a task network with tensors of
+        ``param_shapes``, with ``overrides`` of its arguments (``+model.hidden_size=256``); the
+        ``_target_`` of ``conf/model/<preset>.yaml``. ``permutation_groups`` is accepted (every
+        G.pt network is built from the same run-time arguments) and unused: the released network
+        learns the symmetries from augmentation."""
+        sizes = [math.prod(shape) for _, shape in param_shapes]
+        return cls(sizes, **{**preset_architecture(preset), **overrides})
+
     def __init__(
         self,
         layer_sizes: Sequence[int],

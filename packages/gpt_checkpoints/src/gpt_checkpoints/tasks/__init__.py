@@ -88,23 +88,6 @@ def build_task(name: str, data_root: str | None = None, **overrides: Any) -> Tas
     return SupervisedTask(name, network(), source, groups(), data_root=data_root, **recipe)
 
 
-def __getattr__(name: str) -> Any:
-    """``OFFICIAL_RECIPE`` of the last release: the released datasets' SGD, now in
-    ``conf/task/mlp_mnist.yaml`` (``task_recipe("mlp_mnist")``); kept one release."""
-    if name == "OFFICIAL_RECIPE":
-        import warnings
-
-        warnings.warn(
-            "gpt_checkpoints.tasks.OFFICIAL_RECIPE moved to conf/task/mlp_mnist.yaml; use "
-            'task_recipe("mlp_mnist") (the old name goes in the next release)',
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        recipe = task_recipe("mlp_mnist")
-        return {k: recipe[k] for k in ("batch_size", "nesterov", "schedule")}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def task_from_recipe(name: str, data_root: str | None, recipe: dict | None) -> Task:
     """Rebuild a task from the recipe recorded in a dataset manifest or G.pt checkpoint."""
     recipe = dict(recipe or {})

@@ -85,8 +85,16 @@ class Task(ABC):
     iterations: int = 0
     layout: ParamLayout = field(init=False)
 
+    #: Where runs train and networks are evaluated (``to``); parameters come and go on the CPU.
+    device = torch.device("cpu")
+
     def __post_init__(self) -> None:
         self.layout = ParamLayout.from_module(self.network)
+
+    def to(self, device: torch.device | str) -> Task:
+        """Train and evaluate on ``device`` (``collect device=``); returns the task."""
+        self.device = torch.device(device)
+        return self
 
     def init(self, n: int, generator: torch.Generator, scheme: str = "fan_in_uniform"):
         return init_params(self.layout, n, generator, scheme)

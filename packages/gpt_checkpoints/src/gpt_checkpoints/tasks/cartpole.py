@@ -96,6 +96,7 @@ class CartpoleEnv:
         generator: torch.Generator | Sequence[torch.Generator],
         max_steps: int = MAX_EPISODE_STEPS,
         noise_block: int = 64,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.batch_shape = (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
         self.generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
@@ -106,10 +107,11 @@ class CartpoleEnv:
             )
         self.max_steps = max_steps
         self.noise_block = noise_block
+        self.device = torch.device(device)
         self._noise = torch.empty(0)
         self._noise_pos = 0
-        self.state = torch.zeros(*self.batch_shape, 4)
-        self.steps = torch.zeros(self.batch_shape, dtype=torch.long)
+        self.state = torch.zeros(*self.batch_shape, 4, device=self.device)
+        self.steps = torch.zeros(self.batch_shape, dtype=torch.long, device=self.device)
 
     def _reset_states(self) -> torch.Tensor:
         """Fresh U(-0.05, 0.05) states for every environment (used where one is needed).
@@ -126,7 +128,7 @@ class CartpoleEnv:
                 self._noise = torch.stack(
                     [torch.rand(k, *row, 4, generator=g) for g in self.generators], 1
                 )
-            self._noise = (self._noise * 2 - 1) * RESET_BOUND
+            self._noise = ((self._noise * 2 - 1) * RESET_BOUND).to(self.device)
             self._noise_pos = 0
         self._noise_pos += 1
         return self._noise[self._noise_pos - 1]
@@ -134,7 +136,7 @@ class CartpoleEnv:
     def reset(self) -> torch.Tensor:
         """Reset every environment; returns the observations ``[*batch_shape, 4]``."""
         self.state = self._reset_states().clone()
-        self.steps = torch.zeros(self.batch_shape, dtype=torch.long)
+        self.steps = torch.zeros(self.batch_shape, dtype=torch.long, device=self.device)
         return self.state.clone()
 
     def step(self, action: torch.Tensor) -> EnvStep:
@@ -146,7 +148,7 @@ class CartpoleEnv:
         fresh = self._reset_states()
         self.state = torch.where(done.unsqueeze(-1), fresh, nxt)
         self.steps = torch.where(done, 0, self.steps)
-        reward = torch.ones(self.batch_shape)
+        reward = torch.ones(self.batch_shape, device=self.device)
         return EnvStep(self.state.clone(), reward, terminated, truncated, nxt)
 
 
@@ -302,22 +304,25 @@ class CartpoleTask(Task):
         runs, envs, steps = len(seeds), self.num_envs, self.rollout_steps
         n = envs * steps
         mb = n // self.minibatches
-        env = CartpoleEnv((runs, envs), [torch.Generator().manual_seed(int(s) + 1) for s in seeds])
+        device = self.device
+        env = CartpoleEnv(
+            (runs, envs), [torch.Generator().manual_seed(int(s) + 1) for s in seeds], device=device
+        )
         gens = [torch.Generator().manual_seed(int(s) + 3) for s in seeds]
-        theta = theta0.detach().clone().float().requires_grad_(True)
-        critic = self.init_critic(seeds).requires_grad_(True)
+        theta = theta0.detach().to(device).float().clone().requires_grad_(True)
+        critic = self.init_critic(seeds).to(device).requires_grad_(True)
         opt = torch.optim.Adam([theta, critic], lr=self.lr, betas=(0.9, 0.999))
         callback(0, theta.detach().clone())
         obs = env.reset()
         for it in range(1, self.iterations + 1):
             # Rollout with the current policy.
-            uniforms = torch.stack([torch.rand(steps, envs, generator=g) for g in gens])
-            obs_buf = torch.empty(runs, steps, envs, 4)
-            final_buf = torch.empty(runs, steps, envs, 4)
-            act_buf = torch.empty(runs, steps, envs, dtype=torch.long)
-            logp_buf = torch.empty(runs, steps, envs)
-            term_buf = torch.empty(runs, steps, envs, dtype=torch.bool)
-            trunc_buf = torch.empty(runs, steps, envs, dtype=torch.bool)
+            uniforms = torch.stack([torch.rand(steps, envs, generator=g) for g in gens]).to(device)
+            obs_buf = torch.empty(runs, steps, envs, 4, device=device)
+            final_buf = torch.empty(runs, steps, envs, 4, device=device)
+            act_buf = torch.empty(runs, steps, envs, dtype=torch.long, device=device)
+            logp_buf = torch.empty(runs, steps, envs, device=device)
+            term_buf = torch.empty(runs, steps, envs, dtype=torch.bool, device=device)
+            trunc_buf = torch.empty(runs, steps, envs, dtype=torch.bool, device=device)
             with torch.no_grad():
                 policy = self.layout.unflatten(theta.detach())
                 for t in range(steps):
@@ -342,14 +347,14 @@ class CartpoleTask(Task):
                 v_next = torch.cat((values[:, 1:], v_all[:, 2 * n :].unsqueeze(1)), 1)
                 done = term_buf | trunc_buf
                 next_values = torch.where(term_buf, 0.0, torch.where(trunc_buf, v_final, v_next))
-                rewards = torch.ones(runs, steps, envs)
+                rewards = torch.ones(runs, steps, envs, device=device)
                 adv = self._gae(values, next_values, rewards, done)
                 returns = adv + values
             b_obs, b_act = obs_buf.flatten(1, 2), act_buf.flatten(1, 2)
             b_logp, b_adv, b_ret = logp_buf.flatten(1, 2), adv.flatten(1, 2), returns.flatten(1, 2)
             # PPO update: ppo_epochs passes over the rollout in minibatches, per run.
             for _ in range(self.ppo_epochs):
-                order = torch.stack([torch.randperm(n, generator=g) for g in gens])
+                order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
                 for k in range(self.minibatches):
                     idx = order[:, k * mb : (k + 1) * mb]
                     loss = self._loss(
@@ -409,7 +414,8 @@ class CartpoleTask(Task):
         self.layout.check_flat(theta)
         g = torch.Generator().manual_seed(self.eval_seed)
         start = (torch.rand(self.eval_episodes, 4, generator=g) * 2 - 1) * RESET_BOUND
-        out = [self._greedy_returns(chunk, start) for chunk in theta.float().split(self.eval_chunk)]
+        start, theta = start.to(self.device), theta.to(self.device).float()
+        out = [self._greedy_returns(chunk, start).cpu() for chunk in theta.split(self.eval_chunk)]
         return {"return": torch.cat(out) if out else torch.zeros(0)}
 
     def _greedy_returns(self, theta: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -417,11 +423,12 @@ class CartpoleTask(Task):
         [M, 4]``. Policies whose episodes have all ended are dropped every ``compact_every``
         steps, so a chunk costs what its surviving policies cost."""
         params = self.layout.unflatten(theta)
-        total = torch.zeros(theta.shape[0], start.shape[0])
-        rows = torch.arange(theta.shape[0])
+        device = theta.device
+        total = torch.zeros(theta.shape[0], start.shape[0], device=device)
+        rows = torch.arange(theta.shape[0], device=device)
         state = start.expand(theta.shape[0], -1, -1).clone()
-        alive = torch.ones(state.shape[:2], dtype=torch.bool)
-        ret = torch.zeros(state.shape[:2])
+        alive = torch.ones(state.shape[:2], dtype=torch.bool, device=device)
+        ret = torch.zeros(state.shape[:2], device=device)
         for step in range(1, MAX_EPISODE_STEPS + 1):
             action = batched_mlp(params, state).argmax(-1)
             state, terminated = cartpole_dynamics(state, action)

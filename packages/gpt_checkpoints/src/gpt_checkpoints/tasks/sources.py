@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.data.digits import load_digits_arrays
+from common.data.digits import load_digits
 
 SOURCES = ("digits", "digits_image", "mnist", "cifar10")
 
@@ -28,6 +28,12 @@ class SupervisedData:
     y_test: torch.Tensor
     num_classes: int = 10
 
+    def to(self, device: torch.device) -> SupervisedData:
+        x_tr, y_tr, x_te, y_te = (
+            t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)
+        )
+        return SupervisedData(x_tr, y_tr, x_te, y_te, self.num_classes)
+
 
 def _standardise(x_train: np.ndarray, x_test: np.ndarray, axis) -> tuple[np.ndarray, np.ndarray]:
     mean = x_train.mean(axis=axis, keepdims=True)
@@ -39,7 +45,8 @@ def _digits(image: bool) -> SupervisedData:
     """scikit-learn's 1,797 real 8x8 digits; a fixed stratified 80/20 split (seed 0)."""
     from sklearn.model_selection import train_test_split
 
-    x, y = load_digits_arrays()  # [N, 8, 8] in [0, 1]
+    images, labels = load_digits()  # [N, 1, 8, 8] in [-1, 1]
+    x, y = images[:, 0].add(1).div(2).numpy(), labels.numpy()  # [N, 8, 8] in [0, 1]
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
     x_tr, x_te = _standardise(x_tr, x_te, axis=None)
     if image:
@@ -88,7 +95,7 @@ def load_source(name: str, root: str | None = None) -> SupervisedData:
         if not root:
             raise ValueError(
                 f"the {name} task reads torchvision's on-disk layout: pass its root folder "
-                f"(task.data_root=/path/to/root, the folder holding "
+                f"(data.root=/path/to/root, the folder holding "
                 f"{'MNIST/raw' if name == 'mnist' else 'cifar-10-batches-py'}); offline, use the "
                 f"digits tasks instead"
             )

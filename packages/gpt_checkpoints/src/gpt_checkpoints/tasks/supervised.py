@@ -65,6 +65,8 @@ class SupervisedTask(Task):
     def data(self) -> SupervisedData:
         if self._data is None:
             self._data = load_source(self.source, self.data_root)
+        if self._data.x_train.device != self.device:
+            self._data = self._data.to(self.device)
         return self._data
 
     def config(self) -> dict:
@@ -102,7 +104,7 @@ class SupervisedTask(Task):
         x_train, y_train = data.x_train, data.y_train
         n_train = x_train.shape[0]
         steps_per_epoch = n_train // self.batch_size
-        theta = theta0.clone().requires_grad_(True)
+        theta = theta0.to(self.device).clone().requires_grad_(True)
         opt = torch.optim.SGD(
             [theta],
             lr=self.lr,
@@ -128,6 +130,7 @@ class SupervisedTask(Task):
         it = 0
         for _ in range(self.epochs):
             order = torch.stack([torch.randperm(n_train, generator=g) for g in gens])
+            order = order.to(self.device)
             for b in range(steps_per_epoch):
                 idx = order[:, b * self.batch_size : (b + 1) * self.batch_size]
                 x = x_train[idx]
@@ -147,7 +150,7 @@ class SupervisedTask(Task):
         network."""
         data = self.data
         out: dict[str, list[torch.Tensor]] = {k: [] for k in self.metric_names}
-        for chunk in theta.split(self.eval_chunk):
+        for chunk in theta.to(self.device).split(self.eval_chunk):
             for split, x, y in (
                 ("train", data.x_train, data.y_train),
                 ("test", data.x_test, data.y_test),
@@ -158,7 +161,7 @@ class SupervisedTask(Task):
                 )
                 out[f"{split}_loss"].append(ce.mean(1))
                 out[f"{split}_error"].append((logits.argmax(-1) != y).float().mean(1) * 100)
-        return {k: torch.cat(v) for k, v in out.items()}
+        return {k: torch.cat(v).cpu() for k, v in out.items()}
 
 
 def flip_crop(x: torch.Tensor, gens: list[torch.Generator], pad: int = 4) -> torch.Tensor:
@@ -171,12 +174,12 @@ def flip_crop(x: torch.Tensor, gens: list[torch.Generator], pad: int = 4) -> tor
         (torch.rand(b, generator=g) < 0.5, torch.randint(0, 2 * pad, (b, 2), generator=g))
         for g in gens
     ]  # official random_crop draws randint(0, H + 2 pad - H): offsets 0 .. 2 pad - 1
-    flips = torch.stack([f for f, _ in draws])  # [R, B]
-    offsets = torch.stack([o for _, o in draws])  # [R, B, 2]
-    rows = offsets[..., 0, None] + torch.arange(h)  # [R, B, h]
-    cols = offsets[..., 1, None] + torch.arange(w)  # [R, B, w]
+    flips = torch.stack([f for f, _ in draws]).to(x.device)  # [R, B]
+    offsets = torch.stack([o for _, o in draws]).to(x.device)  # [R, B, 2]
+    rows = offsets[..., 0, None] + torch.arange(h, device=x.device)  # [R, B, h]
+    cols = offsets[..., 1, None] + torch.arange(w, device=x.device)  # [R, B, w]
     cols = torch.where(flips[..., None], cols.flip(-1), cols)
-    runs = torch.arange(r)[:, None, None, None]
-    images = torch.arange(b)[None, :, None, None]
+    runs = torch.arange(r, device=x.device)[:, None, None, None]
+    images = torch.arange(b, device=x.device)[None, :, None, None]
     crops = padded[runs, images, :, rows[..., :, None], cols[..., None, :]]  # [R, B, h, w, C]
     return crops.permute(0, 1, 4, 2, 3).contiguous()
