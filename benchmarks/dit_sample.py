@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.vae:
         from diffusion_transformer.vae import VAECodec
 
-        vae = VAECodec(args.vae).to(device)
+        vae = VAECodec(args.vae, key="--vae").to(device)
     labels = torch.randint(0, model.num_classes, (batch,), device=device)
     noise = torch.randn(batch, model.in_channels, size, size, device=device)
     ddpm, flow = diffusion_config("ddpm"), diffusion_config("flow")

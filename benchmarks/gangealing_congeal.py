@@ -37,7 +37,10 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
-    stn = OfficialComposedSTN().to(device).eval()
+    stn = OfficialComposedSTN(  # the released architecture (conf/model/stn/paper.yaml)
+        transforms=["similarity", "flow"], flow_size=128, supersize=256, channel_multiplier=0.5,
+        num_heads=1, flow_downsample=8, max_channels=512,
+    ).to(device).eval()  # fmt: skip
     params = sum(p.numel() for p in stn.parameters())
     x = torch.rand(args.batch, 3, 256, 256, device=device) * 2 - 1
 

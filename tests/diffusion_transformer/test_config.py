@@ -12,6 +12,9 @@ from tests.diffusion_transformer.test_commands import build_model
 
 CONF = Path(diffusion_transformer.__file__).parent / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
+# The batch (per device) each recipe trains with: the thesis' 256 on ImageNet.
+BATCH = {"digits": 64, "digits_sweep": 32}
 
 
 def test_default_is_the_digits_demo(compose_train):
@@ -46,6 +49,7 @@ def test_every_experiment_composes(compose_train, experiment):
         overrides += ["data.root=/data/latents", "data.vae.path=/models/vae"]
     cfg = compose_train(*overrides)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert cfg.data.datamodule.batch_size == cfg.batch_size == BATCH.get(experiment, 256)
     if experiment == "imagenet256":
         m = build_model(cfg)
         assert (m.depth, m.hidden_size, m.patch_size, m.input_size, m.num_classes) == (
@@ -56,9 +60,17 @@ def test_every_experiment_composes(compose_train, experiment):
             1000,
         )
         assert cfg.optim.lr == 1e-4 and cfg.ema_decay == 0.9999 and cfg.data.flip
-        assert cfg.data.datamodule.batch_size == 256 and cfg.trainer.precision == "bf16-mixed"
+        assert cfg.batch_size == 256 and cfg.trainer.precision == "bf16-mixed"
     if experiment == "imagenet512":
         assert cfg.model.input_size == 64 and build_model(cfg).depth == 28
+
+
+@pytest.mark.parametrize("option", DATA)
+def test_every_datamodule_reads_the_one_batch_size(compose_train, option):
+    written = OmegaConf.to_container(OmegaConf.load(CONF / "data" / f"{option}.yaml"))
+    assert written["datamodule"]["batch_size"] == "${batch_size}"
+    cfg = compose_train(f"data={option}", "batch_size=3")
+    assert OmegaConf.select(cfg, "data.datamodule.batch_size") == 3
 
 
 def test_command_line_overrides_win_over_the_experiment(compose_train):
@@ -123,7 +135,7 @@ def test_digits_sweep_expands_to_the_six_runs_of_the_cpu_scaling_study(compose_t
         assert job.model.size == size.upper() and job.model.patch_size == patch
         net = build_model(job)
         assert (net.depth, net.hidden_size, net.num_heads) == shapes[size]
-        assert net.input_size == 16 and job.data.datamodule.batch_size == 32
+        assert net.input_size == 16 and job.batch_size == 32
         assert job.eval.reference == "digits" and list(job.metrics.names) == [
             "fd_digits",
             "acc_digits",

@@ -1,6 +1,7 @@
 """Datasets: digits split, ADM center crop, image folders with bad files, latent shards."""
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from diffusion_transformer.data import (
     LatentShardDataset,
     center_crop_arr,
 )
+from diffusion_transformer.vae import build_vae
 
 
 def test_digits_are_real_and_split_without_overlap():
@@ -82,5 +84,20 @@ def test_latent_shards_read_lazily_across_shards(tmp_path):
     for i in range(5):
         x, y = ds[i]
         assert torch.equal(x, latents[i]) and y == i
-    with pytest.raises(FileNotFoundError, match="extract_latents"):
+    with pytest.raises(FileNotFoundError, match="extract_latents data.root=<images> vae=<"):
         LatentShardDataset(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize(
+    ("key", "fix"),
+    [
+        ("vae", "set vae=<local diffusers folder of e.g. stabilityai/sd-vae-ft-ema>$"),
+        ("data.vae.path", "set data.vae.path=<.*>, or train in pixel space with data.vae=null$"),
+    ],
+)
+def test_a_missing_vae_names_the_callers_key(tmp_path, key, fix):
+    """sample, extract_latents and export_diffusers take ``vae=``; training ``data.vae.path``."""
+    with pytest.raises(FileNotFoundError, match=f"no VAE at {re.escape(str(tmp_path))} .*: {fix}"):
+        build_vae({"path": str(tmp_path)}, key)
+    with pytest.raises(FileNotFoundError, match=f"{key} is empty: {fix}"):
+        build_vae({"path": ""}, key)

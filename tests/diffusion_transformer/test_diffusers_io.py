@@ -112,3 +112,5 @@ def test_export_cli_and_refusals(tmp_path):
         to_diffusers(_random_dit(block="in_context"))
     with pytest.raises(ValueError, match="flow objective"):
         export_diffusers(dit, tmp_path / "flow", diffusion={"objective": "flow"})
+    with pytest.raises(FileNotFoundError, match="no VAE at .*: set vae=<"):
+        export_diffusers(dit, tmp_path / "latent", vae=tmp_path / "missing")

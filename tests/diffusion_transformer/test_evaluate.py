@@ -148,7 +148,7 @@ def test_training_evaluates_the_ema_and_records_the_run(compose_train, cache_dir
             "model.hidden_size=32",
             "model.num_heads=2",
             "patch=4",
-            "data.datamodule.batch_size=8",
+            "batch_size=8",
             "logger=csv",
             "trainer.log_every_n_steps=1",
             "trainer.enable_progress_bar=false",

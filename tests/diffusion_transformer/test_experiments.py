@@ -68,7 +68,7 @@ def assert_thesis_recipe(cfg: DictConfig, steps: int, latent_size: int = 32) -> 
     ADM's diffusion (1000 linear steps, learned sigma), label dropout for guidance."""
     job_config(cfg)  # every interpolation resolves
     assert (cfg.optim.lr, cfg.optim.weight_decay) == (1e-4, 0.0)
-    assert cfg.data.datamodule.batch_size == 256 and cfg.ema_decay == 0.9999
+    assert cfg.batch_size == 256 and cfg.ema_decay == 0.9999
     assert cfg.data.flip and cfg.data.name.endswith("_latents") and cfg.data.num_classes == 1000
     assert cfg.data.vae.scale == 0.18215 and cfg.model.input_size == latent_size
     assert cfg.model.in_channels == 4 and cfg.model.class_dropout_prob == 0.1

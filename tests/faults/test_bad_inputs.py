@@ -113,6 +113,11 @@ CASES = [
         "device='tpu0' is not a device",
     ),
     (
+        "diffusion_transformer.extract_latents",
+        ["data.root={images}", "vae=no_vae", "out=o"],
+        "internet): set vae=<local diffusers folder",
+    ),
+    (
         "diffusion_transformer.evaluate",
         ["samples={empty_npz}", "reference=digits"],
         "holds arr_0 of shape (0, 8, 8, 3)",

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from common.checkpoint import safe_load
-from gangealing.data.image_data import ImageDataModule, build_dataset, random_hflip
+from gangealing.data.image_data import ImageDataModule, build_dataset, random_flip
 from gangealing.stylegan2.diffaug import diff_augment, parse_policy
 from gangealing.stylegan2.networks import load_generator
 from gangealing.training.gan_module import (
@@ -67,7 +67,7 @@ def _fit(module: StyleGAN2Module, steps: int, root: Path, ckpt: Path | None = No
         enable_model_summary=False,
         default_root_dir=str(root),
     )
-    data = ImageDataModule("astronaut", 16, batch_size=4, synthetic_size=16, seed=0)
+    data = ImageDataModule("astronaut", 16, 4, flip=True, num_workers=0, synthetic_size=16, seed=0)
     trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
     return trainer
 
@@ -209,8 +209,8 @@ def test_builtin_dataset_and_flips():
     assert torch.equal(item, build_dataset("astronaut", 16, synthetic_size=8, seed=0)[3])
     assert not torch.equal(item, data[4])
     batch = torch.randn(64, 3, 4, 4)
-    flipped = random_hflip(batch, seed=1)
-    assert torch.equal(flipped, random_hflip(batch, seed=1))
+    flipped = random_flip(batch, seed=1)
+    assert torch.equal(flipped, random_flip(batch, seed=1))
     changed = (flipped != batch).flatten(1).any(1)
     assert 0 < changed.sum() < 64
     assert torch.equal(flipped[changed], batch[changed].flip(-1))
@@ -218,16 +218,16 @@ def test_builtin_dataset_and_flips():
 
 def test_image_folder_data_and_errors(tmp_path):
     with pytest.raises(ValueError, match="no images found .* put images there"):
-        build_dataset(tmp_path, 16)
+        build_dataset(tmp_path, 16, None, 0)
     with pytest.raises(FileNotFoundError, match="does not exist; pass data=folder data.root="):
-        build_dataset(tmp_path / "missing", 16)
+        build_dataset(tmp_path / "missing", 16, None, 0)
     Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "b.png")
-    data = build_dataset(tmp_path, 8)
+    data = build_dataset(tmp_path, 8, None, 0)
     torch.testing.assert_close(
         data[0], torch.tensor([1.0, -1.0, -1.0])[:, None, None].expand(3, 8, 8)
     )
     Image.new("LA", (8, 8)).save(tmp_path / "gray_alpha.png")
-    data = build_dataset(tmp_path, 8)
+    data = build_dataset(tmp_path, 8, None, 0)
     with pytest.raises(ValueError, match=r"gray_alpha\.png has 2 channels .*convert\('RGB'\)"):
         data[1]
 

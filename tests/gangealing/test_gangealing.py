@@ -205,3 +205,11 @@ def test_experiment_synthetic_selects_the_small_similarity_trunk():
 def test_a_small_trunk_flow_size_below_one_is_refused(generator_path):
     with pytest.raises(ValueError, match="model.flow_size=0 must be at least 1"):
         tiny_module(generator_path, "model.flow_size=0")
+
+
+def test_sample_from_full_res_with_the_small_trunk_is_one_line(generator_path, cli_main):
+    code, err = cli_main(
+        "gangealing.train", f"generator={generator_path}", *CLI_TINY, "sample_from_full_res=true"
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: sample_from_full_res=true needs the released transformer"), err

@@ -40,6 +40,8 @@ from tests.integration.conftest import run_cli
 FIXTURES = Path(__file__).parent / "fixtures"
 K1, K2 = FIXTURES / "official_congealer_k1.pt", FIXTURES / "official_congealer_k2.pt"
 TINY = {"flow_size": 64, "supersize": 128, "channel_multiplier": 0.125, "max_channels": 32}
+# The fixtures' T: every OfficialComposedSTN argument (the class has no defaults).
+ARCH = {"transforms": ["similarity", "flow"], **TINY, "num_heads": 1, "flow_downsample": 8}
 TOL = {"atol": 1e-4, "rtol": 0}
 
 
@@ -50,14 +52,14 @@ def io():
 
 @pytest.fixture(scope="module")
 def stn1():
-    t = OfficialComposedSTN(**TINY)
+    t = OfficialComposedSTN(**ARCH)
     t.load_state_dict(safe_load(K1)["t_ema"], strict=True)
     return t.eval()
 
 
 @pytest.fixture(scope="module")
 def stn2():
-    t = OfficialComposedSTN(**TINY, num_heads=2)
+    t = OfficialComposedSTN(**{**ARCH, "num_heads": 2})
     t.load_state_dict(safe_load(K2)["t_ema"], strict=True)
     return t.eval()
 
@@ -66,8 +68,10 @@ def test_the_architecture_is_read_from_the_tensors():
     blob = safe_load(K1)
     assert isinstance(blob["args"], argparse.Namespace)  # loaded with weights_only=True
     arch = infer_architecture(blob["t_ema"])
-    assert arch == {"transforms": ["similarity", "flow"], "num_heads": 1, **TINY}
+    assert arch == ARCH
     assert infer_architecture(safe_load(K2)["t_ema"])["num_heads"] == 2
+    arch = {**ARCH, "flow_downsample": 4, "num_heads": 2}
+    assert infer_architecture(OfficialComposedSTN(**arch).state_dict()) == arch
     assert checkpoint_kind({"t_ema": {}}) == "an official GANgealing congealing checkpoint"
 
 
@@ -206,11 +210,11 @@ def test_wrong_files_and_presets_are_named(tmp_path):
     atomic_save({"g_ema": {"w": torch.zeros(1)}, "latent_avg": torch.zeros(1)}, tmp_path / "g.pt")
     with pytest.raises(ValueError, match="is a StyleGAN2 checkpoint .rosinality format., not a"):
         Congealer.load(tmp_path / "g.pt")
-    stn = OfficialComposedSTN(**TINY)
+    stn = OfficialComposedSTN(**ARCH)
     with pytest.raises(ValueError, match=r"takes 128 px square inputs, got \(64, 64\)"):
         stn.congeal(torch.zeros(1, 3, 64, 64))
     with pytest.raises(ValueError, match="must be a multiple of flow_size"):
-        OfficialComposedSTN(flow_size=64, supersize=96)
+        OfficialComposedSTN(**{**ARCH, "supersize": 96})
 
 
 def test_mipmap_sampling_invariants():

@@ -81,7 +81,7 @@ def test_paper_is_the_default_and_builds_the_released_architecture(generator_pat
     arch = infer_architecture(module.stns.state_dict())
     assert arch == {
         "transforms": ["similarity", "flow"], "flow_size": 64, "supersize": 128,
-        "channel_multiplier": 0.125, "num_heads": 1, "max_channels": 8,
+        "channel_multiplier": 0.125, "num_heads": 1, "flow_downsample": 8, "max_channels": 8,
     }  # fmt: skip
     # pairs are shrunk by the official tent filter (resize_fake2stn), not by F.interpolate
     assert isinstance(module.pair_resize, BilinearDownsample)

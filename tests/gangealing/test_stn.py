@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common.errors import NonFiniteError
 from gangealing.align.flow import total_variation_huber
 from gangealing.align.stn import (
     ComposedTransformer,
@@ -21,7 +22,7 @@ from gangealing.align.stn import (
     warp,
 )
 
-TINY = dict(input_size=16, widths=(8, 16))
+TINY = dict(input_size=16, widths=(8, 16), padding_mode="reflection")
 
 
 def _similarity_matrix(rotation: float, scale: float, tx: float, ty: float) -> torch.Tensor:
@@ -214,7 +215,7 @@ def test_gradients_reach_both_heads_and_trunks():
 
 
 def test_output_size_and_source_resolution():
-    flow = FlowTransformer(**TINY, flow_size=4, output_size=(12, 10), padding_mode="border")
+    flow = FlowTransformer(**{**TINY, "padding_mode": "border"}, flow_size=4, output_size=(12, 10))
     x = torch.rand(1, 3, 32, 32)
     out = flow(F.interpolate(x, size=16), source=x)
     assert out.image.shape == (1, 3, 12, 10) and out.grid.shape == (1, 12, 10, 2)
@@ -223,4 +224,12 @@ def test_output_size_and_source_resolution():
 
 def test_bad_padding_mode_is_rejected():
     with pytest.raises(ValueError, match="padding_mode"):
-        SimilarityTransformer(**TINY, padding_mode="wrap")
+        SimilarityTransformer(**{**TINY, "padding_mode": "wrap"})
+
+
+def test_a_nan_grid_is_an_error_naming_no_training_key():
+    """Raised by congeal/propagate/pck too, which have no optim: training adds its keys."""
+    nan = torch.full((1, 4, 4, 2), float("nan"))
+    with pytest.raises(NonFiniteError, match="sampling grid holds NaN or inf") as err:
+        warp(torch.zeros(1, 3, 4, 4), nan)
+    assert "optim." not in str(err.value)

@@ -110,7 +110,7 @@ def test_default_channel_table_and_config_inference_from_full_size_shapes():
                                    256: 128, 512: 64, 1024: 32}  # fmt: skip
     for size, cm in ((256, 2), (64, 1)):
         with torch.device("meta"):  # shapes only, no memory
-            g = Generator(size, channel_multiplier=cm)
+            g = Generator(size, 512, 8, channel_multiplier=cm)
         cfg = infer_generator_config(g.state_dict())
         assert (cfg["size"], cfg["style_dim"], cfg["n_mlp"]) == (size, 512, 8)
         assert cfg["channel_multiplier"] == cm and g.n_latent == 2 * int(math.log2(size)) - 2
@@ -327,7 +327,7 @@ def test_checkpoint_errors_name_the_problem_and_the_fix(tmp_path):
 
 def test_architecture_errors():
     with pytest.raises(ValueError, match="power of two"):
-        Generator(12, channels=CH)
+        Generator(12, STYLE_DIM, 2, channels=CH)
     with pytest.raises(ValueError, match=r"no width for resolutions \[16\]"):
         Generator(16, style_dim=8, n_mlp=1, channels={4: 8, 8: 8})
     g = _generator()

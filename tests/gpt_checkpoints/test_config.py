@@ -88,6 +88,19 @@ def test_a_released_model_option_builds_its_preset_with_overrides():
     assert net.config["chunk_size"] == 1000  # the rest is the preset's
 
 
+def test_a_null_model_size_is_one_error_line(cli_main, tmp_path):
+    """``CHECKS`` let the sizes be missing (a released preset's model node has none, and a missing
+    key reads as null); one set to null is refused before the dataset is read."""
+    code, err = cli_main("gpt_checkpoints.train", "model.depth=null", "logger=none")
+    assert code == 2, err
+    assert err.strip().splitlines() == [
+        "error: model.depth is not set; pass model.depth=<a whole number >= 1>"
+    ]
+    missing = tmp_path / "none"
+    code, err = cli_main("gpt_checkpoints.train", "model=mnist_loss", f"dataset={missing}")
+    assert code == 2 and "model." not in err and "gpt_checkpoints.collect" in err, err
+
+
 def test_the_module_node_needs_only_what_the_dataset_knows():
     """``instantiate(cfg.module, ...)`` with the five run-time arguments of ``GptModule``."""
     from gpt_checkpoints.model.module import GptModule
@@ -139,6 +152,10 @@ def test_diffusion_group_uses_dits_keys():
         "metric": "test_loss",
         "metric_range": [0.0, 1.0],
         "layer_scales": [1.0] * len(layout.entries),
+        "optim": None,
+        "ema_decay": cfg.ema_decay,
+        "augment": cfg.augment,
+        "seed": cfg.seed,
     }
     diffusion = OmegaConf.to_container(cfg.diffusion)
     assert GptModule(**args, diffusion=diffusion).process.num_timesteps == 40

@@ -123,6 +123,10 @@ def test_novelty_baselines_on_a_fresh_gpt(task, runs):
         ],
         layer_scales=normalizer.layer_scales,
         diffusion=OmegaConf.to_container(cfg.diffusion),
+        optim=None,
+        ema_decay=cfg.ema_decay,
+        augment=cfg.augment,
+        seed=cfg.seed,
     )
     res = novelty_baselines(
         module, task, train, test, prompt=best, num_nets=2, noise_levels=(0.01, 0.5),

@@ -13,7 +13,7 @@ TINY = [
     "model.depth=1",
     "model.hidden_size=32",
     "model.num_heads=2",
-    "data.datamodule.batch_size=4",
+    "batch_size=4",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
 ]

@@ -154,7 +154,7 @@ def test_multirun_over_model_and_patch(tmp_path):
         "-m",
         "model=tiny,s",
         "patch=2,4",
-        "data.datamodule.batch_size=2",
+        "batch_size=2",
         "trainer.max_steps=1",
         "logger=none",
         "callbacks=none",

@@ -108,7 +108,7 @@ class CPUFSDPStrategy(FSDPStrategy):
             return state
 """
 
-DIGITS = ["data.datamodule.batch_size=8", "ema_decay=0.5", "logger=csv", "callbacks=none"]
+DIGITS = ["batch_size=8", "ema_decay=0.5", "logger=csv", "callbacks=none"]
 ENV = {"OMP_NUM_THREADS": "1"}
 
 

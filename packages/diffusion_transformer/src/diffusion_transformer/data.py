@@ -117,7 +117,8 @@ class LatentShardDataset(Dataset):
         if not manifest_path.is_file():
             raise FileNotFoundError(
                 f"no latent manifest at {manifest_path}: run `python -m "
-                "diffusion_transformer.extract_latents data.root=<images> out=<this folder>` first"
+                "diffusion_transformer.extract_latents data.root=<images> vae=<sd-vae folder> "
+                "out=<this folder>` first"
             )
         self.manifest = json.loads(manifest_path.read_text())
         self.shards = [s["file"] for s in self.manifest["shards"]]

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from diffusion_transformer.models import DiT
+from diffusion_transformer.vae import vae_folder
 
 
 def diffusers_config(dit: DiT) -> dict[str, Any]:
@@ -212,6 +213,7 @@ def export_diffusers(
         transformer.save_pretrained(out / "transformer")
         scheduler.save_pretrained(out / "scheduler")
     else:
+        vae = vae_folder(vae)  # the error names vae=
         autoencoder = AutoencoderKL.from_pretrained(str(vae), local_files_only=True)
         DiTPipeline(transformer=transformer, vae=autoencoder, scheduler=scheduler).save_pretrained(
             out

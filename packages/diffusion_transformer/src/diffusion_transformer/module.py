@@ -51,7 +51,7 @@ class DiTModule(L.LightningModule):
         self.flip = flip
         self.seed = seed
         # The VAE is frozen and kept out of the state dict (see VAECodec).
-        self._vae = build_vae(vae)
+        self._vae = build_vae(vae, key="data.vae.path")
         self._compile = compile
         self._train_model: tuple[torch.nn.Module, torch.nn.Module] | None = None
         self._micro_step = 0

@@ -19,8 +19,7 @@ CHECKS = {
     "model.depth": "int>=1|null",  # null: Table 2.1's value for model.size
     "model.hidden_size": "int>=1|null",
     "model.num_heads": "int>=1|null",
-    "model.mlp_ratio": ">0",
-    "data.datamodule.batch_size": "int>=1",
+    "batch_size": "int>=1",
     "optim.lr": ">0",
     "optim.weight_decay": ">=0",
     "ema_decay": "[0,1]",

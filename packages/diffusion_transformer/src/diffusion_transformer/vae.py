@@ -15,18 +15,33 @@ import torch
 SD_VAE_SCALE = 0.18215
 
 
+def _fix(key: str) -> str:
+    """The fix, naming the caller's key: ``vae`` (sample, extract_latents, export_diffusers) or
+    ``data.vae.path`` (train, where ``data.vae=null`` is pixel space)."""
+    node, dot, _ = key.rpartition(".")
+    pixel = f", or train in pixel space with {node}=null" if dot else ""
+    return f"set {key}=<local diffusers folder of e.g. stabilityai/sd-vae-ft-ema>{pixel}"
+
+
+def vae_folder(path: str | Path, key: str = "vae") -> Path:
+    """``path`` if it holds a diffusers ``AutoencoderKL`` (``config.json``), else an error."""
+    path = Path(path).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no VAE at {path} (expected a diffusers AutoencoderKL folder with config.json, "
+            f"downloaded on a machine with internet): {_fix(key)}"
+        )
+    return path
+
+
 class VAECodec:
     """Frozen ``diffusers.AutoencoderKL`` wrapper. Not an ``nn.Module`` on purpose: its weights
-    are not trained and stay out of DiT checkpoints."""
+    are not trained and stay out of DiT checkpoints. Errors name ``key``, the caller's key."""
 
-    def __init__(self, path: str | Path, scale: float = SD_VAE_SCALE, sample: bool = True) -> None:
-        path = Path(path).expanduser()
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"no VAE at {path} (expected a diffusers AutoencoderKL folder with config.json): "
-                "download e.g. stabilityai/sd-vae-ft-ema on a machine with internet and set "
-                "data.vae.path to that folder, or train in pixel space with data.vae=null"
-            )
+    def __init__(
+        self, path: str | Path, scale: float = SD_VAE_SCALE, sample: bool = True, key: str = "vae"
+    ) -> None:
+        path = vae_folder(path, key)
         from diffusers import AutoencoderKL
 
         self.vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
@@ -53,15 +68,11 @@ class VAECodec:
         return self.vae.decode((latents / self.scale).to(self.vae.dtype)).sample.float()
 
 
-def build_vae(cfg: dict | None) -> VAECodec | None:
-    """``None`` (pixel space) or ``{"path": ..., "scale": 0.18215}``."""
+def build_vae(cfg: dict | None, key: str = "vae") -> VAECodec | None:
+    """``None`` (pixel space) or ``{"path": ..., "scale": 0.18215}``; ``key`` is the caller's key
+    for the path (``vae``, or ``data.vae.path`` in training), named in the errors."""
     if not cfg or not cfg.get("path"):
         if cfg and "path" in cfg:
-            raise FileNotFoundError(
-                "data.vae.path is empty: set it to a local diffusers AutoencoderKL folder "
-                "(e.g. sd-vae-ft-ema), or use data.vae=null for pixel space"
-            )
+            raise FileNotFoundError(f"{key} is empty: {_fix(key)}")
         return None
-    return VAECodec(
-        cfg["path"], scale=cfg.get("scale", SD_VAE_SCALE), sample=cfg.get("sample", True)
-    )
+    return VAECodec(cfg["path"], cfg.get("scale", SD_VAE_SCALE), cfg.get("sample", True), key)

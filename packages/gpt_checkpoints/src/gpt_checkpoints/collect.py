@@ -7,9 +7,7 @@ lost or duplicated.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from common.cli import hydra_main
 
@@ -25,31 +23,9 @@ CHECKS = {
 
 @hydra_main("collect", checks=CHECKS)
 def main(cfg: DictConfig) -> None:
-    from common.devices import pick_device
-    from gpt_checkpoints.dataset.collection import collect
-    from gpt_checkpoints.dataset.store import CheckpointStore
-    from gpt_checkpoints.tasks import build_task
+    from gpt_checkpoints.dataset.collection import collect_dataset
 
-    device = pick_device(cfg.device)
-    recipe = OmegaConf.to_container(cfg.task.recipe, resolve=True) or {}
-    task = build_task(cfg.task.name, data_root=cfg.data.root, **recipe).to(device)
-    result = collect(
-        task,
-        cfg.out,
-        runs=cfg.runs,
-        checkpoints_per_run=cfg.checkpoints_per_run,
-        batch_runs=cfg.batch_runs,
-        seed_offset=cfg.seed_offset,
-        max_abs=cfg.max_abs,
-        data_root=str(Path(cfg.data.root).resolve()) if cfg.data.root else None,
-    )
-    store = CheckpointStore(cfg.out)
-    print(f"checkpoint dataset : {Path(cfg.out).resolve()} (trained on {device})")
-    print(
-        f"runs               : {len(store.seeds())} stored, {len(store.filtered_seeds())} filtered "
-        f"({result.trained} trained now, {result.skipped} already there, "
-        f"{result.runs_per_minute:.0f} runs/min)"
-    )
+    collect_dataset(cfg)
 
 
 if __name__ == "__main__":

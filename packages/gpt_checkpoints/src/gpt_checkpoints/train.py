@@ -16,6 +16,8 @@ from common.cli import hydra_main
 CHECKS = {
     "seed": "int>=0",
     "batch_size": "int>=1",
+    # |null: a released preset's model node (model=mnist_loss) has no sizes, and a missing key
+    # reads as null; an explicit null is refused where the model is built (model.training.SIZES).
     "model.depth": "int>=1|null",
     "model.hidden_size": "int>=1|null",
     "model.num_heads": "int>=1|null",

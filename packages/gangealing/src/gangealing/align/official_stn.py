@@ -41,7 +41,7 @@ from gangealing.stylegan2.ops import ConvLayer, EqualConv2d, EqualLinear, ResBlo
 OFFICIAL_PADDING = ("border", "reflection", "zeros")
 
 
-def official_channels(channel_multiplier: float, max_channels: int = 512) -> dict[int, int]:
+def official_channels(channel_multiplier: float, max_channels: int) -> dict[int, int]:
     """The official STN channel table (the StyleGAN2 discriminator's, scaled below 64 px)."""
     table = {s: max_channels for s in (4, 8, 16, 32)}
     table.update({64: 256, 128: 128, 256: 64, 512: 32, 1024: 16})
@@ -142,12 +142,12 @@ class OfficialSpatialTransformer(nn.Module):
     def __init__(
         self,
         transform: str,
-        flow_size: int = 128,
-        supersize: int = 256,
-        channel_multiplier: float = 0.5,
-        num_heads: int = 1,
-        flow_downsample: int = 8,
-        max_channels: int = 512,
+        flow_size: int,
+        supersize: int,
+        channel_multiplier: float,
+        num_heads: int,
+        flow_downsample: int,
+        max_channels: int,
         blur_kernel: Sequence[int] = (1, 3, 3, 1),
     ) -> None:
         super().__init__()
@@ -238,17 +238,19 @@ class OfficialSpatialTransformer(nn.Module):
 
 class OfficialComposedSTN(nn.Module):
     """The released T: a similarity stage, then a flow stage on its output (official
-    ``ComposedSTN(['similarity', 'flow'])``; state-dict keys ``stns.0.*``, ``stns.1.*``)."""
+    ``ComposedSTN(['similarity', 'flow'])``; state-dict keys ``stns.0.*``, ``stns.1.*``). Its
+    arguments come from ``conf/model/stn/paper.yaml`` or, for a released file, from its tensors
+    (``released.infer_architecture``)."""
 
     def __init__(
         self,
-        transforms: Sequence[str] = ("similarity", "flow"),
-        flow_size: int = 128,
-        supersize: int = 256,
-        channel_multiplier: float = 0.5,
-        num_heads: int = 1,
-        flow_downsample: int = 8,
-        max_channels: int = 512,
+        transforms: Sequence[str],
+        flow_size: int,
+        supersize: int,
+        channel_multiplier: float,
+        num_heads: int,
+        flow_downsample: int,
+        max_channels: int,
     ) -> None:
         super().__init__()
         transforms = list(transforms)
@@ -368,10 +370,10 @@ class OfficialClusterClassifier(nn.Module):
     def __init__(
         self,
         num_clusters: int,
-        flow_size: int = 128,
-        supersize: int = 256,
-        channel_multiplier: float = 0.5,
-        max_channels: int = 512,
+        flow_size: int,
+        supersize: int,
+        channel_multiplier: float,
+        max_channels: int,
         blur_kernel: Sequence[int] = (1, 3, 3, 1),
     ) -> None:
         super().__init__()

@@ -13,6 +13,7 @@ classifier choosing cluster and mirror for K > 1).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,14 @@ def infer_architecture(state: dict[str, torch.Tensor], prefix: str = "stns.0.") 
         heads = state[f"{s}warp_head.linear.weight"].shape[0] // 4
     else:
         heads = state[f"{s}warp_head.flow_out.2.weight"].shape[0] // 2
+    flow_downsample = 8  # a similarity-only T has no flow head (8: official train.py's default)
+    if "flow" in transforms:  # mask_out regresses K * 9 * flow_downsample ** 2 upsampling weights
+        mask = state[f"stns.{transforms.index('flow')}.warp_head.mask_out.2.weight"]
+        flow_downsample = math.isqrt(mask.shape[0] // (9 * heads))
     return {
         "transforms": transforms, "flow_size": flow_size, "supersize": supersize,
-        "channel_multiplier": multiplier, "num_heads": int(heads), "max_channels": max_channels,
+        "channel_multiplier": multiplier, "num_heads": int(heads),
+        "flow_downsample": flow_downsample, "max_channels": max_channels,
     }  # fmt: skip
 
 

@@ -70,7 +70,7 @@ def grid_sample(input: Tensor, grid: Tensor, padding_mode: str = "reflection") -
     if grid.device.type == "cpu" and not bool(torch.isfinite(grid).all()):
         raise NonFiniteError(
             "a sampling grid holds NaN or inf (the spatial transformer or its input diverged); "
-            "lower optim.lr and optim.mode_lr, and check the input images for NaN"
+            "check the input images for NaN"
         )
     return F.grid_sample(
         input, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False
@@ -376,8 +376,8 @@ class SimilarityTransformer(_SpatialTransformer):
         self,
         input_size: int,
         widths: Sequence[int],
+        padding_mode: str,
         output_size: Size | None = None,
-        padding_mode: str = "reflection",
     ):
         super().__init__(output_size, padding_mode)
         self.trunk = ConvTrunk(input_size, widths)
@@ -420,8 +420,8 @@ class FlowTransformer(_SpatialTransformer):
         input_size: int,
         widths: Sequence[int],
         flow_size: int,
+        padding_mode: str,
         output_size: Size | None = None,
-        padding_mode: str = "reflection",
     ):
         super().__init__(output_size, padding_mode)
         self.flow_size = flow_size

@@ -33,13 +33,13 @@ logger = logging.getLogger(__name__)
 
 SPAIR_LAYOUT = (
     "SPair-71k layout: <root>/JPEGImages/<category>/*.jpg and "
-    "<root>/PairAnnotation/<trn|val|test>/*.json (extract SPair-71k.tar.gz and pass the "
-    "SPair-71k folder as root)"
+    "<root>/PairAnnotation/<trn|val|test>/*.json (extract SPair-71k.tar.gz and pass "
+    "data.root=<its SPair-71k folder>)"
 )
 CUB_LAYOUT = (
     "CUB-200-2011 layout: <root>/images.txt, <root>/images/<class>/<file>.jpg, "
     "<root>/parts/part_locs.txt, <root>/bounding_boxes.txt, <root>/train_test_split.txt "
-    "(extract CUB_200_2011.tgz and pass the CUB_200_2011 folder as root)"
+    "(extract CUB_200_2011.tgz and pass data.root=<its CUB_200_2011 folder>)"
 )
 
 CUB_PART_NAMES: tuple[str, ...] = (

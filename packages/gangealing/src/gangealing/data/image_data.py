@@ -39,11 +39,12 @@ class _Images(Dataset):
 
 
 def build_dataset(
-    data: str | os.PathLike, resolution: int, synthetic_size: int = 1024, seed: int = 0
+    data: str | os.PathLike, resolution: int, synthetic_size: int | None, seed: int
 ) -> Dataset:
-    """``data``: a folder of images, or a bundled photograph's name (random similarity warps)."""
+    """``data``: a folder of images, or (with ``synthetic_size``, the number of warps; None for a
+    folder) a bundled photograph's name (random similarity warps)."""
     path = Path(data).expanduser()
-    if str(data) in BUNDLED_IMAGES and not path.is_dir():
+    if synthetic_size is not None and str(data) in BUNDLED_IMAGES and not path.is_dir():
         warps = SimilarityWarpDataset(
             image=str(data), size=resolution, num_images=synthetic_size, seed=seed
         )
@@ -60,7 +61,7 @@ class ImageDataModule(L.LightningDataModule):
     """Endless shuffled batches ``[B, 3, R, R]`` in ``[-1, 1]`` for GAN training.
 
     The order is a pure function of ``(seed, step)`` (``InfiniteSampler``), and so are the
-    horizontal flips (``hflip``: each image flipped with probability 1/2, StyleGAN2's x-flip
+    horizontal flips (``flip``: each image flipped with probability 1/2, StyleGAN2's x-flip
     augmentation, drawn on the device from ``step_seed``), so a resumed run reads the batches the
     uninterrupted one would have read; each rank reads its own slice.
     """
@@ -69,15 +70,15 @@ class ImageDataModule(L.LightningDataModule):
         self,
         data: str | os.PathLike,
         resolution: int,
-        batch_size: int = 16,
-        hflip: bool = True,
-        num_workers: int = 0,
-        synthetic_size: int = 1024,
-        seed: int = 0,
+        batch_size: int,
+        flip: bool,
+        num_workers: int,
+        synthetic_size: int | None,
+        seed: int,
     ) -> None:
         super().__init__()
         self.data, self.resolution = data, int(resolution)
-        self.batch_size, self.hflip, self.num_workers = batch_size, hflip, num_workers
+        self.batch_size, self.flip, self.num_workers = batch_size, flip, num_workers
         self.synthetic_size, self.seed = synthetic_size, seed
         self.dataset: Dataset | None = None
 
@@ -92,14 +93,14 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
-        if not self.hflip or self.trainer is None or not self.trainer.training:
+        if not self.flip or self.trainer is None or not self.trainer.training:
             return batch
         step, rank = self.trainer.global_step, self.trainer.global_rank
-        return random_hflip(batch, step_seed(self.seed + 1, step, rank))
+        return random_flip(batch, step_seed(self.seed + 1, step, rank))
 
 
-def random_hflip(batch: torch.Tensor, seed: int) -> torch.Tensor:
+def random_flip(batch: torch.Tensor, seed: int) -> torch.Tensor:
     """Flip each image of ``[N, C, H, W]`` left-right with probability 1/2 (seeded)."""
     g = torch.Generator(device=batch.device).manual_seed(seed)
-    flip = torch.rand(batch.shape[0], generator=g, device=batch.device) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
+    flipped = torch.rand(batch.shape[0], generator=g, device=batch.device) < 0.5
+    return torch.where(flipped.view(-1, 1, 1, 1), batch.flip(-1), batch)

@@ -60,15 +60,16 @@ class Generator(nn.Module):
 
     ``n_latent = 2 * log2(size) - 2`` style inputs (the W+ layers [188]): ``conv1`` and
     ``to_rgb1`` at 4x4 use latents 0 and 1; block k (resolution 2^(k+3)) uses 2k+1, 2k+2 for its
-    two convolutions and 2k+3 for its ToRGB. ``channels`` overrides the width table (tiny
-    networks for tests); ``channel_multiplier`` is ignored when it is given.
+    two convolutions and 2k+3 for its ToRGB. The signature is rosinality's (``size, style_dim,
+    n_mlp`` required, its defaults kept: the official API); ``channels`` (this package's addition)
+    overrides the width table, and ``channel_multiplier`` is ignored when it is given.
     """
 
     def __init__(
         self,
         size: int,
-        style_dim: int = 512,
-        n_mlp: int = 8,
+        style_dim: int,
+        n_mlp: int,
         channel_multiplier: int = 2,
         blur_kernel: Sequence[float] = DEFAULT_BLUR_KERNEL,
         lr_mlp: float = 0.01,

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from common.checkpoint import plain_container
+from common.errors import NonFiniteError
 from common.training import step_seed
 from common.training.ema import EMA
 from gangealing.align.congealer import Congealer
@@ -274,7 +275,11 @@ class GangealingModule(L.LightningModule):
             x, y, source = self.pairs(self.hparams.batch_size, psi, with_source=True)
         else:
             (x, y), source = self.pairs(self.hparams.batch_size, psi), None
-        out = self.alignment_losses(self.stns, x, y, source)
+        try:
+            out = self.alignment_losses(self.stns, x, y, source)
+        except NonFiniteError as err:  # a NaN grid (stn.grid_sample): T diverged in training
+            hint = NonFiniteError(f"{err}; lower optim.lr and optim.mode_lr")  # the CLI's one line
+            raise hint.with_traceback(err.__traceback__) from None  # shows the innermost cause
         self.log_dict(
             {f"train/{k}": out[k] for k in ("loss", "distance", "tv", "identity")}, prog_bar=True
         )

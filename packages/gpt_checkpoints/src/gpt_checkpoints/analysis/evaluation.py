@@ -1,5 +1,5 @@
-"""Prompting and the analyses of a trained G.pt (thesis Sec. 3.4 and 3.5), used by
-``gpt_checkpoints.prompt`` and ``gpt_checkpoints.evaluate``.
+"""Prompting and the analyses of a trained G.pt (thesis Sec. 3.4 and 3.5), used by the jobs of
+``gpt_checkpoints.prompt`` and ``gpt_checkpoints.evaluate`` (``analysis.jobs``).
 
 Every analysis feeds G.pt *unseen* networks: fresh initialisations from seeds outside the dataset
 (``UNSEEN_SEED``) or the initial checkpoints of held-out test runs.

@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+from common.devices import pick_device
 from gpt_checkpoints.dataset.store import CheckpointStore
+from gpt_checkpoints.tasks import build_task
 from gpt_checkpoints.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -144,4 +147,31 @@ def collect(
         elapsed = time.perf_counter() - start
         log.info("%d/%d runs (%.0f runs/min)", done, runs, 60 * (done - skipped) / elapsed)
     result = CollectResult(Path(out), trained, filtered, skipped, time.perf_counter() - start)
+    return result
+
+
+def collect_dataset(cfg: DictConfig) -> CollectResult:
+    """The job of ``python -m gpt_checkpoints.collect`` (``conf/collect.yaml``): build
+    ``cfg.task`` on ``cfg.device``, ``collect`` its runs into ``cfg.out`` and print the store's
+    counts."""
+    device = pick_device(cfg.device)
+    recipe = OmegaConf.to_container(cfg.task.recipe, resolve=True) or {}
+    task = build_task(cfg.task.name, data_root=cfg.data.root, **recipe).to(device)
+    result = collect(
+        task,
+        cfg.out,
+        runs=cfg.runs,
+        checkpoints_per_run=cfg.checkpoints_per_run,
+        batch_runs=cfg.batch_runs,
+        seed_offset=cfg.seed_offset,
+        max_abs=cfg.max_abs,
+        data_root=str(Path(cfg.data.root).resolve()) if cfg.data.root else None,
+    )
+    store = CheckpointStore(cfg.out)
+    print(f"checkpoint dataset : {Path(cfg.out).resolve()} (trained on {device})")
+    print(
+        f"runs               : {len(store.seeds())} stored, {len(store.filtered_seeds())} filtered "
+        f"({result.trained} trained now, {result.skipped} already there, "
+        f"{result.runs_per_minute:.0f} runs/min)"
+    )
     return result

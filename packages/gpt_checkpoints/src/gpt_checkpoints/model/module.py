@@ -65,10 +65,10 @@ class GptModule(L.LightningModule):
         metric_range: list[float],
         layer_scales: list[float],
         diffusion: dict[str, Any],
-        optim: dict[str, Any] | None = None,
-        ema_decay: float = 0.999,
-        augment: bool = True,
-        seed: int = 0,
+        optim: dict[str, Any] | None,
+        ema_decay: float,
+        augment: bool,
+        seed: int,
         protocol: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -313,6 +313,10 @@ def load_released(ckpt: dict[str, Any], path: str | Path, preset: str | None = N
         metric_range=[float("-inf"), float("inf")],
         layer_scales=[spec["openai_coeff"]] * len(layout.entries),
         diffusion=OFFICIAL_DIFFUSION,
+        optim=None,  # sampling only
+        ema_decay=0.999,
+        augment=True,
+        seed=0,
         protocol={k: spec[k] for k in ("best_prompt", "recursive_prompt", "prompt_start_coeff",
                                        "minimize")},
     )  # fmt: skip
