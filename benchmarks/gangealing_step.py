@@ -39,13 +39,14 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     parser.add_argument("--batch", type=int, default=5 if cuda else 2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size", type=int, default=256, help="generator size (px); T at half")
     args = parser.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         generator = Path(tmp) / "g.pt"
-        save_generator(generator, Generator(256, 512, 8))
-        common = [f"generator={generator}", "resolution=128", "pca_samples=4096",
+        save_generator(generator, Generator(args.size, 512, 8))
+        common = [f"generator={generator}", f"resolution={args.size // 2}", "pca_samples=4096",
                   "loss.name=pyramid_l1", f"batch_size={args.batch}"]  # fmt: skip
         modules = {}
         with initialize_config_module("gangealing.conf", version_base="1.3"):
@@ -58,7 +59,10 @@ def main() -> None:
         optimiser = torch.optim.Adam(module.stns.parameters(), lr=1e-3)
         steps[name] = (module, optimiser)
     times = round_robin({name: lambda s=s: _step(*s) for name, s in steps.items()}, args.rounds)
-    print(f"GANgealing step, 256 px StyleGAN2, flow size 128, batch {args.batch}, {device}")
+    print(
+        f"GANgealing step, {args.size} px StyleGAN2, flow size {args.size // 2}, "
+        f"batch {args.batch}, {device}"
+    )
     base = statistics.median(times["paper"])
     print(f"{'row':<14}{'samples/s':>11}{'ms/step':>10}{'T params':>11}{'x paper':>9}")
     for name, ts in times.items():

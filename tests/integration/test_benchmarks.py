@@ -30,7 +30,7 @@ SMALLEST = {
         ["--steps", "1", "--warmup", "1", "--batch-size", "2", "--resolution", "16"],
         "depthwise (ours)",
     ),
-    "gangealing_step": (["--rounds", "1", "--batch", "1"], "small trunk"),
+    "gangealing_step": (["--rounds", "1", "--batch", "1", "--size", "128"], "small trunk"),
     "gangealing_congeal": (["--rounds", "1", "--batch", "1"], "iters=3, flips"),
     "gpt_collect": (["--batched-runs", "2", "--single-runs", "1", "--epochs", "1"], "batched"),
 }  # fmt: skip
