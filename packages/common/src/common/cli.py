@@ -23,6 +23,7 @@ from common.errors import check_values, is_user_error, one_line
 _DEBUG = ("debug=true", "debug=True", "+debug=true")
 _FULL_ERROR = "GENMODELS_FULL_ERROR"  # what the user asked for, seen by DDP children too
 _pending: list[BaseException] = []  # a single run's user error, printed after Hydra returns
+_run_dirs: list[Path] = []  # the output folder of that run
 
 
 def _yaml(path: Path) -> dict:
@@ -148,6 +149,36 @@ def _refuse_chdir() -> None:
         )
 
 
+def _output_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
+
+def _remove_if_empty(run_dir: Path | None) -> None:
+    """Remove the output folder of a run that failed before writing anything: what is left is
+    only Hydra's record of the config and the log of the error just printed."""
+    if run_dir is None or not run_dir.is_dir():
+        return
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        import logging
+        import shutil
+
+        for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+            for handler in list(getattr(logger, "handlers", [])):  # Hydra's <command>.log
+                if isinstance(handler, logging.FileHandler) and Path(
+                    handler.baseFilename
+                ).is_relative_to(run_dir.resolve()):
+                    logger.removeHandler(handler)
+                    handler.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        launch = Path.cwd().resolve()
+        for parent in run_dir.resolve().parents:  # outputs/<package>/<command>, if now empty
+            if parent == launch or launch not in parent.parents or any(parent.iterdir()):
+                break
+            parent.rmdir()
+
+
 def hydra_main(
     config_name: str, config_path: str = "conf", checks: dict[str, str] | None = None
 ) -> Callable[[Callable[[Any], Any]], Callable[[], Any]]:
@@ -171,6 +202,7 @@ def hydra_main(
                 job = (hydra_job() or {}).get("num")
                 if job is None:  # reported by main() once Hydra has returned: one line only
                     _pending.append(err)
+                    _run_dirs.append(_output_dir())
                     return None
                 print_error(err, prefix=f"job {job}: ")  # say it now; the sweep goes on
                 raise HydraJobFailures(
@@ -214,10 +246,12 @@ def hydra_main(
                 result = _exit_on_user_errors(entry, full_error)
                 if _pending:
                     print_error(_pending.pop())
+                    _remove_if_empty(_run_dirs.pop())
                     sys.exit(2)
                 return result
             finally:
                 _pending.clear()
+                _run_dirs.clear()
                 for key, value in previous.items():
                     if value is None:
                         os.environ.pop(key, None)
