@@ -23,7 +23,8 @@ def test_a_run_folder_with_anything_of_its_own_stays(tmp_path, monkeypatch):
     run = tmp_path / "outputs" / "pkg" / "train" / "2026"
     (run / ".hydra").mkdir(parents=True)
     (run / "train.log").write_text("")
-    (run / "job.json").write_text('{"status": "failed"}')  # a record of the failure: kept
+    (run / "run_id.txt").write_text("abc")
+    (run / "job.json").write_text('{"status": "failed"}')  # the job started: its record stays
     _remove_if_empty(run)
     assert (run / "job.json").is_file()
     (run / "job.json").unlink()

@@ -157,10 +157,12 @@ def _output_dir() -> Path | None:
 
 def _remove_if_empty(run_dir: Path | None) -> None:
     """Remove the output folder of a run that failed before writing anything: what is left is
-    only Hydra's record of the config and the log of the error just printed."""
+    only Hydra's record of the config, the log of the error just printed and the W&B run id that
+    ``common.training.runs`` chose for it. A job that started (its ``job.json``) keeps its folder:
+    its log and status are the record of what it did."""
     if run_dir is None or not run_dir.is_dir():
         return
-    if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+    if all(p.name in (".hydra", "run_id.txt") or p.suffix == ".log" for p in run_dir.iterdir()):
         import logging
         import shutil
 
