@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common.checkpoint import atomic_save
-from diffusion_transformer.checkpoints import infer_config, load_dit
+from diffusion_transformer.checkpoints import infer_config, load_dit, save_ema
 from diffusion_transformer.models import DiT, DiT_models
 
 
@@ -82,3 +82,19 @@ def test_nonstandard_width_needs_a_model_name(tmp_path):
     atomic_save(model.state_dict(), tmp_path / "w96.pt")
     with pytest.raises(ValueError, match="attention heads"):
         load_dit(tmp_path / "w96.pt")
+
+
+def test_our_ema_file_records_its_architecture_and_stays_a_plain_state_dict(tmp_path):
+    """ema.pt: torch.load gives the official-key tensors only; load_dit needs no extra key."""
+    model = DiT(input_size=8, hidden_size=96, depth=2, num_heads=4, num_classes=10).eval()
+    diffusion = {"objective": "ddpm", "sampler": "ddim", "sampling_steps": 25}
+    save_ema(
+        model.state_dict(), tmp_path / "ema.pt", {"model": model.config, "diffusion": diffusion}
+    )
+    plain = torch.load(tmp_path / "ema.pt", weights_only=True)
+    assert plain.keys() == model.state_dict().keys()
+    loaded, meta = load_dit(tmp_path / "ema.pt")
+    assert loaded.num_heads == 4 and meta["diffusion"] == diffusion
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([3, 900]), torch.tensor([1, 7])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, y), model(x, t, y))

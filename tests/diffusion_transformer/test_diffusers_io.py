@@ -69,6 +69,9 @@ def test_exported_folder_loads_offline_and_needs_dits_timestep_shift(tmp_path):
     assert (plain(x, timestep=t, class_labels=y).sample - dit(x, t, y)).abs().max() > 1e-3
     fixed = use_dit_timestep_convention(plain)(x, timestep=t, class_labels=y).sample
     assert (fixed - dit(x, t, y)).abs().max() < 1e-5
+    # A pixel-space export has no VAE, hence no pipeline: one error naming the loader to use.
+    with pytest.raises(FileNotFoundError, match=r"no model_index.json.*load_diffusers_transformer"):
+        load_diffusers_pipeline(out)
     imported, meta = load_dit(out)  # and back: the folder is a checkpoint for sample/evaluate
     assert torch.equal(imported(x, t, y), dit(x, t, y))
     assert meta["diffusion"]["noise_schedule"] == "linear"

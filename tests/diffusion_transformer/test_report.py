@@ -144,4 +144,13 @@ def test_two_runs_title_says_why_there_is_no_correlation_and_axes_show_plain_val
     assert result["correlations"]["runs"] == 2
     title, offset = seen[0]
     assert "correlations need 3 runs, 2 here" in title and "nan" not in title
+    # Valid JSON: null (and why), never NaN.
+    text = (tmp_path / "sweep" / "report" / "correlations.json").read_text()
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in correlations.json")
+
+    corr = json.loads(text, parse_constant=refuse)
+    assert corr["spearman"] is None and corr["pearson_log_gflops"] is None
+    assert "need at least 3 runs" in corr["note"]
     assert [o for _, o in seen] == ["", "", ""]  # no "+7.799e2" offset on any axis

@@ -79,9 +79,7 @@ def test_cli_and_errors(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="congealer.pt file it wrote"):
         Congealer.load(tmp_path / "missing")
-    with pytest.raises(
-        ValueError, match="is a StyleGAN2 checkpoint .rosinality format., not a GANgealing"
-    ):
+    with pytest.raises(ValueError, match="g.pt is a StyleGAN2 checkpoint, not a congealer; use"):
         Congealer.load(tmp_path / "g.pt")
     atomic_save({"state_dict": {}}, tmp_path / "x.ckpt")
     with pytest.raises(ValueError, match="Lightning training checkpoint"):
@@ -93,3 +91,34 @@ def test_cli_and_errors(tmp_path):
     with pytest.raises(ValueError, match="pass cluster="):
         two(torch.zeros(1, 3, 16, 16))
     assert two(torch.zeros(1, 3, 16, 16), cluster=1).image.shape == (1, 3, 16, 16)
+
+
+def test_a_file_of_the_wrong_kind_is_named_in_one_short_line(tmp_path, cli_main):
+    """Each GANgealing loader handed another kind of file says which kind it found and which
+    command and key take it, in under 200 characters (one ``error:`` line in a command)."""
+    from safetensors.torch import save_file
+
+    from gangealing.stylegan2.networks import load_generator
+
+    congealer = _congealer_file(tmp_path) / "congealer.pt"
+    atomic_save({"x_embedder.proj.weight": torch.zeros(2, 2)}, tmp_path / "ema.pt")
+    save_file({"w": torch.zeros(1)}, tmp_path / "gpt.safetensors", metadata={"format": "gpt/1"})
+    cases = [
+        (Congealer.load, "g.pt", "a StyleGAN2 checkpoint", "gangealing.train generator="),
+        (Congealer.load, "ema.pt", "a DiT state dict", "diffusion_transformer.sample ckpt="),
+        (Congealer.load, "gpt.safetensors", "a G.pt export", "gpt_checkpoints.evaluate ckpt="),
+        (load_generator, "ema.pt", "a DiT state dict", "diffusion_transformer.sample ckpt="),
+        (load_generator, "gpt.safetensors", "a G.pt export", "gpt_checkpoints.evaluate ckpt="),
+        (load_generator, congealer, "a GANgealing congealer", "gangealing.congeal ckpt="),
+    ]
+    for load, name, kind, use in cases:
+        with pytest.raises(ValueError) as err:
+            load(tmp_path / name)
+        message = str(err.value)
+        assert len(message) < 200 and kind in message and use in message, message
+
+    code, err = cli_main("gangealing.train", f"generator={congealer}")
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert "congealer.pt is a GANgealing congealer, not a StyleGAN2 generator; use it" in err
+    code, err = cli_main("gangealing.congeal", f"ckpt={tmp_path / 'g.pt'}", f"data.root={tmp_path}")
+    assert code == 2 and err.count("error:") == 1 and "generator=<file>" in err

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shlex
 import subprocess
 import sys
 import warnings
@@ -269,6 +271,9 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_trains_exports_and_resumes(tmp_path):
+    """A tiny run, its resume, then the next commands as printed: the ``gangealing.train`` that
+    train_gan prints (plus ``trainer.max_steps=1``: as printed it trains 20,000 steps) and the
+    ``gangealing.congeal`` that this run prints (exactly as printed)."""
     run = tmp_path / "run"
     out = _cli([*CLI_OVERRIDES, "trainer.max_steps=2", f"hydra.run.dir={run}"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -295,3 +300,57 @@ def test_cli_trains_exports_and_resumes(tmp_path):
     assert safe_load(run / "checkpoints" / "last.ckpt")["global_step"] == 3
     resumed_g = load_generator(export)
     assert not np.allclose(_flat(resumed_g).numpy(), _flat(generator).numpy())
+
+    # The next commands, run as printed: train_gan's gangealing.train (its 20,000 steps cut to
+    # one with trainer.max_steps=1, the only key added), then the congeal command that prints.
+    train = _printed(out.stdout, "gangealing.train")
+    assert f"generator={export} resolution=16 model=stn/small" in train
+    trained = _run_printed(train, tmp_path, "trainer.max_steps=1")
+    assert "data.root= holds samples of the generator: put a folder of your own" in trained
+    congeal = _printed(trained, "gangealing.congeal")
+    assert congeal.endswith("size=16") and "data.root=" in congeal
+    congealed = _run_printed(congeal, tmp_path)
+    assert "average image" in congealed
+
+
+def _printed(stdout: str, command: str) -> str:
+    """The ``python -m <command> ...`` a run printed (up to the end of its parenthesis or a ;)."""
+    match = re.search(rf"\((python -m {re.escape(command)} [^;)]*)", stdout)
+    assert match, stdout[-2000:]
+    return match[1]
+
+
+def _run_printed(command: str, cwd: Path, *extra: str) -> str:
+    args = shlex.split(command)
+    assert args[:2] == ["python", "-m"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, *args[1:], *extra], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "error:" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stdout
+
+
+FOLDER_OVERRIDES = ["data=folder", *(o for o in CLI_OVERRIDES if not o.startswith("data."))]
+
+
+def test_a_folder_without_a_readable_image_stops_before_training(cli_main, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not a png")
+    code, err = cli_main("gangealing.train_gan", *FOLDER_OVERRIDES, f"data.root={folder}")
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert f"no readable image in {folder}" in err
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_an_unreadable_image_in_a_worker_is_one_line_naming_it(cli_main, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(folder / "a.png")
+    (folder / "b.png").write_bytes(b"\x89PNG broken")
+    args = [*FOLDER_OVERRIDES, f"data.root={folder}", "data.num_workers=1", "trainer.max_steps=2"]
+    code, err = cli_main("gangealing.train_gan", *args)
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert f"cannot read the image {folder / 'b.png'}" in err

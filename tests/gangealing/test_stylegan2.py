@@ -302,10 +302,11 @@ def test_checkpoint_errors_name_the_problem_and_the_fix(tmp_path):
         load_generator(good, channel_multiplier=2)
 
     cases = {
-        "list.pt": ([torch.zeros(1)], r"holds a list; expected a rosinality"),
-        "nokey.pt": ({"model": {"w": 1}, "step": 3}, r"no 'g_ema' entry \(its keys: model, step"),
+        "list.pt": ([torch.zeros(1)], r"^list\.pt is a list, not a StyleGAN2 generator$"),
+        "nokey.pt": ({"model": {"w": 1}, "step": 3}, r"nokey\.pt is a dict of another kind, not"),
         "dit.pt": ({"x_embedder.proj.weight": torch.zeros(2, 2), "pos_embed": torch.zeros(1)},
-                   r"some other model .*convert it to rosinality format"),
+                   r"DiT state dict, not a StyleGAN2 .*diffusion_transformer\.sample ckpt="),
+        "other.pt": ({"fc.weight": torch.zeros(2, 2)}, r"some other model .*convert it to rosin"),
         "nvlabs.pt": ({"g_ema": {"mapping.fc0.weight": torch.zeros(2, 2),
                                  "synthesis.b4.const": torch.zeros(1)}},
                       r"NVlabs StyleGAN2/ADA state dict .*convert_weight\.py"),

@@ -1,6 +1,10 @@
 """The real entry points, run as users run them, on tiny configs (W&B disabled)."""
 
 import json
+import os
+import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +14,7 @@ from tests.integration.conftest import TINY, run_cli
 
 
 def test_train_then_sample_from_the_checkpoint(tmp_path):
-    out = run_cli(
+    out = train_out = run_cli(
         "diffusion_transformer.train",
         *TINY,
         "trainer.max_steps=2",
@@ -42,32 +46,41 @@ def test_train_then_sample_from_the_checkpoint(tmp_path):
     assert data["arr_0"].shape == (2, 8, 8, 3) and data["arr_0"].dtype == np.uint8
     assert data["labels"].tolist() == [3, 7]
     assert Image.open(tmp_path / "samples" / "grid.png").size[0] >= 16
-    # The exported EMA weights (official format) sample too, with DDIM and guidance.
+    # The exported EMA weights (official key names, architecture recorded): the command train
+    # prints runs as printed, then the evaluate command that sample prints.
+    out = run_printed(train_out, "diffusion_transformer.sample", cwd=tmp_path).stdout
+    npz = tmp_path / out.split("samples npz : ")[1].split()[0]
+    assert np.load(npz)["arr_0"].shape == (16, 8, 8, 3)
+    out = run_printed(out, "diffusion_transformer.evaluate", cwd=tmp_path).stdout
+    assert "fd_digits" in out and list((tmp_path / "outputs").rglob("metrics.json"))
+    # export_diffusers as the README shows it, then the Python lines it prints.
     proc = run_cli(
-        "diffusion_transformer.sample",
+        "diffusion_transformer.export_diffusers",
         f"ckpt={run}/checkpoints/ema.pt",
-        "num_samples=2",
-        cwd=tmp_path,
-        check=False,
-    )
-    assert proc.returncode != 0 and "num_heads=<heads>" in proc.stderr
-    run_cli(
-        "diffusion_transformer.sample",
-        f"ckpt={run}/checkpoints/ema.pt",
-        "num_heads=2",
-        "num_samples=2",
-        "sampler=ddim",
-        "sampling_steps=2",
-        "cfg_scale=3",
-        "progress=false",
-        "hydra.run.dir=ema",
+        "out=exports/my_dit",
         cwd=tmp_path,
     )
-    assert np.load(tmp_path / "ema" / "samples.npz")["arr_0"].shape == (2, 8, 8, 3)
+    assert "accelerate" not in proc.stdout + proc.stderr
+    snippet = proc.stdout.split('python -c "')[1].split('"')[0]
+    assert "load_diffusers_transformer('exports/my_dit')" in snippet
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    loaded = subprocess.run(
+        [sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert loaded.returncode == 0 and "accelerate" not in loaded.stderr, loaded.stderr
 
 
-def test_cli_errors_name_the_fix(cli_main):
-    """Each error is one line with the fix, exit code 2 (in-process: see tests/faults)."""
+def run_printed(stdout: str, module: str, cwd, *extra: str):
+    """Run the ``python -m <module> ...`` command a previous command printed, as printed (plus
+    ``extra`` overrides)."""
+    line = next(line for line in stdout.splitlines() if f"python -m {module} " in line)
+    args = shlex.split(line.split(f"python -m {module} ")[1].rstrip(")"))
+    return run_cli(module, *args, *extra, cwd=cwd)
+
+
+def test_cli_errors_name_the_fix(cli_main, image_folder):
+    """Each error is one line with the fix, exit code 2 (in-process: see tests/faults); a missing
+    input folder is refused before the network is built or training starts."""
     cases = [
         ("diffusion_transformer.train", [*TINY, "patch=3"], "patch size 3 does not divide"),
         ("diffusion_transformer.train", ["model=huge"], "Available options"),
@@ -75,6 +88,11 @@ def test_cli_errors_name_the_fix(cli_main):
         (
             "diffusion_transformer.train",
             ["data=imagenet", "data.root=/nonexistent", "data.vae.path=/no/vae"],
+            "image folder /nonexistent does not exist",
+        ),
+        (
+            "diffusion_transformer.train",
+            ["data=imagenet", f"data.root={image_folder}", "data.vae.path=/no/vae"],
             "no VAE at /no/vae",
         ),
         ("diffusion_transformer.train", [*TINY, "resume=nowhere"], "cannot resume"),
@@ -115,24 +133,17 @@ def test_extract_latents_train_on_them_and_decode_samples(tmp_path, image_folder
     )
     assert json.loads((tmp_path / "latents" / "manifest.json").read_text()) == manifest
 
-    latent_data = [
-        "data=imagenet_latents",
-        f"data.root={tmp_path}/latents",
-        f"data.vae.path={tiny_vae}",
-        "data.image_size=16",
-        "data.latent_size=8",
-        "data.num_classes=2",
-        "data.datamodule.num_workers=0",
-    ]
-    run_cli(
+    # Train on them with the command extract_latents prints (tiny settings added).
+    run_printed(
+        proc.stdout,
         "diffusion_transformer.train",
+        tmp_path,
         *TINY,
-        *latent_data,
+        "data.datamodule.num_workers=0",
         "trainer.max_steps=2",
         "logger=none",
         "diffusion.sampling_steps=2",
         "hydra.run.dir=run",
-        cwd=tmp_path,
     )
     assert (tmp_path / "run" / "samples" / "final.png").is_file()
     run_cli(

@@ -18,32 +18,53 @@ TINY_TRAIN = [
     "trainer.val_check_interval=3",
     "checkpoint_every=3",
 ]
-FAST_SAMPLER = ["sampler=ddim", "sampling_steps=4"]
+
+
+def printed(stdout: str, command: str) -> list[str]:
+    """The arguments of the next command ``python -m gpt_checkpoints.<command> ...`` that a
+    command printed (exactly one such line)."""
+    prefix = f"python -m gpt_checkpoints.{command} "
+    lines = [line.split(prefix, 1)[1] for line in stdout.splitlines() if prefix in line]
+    assert len(lines) == 1, stdout
+    return lines[0].split()
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def collected(tmp_path_factory):
+    """A tiny collection with a relative out=: (its folder, collect's stdout)."""
     root = tmp_path_factory.mktemp("gpt")
-    out = root / "ds"
     proc = run_cli(
         "gpt_checkpoints.collect",
         "runs=8",
         "checkpoints_per_run=10",
         "batch_runs=4",
         "task.recipe.epochs=1",
-        f"out={out}",
+        "out=ds",
         f"hydra.run.dir={root / 'h'}",
         cwd=root,
     )
     assert "8 stored, 0 filtered" in proc.stdout
-    return out
+    return root / "ds", proc.stdout
 
 
-def test_collect_train_resume_prompt_evaluate(dataset, tmp_path):
+@pytest.fixture(scope="module")
+def dataset(collected):
+    return collected[0]
+
+
+def test_collect_train_resume_prompt_evaluate(collected, tmp_path, cli_main):
+    """Each command's printed next command, run as printed from another folder (plus tiny sizes
+    and output folders, keys the printed command leaves to their defaults)."""
+    dataset, collect_out = collected
+    assert printed(collect_out, "train") == ["task=mlp_digits", f"dataset={dataset}"]
     run_dir = tmp_path / "run"
-    common = [f"dataset={dataset}", f"hydra.run.dir={run_dir}", *TINY_TRAIN]
+    tiny = [f"hydra.run.dir={run_dir}", "test_fraction=0.25", *TINY_TRAIN]
+    common = [*printed(collect_out, "train"), *tiny]
     out = run_cli("gpt_checkpoints.train", *common, "trainer.max_steps=3", cwd=tmp_path).stdout
     assert "gpt.safetensors" in out
+    cpu_sampler = ["sampler=ddim", "sampling_steps=2"]  # a CPU-sized G.pt: the fast sampler
+    assert printed(out, "prompt") == [f"ckpt={run_dir}", *cpu_sampler]
+    assert printed(out, "evaluate") == [f"ckpt={run_dir}", *cpu_sampler]
     run_id = (run_dir / "run_id.txt").read_text()  # the W&B run a resume continues
     out = run_cli(
         "gpt_checkpoints.train", *common, "trainer.max_steps=6", f"resume={run_dir}", cwd=tmp_path
@@ -56,13 +77,12 @@ def test_collect_train_resume_prompt_evaluate(dataset, tmp_path):
     prompted = tmp_path / "prompted"
     out = run_cli(
         "gpt_checkpoints.prompt",
-        f"ckpt={run_dir}",
+        *printed(out, "prompt"),
         "init=kaiming",
         "recursive=2",
         "prompt=0.5",
         "device=cpu",
         f"out={prompted}",
-        *FAST_SAMPLER,
         cwd=tmp_path,
     ).stdout
     assert "test_loss" in out and "2 G.pt step(s) on cpu" in out
@@ -72,11 +92,23 @@ def test_collect_train_resume_prompt_evaluate(dataset, tmp_path):
     report = json.loads((prompted / "report.json").read_text())
     assert len(report["trace"]) == 3 and report["prompt"] == 0.5
 
-    eval_dir = tmp_path / "eval"
+    assert printed(out, "evaluate") == [f"ckpt={run_dir}", *cpu_sampler]
+    ignored = [  # keys a combination ignores are refused
+        ("gpt_checkpoints.prompt", "params=net.safetensors", "init=kaiming"),
+        ("gpt_checkpoints.prompt", "prompt=0.5", "better=max"),
+        ("gpt_checkpoints.prompt", "preset=mnist_loss"),
+        ("gpt_checkpoints.evaluate", "preset=mnist_loss"),
+    ]
+    for command, *args in ignored:
+        code, err = cli_main(command, f"ckpt={run_dir}", *args)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+        assert args[-1].split("=")[0] + "=" in errors[0], err
+
+    eval_dir = tmp_path / "eval"  # the dataset and split it was trained on, from the G.pt file
     run_cli(
         "gpt_checkpoints.evaluate",
-        f"ckpt={run_dir / 'gpt.safetensors'}",
-        f"dataset={dataset}",
+        *printed(out, "evaluate"),
         f"out={eval_dir}",
         "device=cpu",
         "logger=csv",
@@ -87,8 +119,6 @@ def test_collect_train_resume_prompt_evaluate(dataset, tmp_path):
         "recursive_steps=2",
         "memorization_runs=1",
         "memorization_prompts=2",
-        "test_fraction=0.25",
-        *FAST_SAMPLER,
         cwd=tmp_path,
     )
     results = json.loads((eval_dir / "results.json").read_text())
@@ -117,7 +147,8 @@ def test_gpt_cli_errors_name_the_fix(dataset, cli_main, tmp_path):
         assert code == 2 and phrase in err.strip().splitlines()[-1], err
     evaluate_cases = [
         (["noise_levels=[0.1,-1]"], "error: noise_levels[1]=-1 makes no sense here; pass"),
-        (["analyses=[novelty]"], "the novelty analysis needs dataset=<checkpoint dataset folder>"),
+        ([f"dataset={tmp_path / 'none'}"], "none is not a checkpoint dataset folder"),
+        (["analyses=[curves]", "split_seed=1"], "split_seed= only serve the memorization and"),
         (["analyses=[novelti]"], "unknown analyses ['novelti']; choose from [one_step,curves,"),
     ]
     ckpt = f"ckpt={tmp_path / 'g.safetensors'}"

@@ -1,25 +1,58 @@
 """Load DiT weights from our Lightning checkpoints, our ``ema.pt`` exports, or official files.
 
 Official files are plain state dicts (``DiT-XL-2-256x256.pt``) or training checkpoints with
-``model``/``ema``/``opt``/``args`` entries; both load here with ``weights_only=True``. The DiT
-configuration of a plain state dict is read off its tensor shapes (hidden size, depth, patch size,
-channels, image size, classes, learned sigma, block design); the number of heads, which no shape
-records, comes from Table 2.1 for the standard widths or from ``arch=DiT-XL/2``.
+``model``/``ema``/``opt``/``args`` entries; both load here with ``weights_only=True``. Our
+``ema.pt`` is a plain state dict with the official key names too (``torch.load`` gives only
+tensors), whose zip archive holds ``dit.json`` (:func:`save_ema`): the DiT's constructor
+arguments and the run's diffusion and VAE settings, so it loads with no extra key. The DiT
+configuration of an official state dict is read off its tensor shapes (hidden size, depth, patch
+size, channels, image size, classes, learned sigma, block design); the number of heads, which no
+shape records, comes from Table 2.1 for the standard widths or from ``arch=DiT-XL/2``.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common.checkpoint import checkpoint_kind, safe_load
+from common.checkpoint import atomic_write_bytes, checkpoint_kind, require_finite_state, safe_load
 from diffusion_transformer.models import DIT_CONFIGS, DiT, DiT_models
 
 _HEADS_BY_WIDTH = {size.hidden_size: size.num_heads for size in DIT_CONFIGS.values()}
+
+
+_RECORD = "dit.json"  # the architecture record inside an ema.pt's zip archive
+
+
+def save_ema(state_dict: dict[str, torch.Tensor], path: str | Path, meta: dict[str, Any]) -> None:
+    """Write ``state_dict`` as a plain ``torch.save`` file (official key names: ``torch.load``
+    returns just the tensors) whose zip archive also records ``meta`` (``model``: the DiT's
+    constructor arguments, ``diffusion``, ``vae``) as ``dit.json``; atomically."""
+    require_finite_state(state_dict, str(path))
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    with zipfile.ZipFile(buffer, "a") as archive:
+        root = archive.namelist()[0].split("/")[0]
+        archive.writestr(f"{root}/{_RECORD}", json.dumps(meta))
+    atomic_write_bytes(buffer.getvalue(), path)
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """The ``dit.json`` record of an ``ema.pt`` written by :func:`save_ema`; ``{}`` for any other
+    file (official checkpoints have none)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith(f"/{_RECORD}")), None)
+            return json.loads(archive.read(name)) if name else {}
+    except (zipfile.BadZipFile, OSError):
+        return {}
 
 
 def infer_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -116,7 +149,7 @@ def read_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[dict, dict[
             }
         }
         return (obj["ema"] if use_ema else obj["model"]), meta
-    return obj, {}
+    return obj, read_record(path)
 
 
 def load_dit(

@@ -221,6 +221,7 @@ class ImageFolderDataModule(_InfiniteDataModule):
         super().__init__(batch_size, num_workers, seed)
         self.root = root
         self.image_size = image_size
+        self.dataset = self.build_dataset()  # a missing or empty folder stops before training
 
     def build_dataset(self) -> Dataset:
         return ImageFolderDataset(self.root, self.image_size)
@@ -234,6 +235,7 @@ class LatentDataModule(_InfiniteDataModule):
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         self.root = root
+        self.dataset = self.build_dataset()  # a missing manifest stops before training
 
     def build_dataset(self) -> Dataset:
         return LatentShardDataset(self.root)

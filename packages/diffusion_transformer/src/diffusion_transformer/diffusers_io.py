@@ -27,6 +27,23 @@ import torch
 from diffusion_transformer.models import DiT
 from diffusion_transformer.vae import vae_folder
 
+# ``from_pretrained`` with no network, and without diffusers' advice to install ``accelerate``
+# (printed on every load when ``low_cpu_mem_usage`` is left at its default).
+_OFFLINE = {"local_files_only": True, "low_cpu_mem_usage": False}
+
+
+def load_snippet(out: str | Path, pipeline: bool) -> str:
+    """The Python lines that load an ``export_diffusers`` folder (printed by the command)."""
+    if pipeline:
+        return (
+            "from diffusion_transformer.diffusers_io import load_diffusers_pipeline; "
+            f"pipe = load_diffusers_pipeline({str(out)!r})"
+        )
+    return (
+        "from diffusion_transformer.diffusers_io import load_diffusers_transformer; "
+        f"transformer = load_diffusers_transformer({str(out)!r})"
+    )
+
 
 def diffusers_config(dit: DiT) -> dict[str, Any]:
     """``DiTTransformer2DModel`` constructor arguments of a DiT (adaLN-Zero blocks only)."""
@@ -214,7 +231,7 @@ def export_diffusers(
         scheduler.save_pretrained(out / "scheduler")
     else:
         vae = vae_folder(vae)  # the error names vae=
-        autoencoder = AutoencoderKL.from_pretrained(str(vae), local_files_only=True)
+        autoencoder = AutoencoderKL.from_pretrained(str(vae), **_OFFLINE)
         DiTPipeline(transformer=transformer, vae=autoencoder, scheduler=scheduler).save_pretrained(
             out
         )
@@ -255,15 +272,24 @@ def load_diffusers_transformer(path: str | Path) -> Any:
     from diffusers import DiTTransformer2DModel
 
     folder = _transformer_folder(Path(path))
-    model = DiTTransformer2DModel.from_pretrained(str(folder), local_files_only=True)
+    model = DiTTransformer2DModel.from_pretrained(str(folder), **_OFFLINE)
     return use_dit_timestep_convention(model.eval())
 
 
 def load_diffusers_pipeline(path: str | Path) -> Any:
-    """``DiTPipeline.from_pretrained`` (offline) with DiT's timestep convention."""
+    """``DiTPipeline.from_pretrained`` (offline) with DiT's timestep convention. A folder with no
+    ``model_index.json`` (a pixel-space export: no VAE, so no pipeline) is refused in one line
+    that names :func:`load_diffusers_transformer`."""
     from diffusers import DiTPipeline
 
-    pipe = DiTPipeline.from_pretrained(str(path), local_files_only=True)
+    if not (Path(path) / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is not a DiTPipeline folder (no model_index.json): a pixel-space export "
+            f"has no VAE, hence no pipeline; load it with "
+            f"load_diffusers_transformer({str(path)!r}) or sample it with "
+            f"python -m diffusion_transformer.sample ckpt={path}"
+        )
+    pipe = DiTPipeline.from_pretrained(str(path), **_OFFLINE)
     use_dit_timestep_convention(pipe.transformer)
     return pipe
 

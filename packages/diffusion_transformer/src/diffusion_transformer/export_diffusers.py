@@ -7,6 +7,9 @@ the run trained with), ``vae/`` and ``model_index.json``: a ``DiTPipeline`` that
     from diffusion_transformer.diffusers_io import load_diffusers_pipeline
     pipe = load_diffusers_pipeline("<out>")   # DiTPipeline.from_pretrained + DiT's timestep shift
 
+(a pixel-space model has no VAE, hence no pipeline: ``load_diffusers_transformer("<out>")``; the
+command prints the line for the model at hand).
+
 The folder loads back here as well: ``python -m diffusion_transformer.sample ckpt=<out>``.
 """
 
@@ -25,7 +28,7 @@ CHECKS = {
 @hydra_main("export_diffusers", checks=CHECKS)
 def main(cfg: DictConfig) -> None:
     from diffusion_transformer.checkpoints import load_dit
-    from diffusion_transformer.diffusers_io import export_diffusers
+    from diffusion_transformer.diffusers_io import export_diffusers, load_snippet
 
     if not cfg.get("ckpt"):
         raise ValueError("set ckpt=<path to a .ckpt, ema.pt or official DiT .pt file>")
@@ -34,6 +37,7 @@ def main(cfg: DictConfig) -> None:
     out = export_diffusers(dit, cfg.out, meta.get("diffusion"), vae)
     kind = "DiTPipeline (transformer, scheduler, vae)" if vae else "transformer + scheduler"
     print(f"diffusers folder : {out} ({kind})")
+    print(f'next             : python -c "{load_snippet(out, pipeline=bool(vae))}"')
     if vae and dit.num_classes != 1000:
         print(
             f"note: DiTPipeline's guidance uses class 1000 as the null class; this model has "

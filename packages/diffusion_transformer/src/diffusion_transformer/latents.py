@@ -128,4 +128,12 @@ def extract(cfg: DictConfig) -> Path:
     manifest_path = out / "manifest.json"
     atomic_write_bytes(json.dumps(manifest, indent=1).encode(), manifest_path)
     print(f"latents : {out} ({manifest['num']} images, {len(skipped)} skipped)")
+    train = (
+        f"python -m diffusion_transformer.train data=imagenet_latents data.root={out} "
+        f"data.vae.path={cfg.vae} data.image_size={cfg.image_size} "
+        f"data.latent_size={manifest['latent_shape'][-1]} data.num_classes={len(folder.classes)}"
+    )
+    if cfg.scale != 0.18215:
+        train += f" data.vae.scale={cfg.scale}"
+    print(f"next    : {train}")
     return manifest_path

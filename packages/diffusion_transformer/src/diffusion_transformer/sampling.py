@@ -151,6 +151,23 @@ def choose_labels(labels, num_samples: int, num_classes: int, generator: torch.G
     return labels.repeat(math.ceil(num_samples / len(labels)))[:num_samples]
 
 
+def evaluate_command(npz: Path, model, meta: dict[str, Any]) -> str:
+    """The ``evaluate`` command for ``npz``: the run's reference and metrics when the checkpoint
+    records them, the digits space for a digits-shaped model, else ImageNet's FID setting."""
+    spec = meta.get("evaluate") or {}
+    reference, metrics = spec.get("reference"), spec.get("metrics")
+    digits = (model.in_channels, model.input_size, model.num_classes) == (1, 8, 10)
+    if reference is None and digits:
+        reference, metrics = "digits", ["fd_digits", "acc_digits"]
+    command = f"python -m diffusion_transformer.evaluate samples={npz}"
+    command += f" reference={reference or '<reference .npz or image folder>'}"
+    metrics = metrics or ["fid", "is", "precision", "recall"]
+    command += f" metrics.names=[{','.join(metrics)}]"
+    if not all(m.endswith("_digits") for m in metrics):
+        command += " metrics.inception_weights=<weights-inception-2015-12-05-6726825d.pth>"
+    return command
+
+
 def sample(cfg: DictConfig) -> SampleResult:
     """The job of ``python -m diffusion_transformer.sample`` (``conf/sample.yaml``): ``grid.png``
     and ``samples.npz`` (``arr_0`` uint8 [N, H, W, 3], ADM's evaluator format, and ``labels``)."""
@@ -168,6 +185,9 @@ def sample(cfg: DictConfig) -> SampleResult:
     )
     model.to(device)
     diffusion_cfg = dict(meta.get("diffusion") or OFFICIAL_DIFFUSION)
+    steps = cfg.sampling_steps
+    if steps is None and cfg.sampler in (None, default_sampler(diffusion_cfg)):
+        steps = diffusion_cfg.get("sampling_steps")  # the run's own sampler and steps
     vae_cfg = meta.get("vae")
     if cfg.vae:
         vae_cfg = {**(vae_cfg or {}), "path": cfg.vae}
@@ -200,7 +220,7 @@ def sample(cfg: DictConfig) -> SampleResult:
             y,
             noise,
             sampler=cfg.sampler,
-            steps=cfg.sampling_steps,
+            steps=steps,
             cfg_scale=cfg.cfg_scale,
             clip_denoised=vae is None,
             autocast_dtype=autocast,
@@ -215,4 +235,5 @@ def sample(cfg: DictConfig) -> SampleResult:
     npz = save_npz(images_np, out_dir / "samples.npz", labels=labels.numpy())
     print(f"sample grid : {grid}")
     print(f"samples npz : {npz} ({len(images_np)} images)")
+    print(f"next        : {evaluate_command(npz, model, meta)}")
     return SampleResult(grid, npz, images_np, labels.numpy())

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -110,12 +109,18 @@ def final_values(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]
     return sorted(out, key=lambda r: r["gflops"])
 
 
-def correlations(points: list[dict[str, Any]]) -> dict[str, float]:
-    """Pearson (value vs log10 Gflops) and Spearman (ranks) correlation over runs."""
+def correlations(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pearson (value vs log10 Gflops) and Spearman (ranks) correlation over runs; ``None`` (JSON
+    null) with a ``note`` saying why under 3 runs."""
     from scipy.stats import pearsonr, spearmanr
 
     if len(points) < 3:
-        return {"pearson_log_gflops": math.nan, "spearman": math.nan, "runs": len(points)}
+        return {
+            "pearson_log_gflops": None,
+            "spearman": None,
+            "runs": len(points),
+            "note": f"correlations need at least 3 runs; {len(points)} have results",
+        }
     x = np.log10([p["gflops"] for p in points])
     y = np.array([p["value"] for p in points])
     return {
@@ -186,7 +191,7 @@ def plot_all(rows: list[dict[str, Any]], metric: str, out: Path) -> tuple[list[P
     ax.set_xlabel("Transformer Gflops (forward, per image)")
     ax.set_ylabel(metric)
     ax.ticklabel_format(axis="y", useOffset=False)
-    if math.isnan(corr["spearman"]):
+    if corr["spearman"] is None:
         stats = f"correlations need 3 runs, {corr['runs']} here"
     else:
         stats = f"Pearson r={corr['pearson_log_gflops']:.2f}, Spearman={corr['spearman']:.2f}"
@@ -337,7 +342,7 @@ def log_wandb(
                 xname="step",
             ),
             **{f"figures/{p.stem}": wandb.Image(str(p)) for p in pngs},
-            **{f"correlation/{k}": v for k, v in corr.items()},
+            **{f"correlation/{k}": v for k, v in corr.items() if isinstance(v, (int, float))},
         }
     )
     folder = Path(run.dir).parent
@@ -367,13 +372,13 @@ def report(
     pngs, corr = plot_all(rows, metric, out)
     missing = missing_jobs(Path(root))
     (out / "correlations.json").write_text(
-        json.dumps({"metric": metric, **corr, "missing_jobs": missing}, indent=2)
+        json.dumps({"metric": metric, **corr, "missing_jobs": missing}, indent=2, allow_nan=False)
     )
     print(f"{'run':<12s} {'Gflops':>9s} {metric:>12s}")
     for p in final_values(rows, metric):
         print(f"{_label(p):<12s} {p['gflops']:9.4f} {p['value']:12.4f}")
-    if math.isnan(corr["spearman"]):
-        print(f"correlations need at least 3 runs; {corr['runs']} have results")
+    if corr["spearman"] is None:
+        print(corr["note"])
     else:
         print(
             f"Pearson r({metric}, log Gflops) = {corr['pearson_log_gflops']:.3f}; "

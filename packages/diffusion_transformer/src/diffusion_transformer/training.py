@@ -8,10 +8,11 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from common.checkpoint import atomic_save
+from common.checkpoint import plain_container
 from common.training import build_trainer
 from common.training.runs import Export, Job, TrainResult, fit_and_export, run_job
 from common.training.strategies import full_state_dict
+from diffusion_transformer.checkpoints import save_ema
 
 
 def train(cfg: DictConfig) -> TrainResult | None:
@@ -39,13 +40,21 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
     )
 
     def export(trainer: L.Trainer) -> Export:
-        """The EMA weights as a plain state dict with the official key names."""
+        """The EMA weights as a plain state dict with the official key names, recording the
+        architecture, diffusion, VAE and evaluation reference (``checkpoints.save_ema``)."""
         ema_weights = run_dir / "checkpoints" / "ema.pt"
         state = full_state_dict(trainer)  # every rank takes part: FSDP gathers the shards
         if trainer.is_global_zero:
             prefix = "ema.module."
             ema = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            atomic_save(ema, ema_weights)
+            hp = module.hparams
+            record = {
+                "model": hp["model"],
+                "diffusion": hp.get("diffusion"),
+                "vae": hp.get("vae"),
+                "evaluate": {"reference": cfg.eval.reference, "metrics": cfg.metrics.names},
+            }
+            save_ema(ema, ema_weights, plain_container(record))
         grids = [c.last_path for c in trainer.callbacks if getattr(c, "last_path", None)]
         usage = f"python -m diffusion_transformer.sample ckpt={ema_weights}"
         return Export(ema_weights, "EMA weights", usage, grids[-1] if grids else None)

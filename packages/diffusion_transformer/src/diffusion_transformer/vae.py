@@ -44,7 +44,9 @@ class VAECodec:
         path = vae_folder(path, key)
         from diffusers import AutoencoderKL
 
-        self.vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+        self.vae = AutoencoderKL.from_pretrained(
+            str(path), local_files_only=True, low_cpu_mem_usage=False
+        )
         self.vae.eval().requires_grad_(False)
         self.scale = scale
         self.sample = sample

@@ -5,7 +5,8 @@ StyleGAN2 (``training.module.GangealingModule``). ``resume=<run dir>`` continues
 generator must be the same file (checked by fingerprint). At the end it writes
 ``checkpoints/last.ckpt`` and ``congealer.pt`` (EMA transformers, target modes and generator,
 test-time settings), which ``congeal``, ``propagate``, ``preprocess`` and ``pck`` read with
-``ckpt=``.
+``ckpt=``, and ``generated/`` (samples of the generator), on which the ``congeal`` command it
+prints runs.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ one tuned step of hand-designed optimizers (Fig. 3.3; keys ``one_step_gpt``,
 out-of-distribution initialisations (Fig. 3.6) and the nearest-neighbour memorisation score
 (Sec. 3.5, Fig. 3.9) and the memorisation baselines of Zeng et al. 2025 with their
 performance-vs-novelty figure (``novelty``, ``memorization.novelty_baselines``); the last two
-need ``dataset=`` for the training and test runs. G.pt samples on ``device=``.
+read the training and test runs of the dataset the G.pt was trained on (or ``dataset=``). G.pt
+samples on ``device=``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from common.cli import hydra_main
 
 # What makes sense for each number this command reads (common.errors.check_values).
 CHECKS = {
-    "test_fraction": "(0,1)",
+    "test_fraction": "(0,1)|null",
+    "split_seed": "int>=0|null",
     "prompt": ">=0|null",
     "num_nets": "int>=1",
     "curve_steps": "int>=1",

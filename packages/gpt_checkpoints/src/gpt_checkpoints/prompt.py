@@ -2,10 +2,11 @@
 
 Takes a task network's parameters, either a file (``params=net.safetensors``: a state dict of
 the task network, or a flat vector under the key ``params``) or fresh ones (``init=kaiming``,
-``init_seed=...``), asks G.pt (on ``device=``) for the prompted metric in one step, or
-``recursive=K`` steps that feed each output back in (Sec. 3.4.1, 3.4.3), and reports the metric
-the result achieves. Writes into the folder ``out=`` the updated parameters as a state dict of the
-task network (``prompted_params.safetensors``) and the report (``report.json``).
+``init_seed=...``, ``num_nets=...``; refused with ``params=``), asks G.pt (on ``device=``) for
+the prompted metric in one step, or ``recursive=K`` steps that feed each output back in
+(Sec. 3.4.1, 3.4.3), and reports the metric the result achieves. Writes into the folder ``out=``
+the updated parameters as a state dict of the task network (``prompted_params.safetensors``) and
+the report (``report.json``), and prints the next command (``gpt_checkpoints.evaluate``).
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from common.cli import hydra_main
 
 # What makes sense for each number this command reads (common.errors.check_values).
 CHECKS = {
-    "num_nets": "int>=1",
+    "num_nets": "int>=1|null",
     "prompt": ">=0|null",
     "recursive": "int>=1",
     "sampling_steps": "int>=1|null",
     "seed": "int>=0",
-    "init_seed": "int>=0",
+    "init_seed": "int>=0|null",
 }
 
 

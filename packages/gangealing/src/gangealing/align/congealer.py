@@ -31,7 +31,7 @@ from gangealing.align.released import is_released, official_classifier_for, rele
 from gangealing.align.stn import STNOutput, check_rgb
 from gangealing.align.target import TargetMode, target_from_state
 from gangealing.align.transformers import SmallTransformers, build_transformers
-from gangealing.stylegan2.networks import Generator, generator_from_state
+from gangealing.stylegan2.networks import Generator, generator_from_state, wrong_kind
 
 FORMAT = "gangealing-congealer-v1"
 
@@ -100,11 +100,7 @@ class Congealer(nn.Module):
                 "congealer of this package; leave preset unset"
             )
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-            kind = checkpoint_kind(blob, path)
-            raise ValueError(
-                f"{path} is {kind}, not a GANgealing congealer; pass the congealer.pt that "
-                "python -m gangealing.train writes in its run directory (or that run directory)"
-            )
+            raise ValueError(wrong_kind(path, checkpoint_kind(blob, path), "a congealer"))
         config = blob["config"]
         stn = build_transformers(config["model"])
         stn.load_state_dict(blob["stn"], strict=True)

@@ -60,6 +60,21 @@ def _mode_description(image: Image.Image) -> str:
     return f"{len(image.getbands())} ({image.mode})"
 
 
+def require_readable(files: Sequence[Path], folder: Path) -> None:
+    """Refuse a folder none of whose image files opens, before any work starts (the files are
+    tried in order until one opens; an unreadable one among readable ones is named on loading)."""
+    for path in files:
+        try:
+            open_image(path)
+            return
+        except (OSError, ValueError):
+            continue
+    raise ValueError(
+        f"no readable image in {folder}: none of its {len(files)} image files opens (first: "
+        f"{files[0].name}); put readable PNG/JPEG images there or pass another folder"
+    )
+
+
 def load_rgb(
     path: str | os.PathLike, strict_channels: bool = False, warned: set[str] | None = None
 ) -> Image.Image:
@@ -183,6 +198,7 @@ class ImageFolder(Dataset):
                 f"no images found in {self.root} (searched recursively for "
                 f"{', '.join(IMAGE_EXTENSIONS)}); put images there or pass another root"
             )
+        require_readable(self.files, self.root)
         self._warned: set[str] = set()
 
     def __len__(self) -> int:

@@ -81,6 +81,12 @@ class _FrozenDistance(nn.Module):
         return super().train(False)
 
 
+def default_vgg_backbone() -> Path:
+    """Where ``loss.name=lpips`` looks for its VGG-16 backbone when ``loss.backbone_path`` is
+    unset: torch hub's cache (``<torch.hub.get_dir()>/checkpoints/vgg16-397923af.pth``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_BACKBONE_FILE
+
+
 class LPIPSDistance(_FrozenDistance):
     """LPIPS-VGG (Table 4.3, "LPIPS"): lpips' linear heads (shipped in the wheel) on an ImageNet
     VGG-16 loaded from a local ``vgg16-397923af.pth``; nothing is downloaded.
@@ -93,7 +99,7 @@ class LPIPSDistance(_FrozenDistance):
         candidates = (
             [Path(backbone_path).expanduser()]
             if backbone_path is not None
-            else [Path(torch.hub.get_dir()) / "checkpoints" / VGG16_BACKBONE_FILE]
+            else [default_vgg_backbone()]
         )
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:

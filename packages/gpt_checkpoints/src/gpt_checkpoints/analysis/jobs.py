@@ -25,6 +25,7 @@ from gpt_checkpoints.analysis.evaluation import (
 )
 from gpt_checkpoints.dataset.datamodule import CheckpointDataModule
 from gpt_checkpoints.model.module import load_gpt, load_task
+from gpt_checkpoints.model.training import next_command
 
 ANALYSES = ("one_step", "curves", "alignment", "recursive", "memorization", "novelty")
 DATA_ANALYSES = {"memorization", "novelty"}  # need the training and held-out runs (dataset=)
@@ -42,28 +43,48 @@ def evaluate_gpt(cfg: DictConfig) -> None:
         raise ValueError(
             f"unknown analyses {unknown}; choose from [{','.join(ANALYSES)}] or analyses=null (all)"
         )
+    data_keys = [k for k in ("dataset", "test_fraction", "split_seed") if cfg[k] is not None]
+    if data_keys and not analyses & DATA_ANALYSES:
+        raise ValueError(
+            f"{', '.join(f'{k}=' for k in data_keys)} only serve the memorization and novelty "
+            "analyses, which analyses=[...] leaves out; drop them or add those analyses"
+        )
+    if cfg.dataset and not Path(cfg.dataset).is_dir():
+        raise FileNotFoundError(f"dataset={cfg.dataset} is not a checkpoint dataset folder")
+    out = Path(cfg.out)
+    device = pick_device(cfg.device)
+    module = load_gpt(cfg.ckpt, preset=cfg.preset).to(device)
+    # the dataset and split the G.pt was trained on (recorded by gpt_checkpoints.train), or dataset=
+    recorded = module.hparams["task"]
+    dataset = cfg.dataset or recorded.get("dataset")
+    if dataset and not Path(dataset).is_dir():
+        raise FileNotFoundError(
+            f"{dataset}, the dataset {cfg.ckpt} was trained on, is gone; pass dataset=<its new "
+            "folder> or leave memorization and novelty out of analyses=[...]"
+        )
+    split = {"test_fraction": 0.1, "seed": 0, "max_runs": None, **recorded.get("split", {})}
+    for key, name in (("test_fraction", "test_fraction"), ("seed", "split_seed")):
+        if cfg[name] is not None:
+            split[key] = cfg[name]
     needs_data = sorted(analyses & DATA_ANALYSES)
-    if needs_data and not cfg.get("dataset") and cfg.analyses is None:
+    if needs_data and not dataset and cfg.analyses is None:
         print(f"skipping {', '.join(needs_data)}: they need dataset=<checkpoint dataset folder>")
         analyses -= DATA_ANALYSES
-    elif needs_data and not cfg.get("dataset"):
+    elif needs_data and not dataset:
         what = " and ".join(needs_data) + (
             " analyses need" if len(needs_data) > 1 else " analysis needs"
         )
         raise ValueError(
             f"the {what} dataset=<checkpoint dataset folder>; or leave them out of analyses=[...]"
         )
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
-    module = load_gpt(cfg.ckpt, preset=cfg.preset).to(device)
     task = load_task(module, cfg.data.root)
     metric = module.hparams["metric"]
     sampler, steps, better = cfg.sampler, cfg.sampling_steps, resolve_better(module, cfg.better)
     results: dict = {
         "task": task.name,
         "metric": metric,
-        "sampler": sampler or "ddpm",
+        "sampler": sampler or module.diffusion_cfg["sampler"],
         "steps": steps,
     }
     plots = {}
@@ -114,9 +135,13 @@ def evaluate_gpt(cfg: DictConfig) -> None:
         plots_.plot_recursive(res, metric, plots.setdefault("recursive", out / "recursive.png"))
     dm = (
         CheckpointDataModule(
-            cfg.dataset, metric, test_fraction=cfg.test_fraction, seed=cfg.split_seed
+            dataset,
+            metric,
+            test_fraction=split["test_fraction"],
+            seed=split["seed"],
+            max_runs=split["max_runs"],
         )
-        if needs_data
+        if analyses & DATA_ANALYSES
         else None
     )
     if "memorization" in analyses:
@@ -175,6 +200,18 @@ def _log(cfg: DictConfig, results: dict, plots: dict) -> None:
 def prompt_gpt(cfg: DictConfig) -> None:
     """Prompt the G.pt of ``cfg.ckpt`` (``gpt_checkpoints.prompt``'s docstring): write the
     updated parameters (``PARAMS_FILE``) and the report (``REPORT_FILE``) into ``cfg.out``."""
+    if cfg.params and (
+        ignored := [k for k in ("init", "init_seed", "num_nets") if cfg[k] is not None]
+    ):
+        raise ValueError(
+            f"{', '.join(f'{k}=' for k in ignored)} only set up a fresh initialisation, which "
+            "params= replaces; drop one or the other"
+        )
+    if cfg.prompt is not None and cfg.better != "auto":
+        raise ValueError(
+            f"better={cfg.better} picks the best prompt, which prompt={cfg.prompt} replaces; "
+            "pass one of them"
+        )
     device = pick_device(cfg.device)
     module = load_gpt(cfg.ckpt, preset=cfg.preset).to(device)
     task = load_task(module, cfg.data.root)
@@ -182,8 +219,8 @@ def prompt_gpt(cfg: DictConfig) -> None:
     if cfg.params:
         theta = load_params(cfg.params, task)
     else:
-        g = torch.Generator().manual_seed(UNSEEN_SEED + int(cfg.init_seed))
-        theta = task.init(int(cfg.num_nets), g, cfg.init)
+        g = torch.Generator().manual_seed(UNSEEN_SEED + int(cfg.init_seed or 0))
+        theta = task.init(int(cfg.num_nets or 1), g, cfg.init or "fan_in_uniform")
     better = resolve_better(module, cfg.better)
     prompt = float(cfg.prompt) if cfg.prompt is not None else best_prompt(module, better)
     theta, trace = prompt_recursively(
@@ -210,6 +247,9 @@ def prompt_gpt(cfg: DictConfig) -> None:
     print(f"{metric:<14}: {_fmt(trace[0])} -> {_fmt(trace[-1])} ({steps})")
     print(f"parameters    : {out / PARAMS_FILE}")
     print(f"report        : {out / REPORT_FILE}")
+    extra = {"preset": cfg.preset, "data.root": cfg.data.root and Path(cfg.data.root).resolve()}
+    line = next_command("evaluate", cfg.ckpt, module)
+    print(f"next          : {line}" + "".join(f" {k}={v}" for k, v in extra.items() if v))
 
 
 def _fmt(values) -> str:

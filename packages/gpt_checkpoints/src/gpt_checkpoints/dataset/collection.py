@@ -168,10 +168,16 @@ def collect_dataset(cfg: DictConfig) -> CollectResult:
         data_root=str(Path(cfg.data.root).resolve()) if cfg.data.root else None,
     )
     store = CheckpointStore(cfg.out)
-    print(f"checkpoint dataset : {Path(cfg.out).resolve()} (trained on {device})")
+    out = Path(cfg.out).resolve()
+    print(f"checkpoint dataset : {out} (trained on {device})")
     print(
         f"runs               : {len(store.seeds())} stored, {len(store.filtered_seeds())} filtered "
         f"({result.trained} trained now, {result.skipped} already there, "
         f"{result.runs_per_minute:.0f} runs/min)"
+    )
+    metric = "" if "test_loss" in task.metric_names else f" metric={task.metric_names[0]}"
+    print(
+        f"next               : python -m gpt_checkpoints.train task={task.name} dataset={out}"
+        + metric
     )
     return result

@@ -232,6 +232,7 @@ def load_gpt(path: str | Path, map_location: str = "cpu", preset: str | None = N
     if path.is_dir():
         export = path / "gpt.safetensors"
         path = export if export.is_file() else path / "checkpoints" / "last.ckpt"
+    own = f"{path} records its configuration; preset= names a released file's, drop it"
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -245,6 +246,8 @@ def load_gpt(path: str | Path, map_location: str = "cpu", preset: str | None = N
                 f"{path} is {kind}, not a G.pt export (no hyper_parameters metadata); pass the "
                 "gpt.safetensors or run folder of python -m gpt_checkpoints.train"
             )
+        if preset:
+            raise ValueError(own)
         module = GptModule(**json.loads(meta["hyper_parameters"]))
         state = safe_load(path, map_location)
         module.model.load_state_dict(state)
@@ -259,6 +262,8 @@ def load_gpt(path: str | Path, map_location: str = "cpu", preset: str | None = N
             f"{path} is {kind}, not a G.pt checkpoint; pass the gpt.safetensors, "
             "checkpoints/last.ckpt or run folder of python -m gpt_checkpoints.train"
         )
+    if preset:
+        raise ValueError(own)
     module = GptModule(**ckpt["hyper_parameters"])
     module.load_state_dict(ckpt["state_dict"])
     return module.eval()

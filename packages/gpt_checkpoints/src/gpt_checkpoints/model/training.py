@@ -6,6 +6,8 @@ split and normalisation of ``dataset.datamodule``, and the ``GptModule`` built b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -58,6 +60,13 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
             "name": manifest["task"],
             "data_root": manifest.get("data_root"),
             "recipe": manifest["recipe"],
+            # the dataset and its split, so that evaluate needs no dataset= (analysis.jobs)
+            "dataset": str(Path(cfg.dataset).resolve()),
+            "split": {
+                "test_fraction": cfg.test_fraction,
+                "seed": cfg.seed,
+                "max_runs": cfg.max_runs,
+            },
         },
         metric_range=list(datamodule.metric_range()),
         layer_scales=layer_scales,
@@ -65,7 +74,27 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
     trainer: L.Trainer = build_trainer(cfg)
 
     def export(trainer: L.Trainer) -> Export:
-        path = module.export(job.run_dir / "gpt.safetensors")
-        return Export(path, "G.pt weights", f"python -m gpt_checkpoints.evaluate ckpt={path}")
+        path = module.export(job.run_dir / "gpt.safetensors").resolve()
+        return Export(path, "G.pt weights")
 
-    return fit_and_export(job, trainer, module, export, datamodule=datamodule)
+    result = fit_and_export(job, trainer, module, export, datamodule=datamodule)
+    if trainer.is_global_zero:
+        print(f"next          : {next_command('prompt', job.run_dir, module)}")
+        print(f"                {next_command('evaluate', job.run_dir, module)}")
+    return result
+
+
+#: Below this many parameters a G.pt is CPU-sized (model=small: 1.3M; model=paper: over 300M):
+#: its next commands sample with DDIM in a few steps, the sampler it does best with (README).
+CPU_SIZED = 20_000_000
+
+
+def next_command(command: str, ckpt: str | Path, module) -> str:
+    """The full command that runs ``gpt_checkpoints.<command>`` on a trained G.pt, with the fast
+    sampler for a CPU-sized model that records full DDPM."""
+    line = f"python -m gpt_checkpoints.{command} ckpt={Path(ckpt).resolve()}"
+    d = module.diffusion_cfg
+    small = sum(p.numel() for p in module.model.parameters()) < CPU_SIZED
+    if small and d["sampler"] == "ddpm" and not d["sampling_steps"]:
+        line += " sampler=ddim sampling_steps=2"
+    return line
