@@ -64,6 +64,12 @@ def test_image_folder_skips_bad_files_with_a_report(tmp_path, caplog):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no images"):
         ImageFolderDataset(tmp_path / "empty", 8)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"garbage")
+    (broken / "b.jpg").write_bytes(b"\xff\xd8 garbage")
+    with pytest.raises(ValueError, match=r"no readable image under .*broken \(2 files failed"):
+        ImageFolderDataset(broken, 8)  # refused when built, before any training step
 
 
 def test_latent_shards_read_lazily_across_shards(tmp_path):

@@ -209,6 +209,30 @@ def checkpoint_kind(obj: Any, path: str | os.PathLike | None = None) -> str:
     return "a dict of another kind (no model weights this project knows)"
 
 
+# The command and key that take each kind of file, by the words of ``checkpoint_kind`` (first
+# match wins: a training checkpoint of train_gan or gangealing.train goes through its export).
+_USE = (
+    ("StyleGAN2 training", "python -m gangealing.train generator=<its run dir>/stylegan2.pt"),
+    ("GANgealing training", "python -m gangealing.congeal ckpt=<its run dir>"),
+    ("DiT", "it with python -m diffusion_transformer.sample ckpt=<file>"),
+    ("G.pt", "it with python -m gpt_checkpoints.evaluate ckpt=<file>"),
+    ("congeal", "it with python -m gangealing.congeal ckpt=<file>"),
+    ("StyleGAN2", "it with python -m gangealing.train generator=<file>"),
+)
+
+
+def wrong_kind(path: str | os.PathLike, kind: str, expected: str, accepts: str = "") -> str:
+    """One line under 200 characters for a loader handed the wrong kind of file: the file's name,
+    the kind found (``checkpoint_kind``), what was expected, and the command and key that take it
+    (else ``accepts``: what the loader takes)."""
+    name = os.path.basename(os.fspath(path))
+    name = name if len(name) <= 40 else name[:37] + "..."
+    use = next((cmd for word, cmd in _USE if word in kind), None)
+    kind = kind.split(" (")[0].split(", not")[0]  # "a DiT state dict (an ema.pt ...)" -> ...
+    hint = f"; use {use}" if use else f"; pass {accepts}" if accepts else ""
+    return f"{name} is {kind}, not {expected}{hint}"
+
+
 def plain_container(obj: Any) -> Any:
     """OmegaConf containers, dicts, lists and tuples -> nested dicts/lists of primitives, which
     ``torch.load(weights_only=True)`` and JSON accept (hyper-parameters stored in checkpoints)."""

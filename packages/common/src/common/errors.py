@@ -139,14 +139,6 @@ def require_finite(name: str, value: Any) -> float:
     return number
 
 
-def require_at_least(name: str, value: Any, low: float, what: str = "") -> float:
-    """A finite number ``>= low``."""
-    number = require_finite(name, value)
-    if number < low:
-        raise ValueError(f"{name}={value} is below {low}{what}; pass {name} >= {low}")
-    return number
-
-
 def require_positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
     """A whole number ``>= 1`` (or ``None`` when ``allow_none``)."""
     if value is None and allow_none:

@@ -22,7 +22,13 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import atomic_write_bytes, checkpoint_kind, require_finite_state, safe_load
+from common.checkpoint import (
+    atomic_write_bytes,
+    checkpoint_kind,
+    require_finite_state,
+    safe_load,
+    wrong_kind,
+)
 from diffusion_transformer.models import DIT_CONFIGS, DiT, DiT_models
 
 _HEADS_BY_WIDTH = {size.hidden_size: size.num_heads for size in DIT_CONFIGS.values()}
@@ -127,10 +133,8 @@ def read_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[dict, dict[
     obj = safe_load(path)
     kind = checkpoint_kind(obj, path)
     if not kind.startswith(("a DiT", "an official DiT")):
-        raise ValueError(
-            f"{path} is {kind}, not a DiT checkpoint; pass a DiT .ckpt, ema.pt or official "
-            "DiT-XL-2-*.pt file (or a diffusers DiT folder)"
-        )
+        accepts = "a DiT .ckpt, ema.pt, official DiT-XL-2-*.pt or diffusers DiT folder"
+        raise ValueError(wrong_kind(path, kind, "a DiT checkpoint", accepts))
     if "state_dict" in obj:  # Lightning checkpoint of DiTModule
         prefix = "ema.module." if use_ema else "model."
         sd = {k[len(prefix) :]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}

@@ -79,6 +79,19 @@ class ImageFolderDataset(Dataset):
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
         self.files = files
         self.skipped: set[str] = set()
+        if not any(self._readable(i) for i in range(len(files))):  # stops at the first good one
+            raise ValueError(
+                f"no readable image under {self.root} ({len(files)} files failed to decode); "
+                "set data.root to a folder of images"
+            )
+
+    def _readable(self, index: int) -> bool:
+        try:
+            with Image.open(self.files[index][0]) as img:
+                img.verify()
+            return True
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return False
 
     def __len__(self) -> int:
         return len(self.files)

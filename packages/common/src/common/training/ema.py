@@ -46,11 +46,6 @@ class EMA(nn.Module):
         for e, b in zip(self.module.buffers(), model.buffers(), strict=True):
             e.copy_(b)
 
-    @torch.no_grad()
-    def copy_from(self, model: nn.Module) -> None:
-        """Reset the average to the model's current weights (decay 0)."""
-        self.update(model, decay=0.0)
-
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 

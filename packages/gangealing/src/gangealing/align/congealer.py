@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.checkpoint import checkpoint_kind, safe_load
+from common.checkpoint import checkpoint_kind, safe_load, wrong_kind
 from gangealing.align.classifier import ClusterClassifier, trunk_widths
 from gangealing.align.official_stn import OfficialClusterClassifier, OfficialComposedSTN, unmirror
 from gangealing.align.released import is_released, official_classifier_for, released_parts
 from gangealing.align.stn import STNOutput, check_rgb
 from gangealing.align.target import TargetMode, target_from_state
 from gangealing.align.transformers import SmallTransformers, build_transformers
-from gangealing.stylegan2.networks import Generator, generator_from_state, wrong_kind
+from gangealing.stylegan2.networks import Generator, generator_from_state
 
 FORMAT = "gangealing-congealer-v1"
 

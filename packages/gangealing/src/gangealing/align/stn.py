@@ -300,12 +300,6 @@ class _SpatialTransformer(nn.Module, ABC):
     def _forward(self, images: Tensor, source: Tensor, iters: int) -> STNOutput:
         """Warp ``source`` with the transform predicted from ``images`` (``iters`` iterations)."""
 
-    @property
-    def has_default_flip_cost(self) -> bool:
-        """Whether ``default_flip_cost`` gives a criterion (the flow's smoothness), so that
-        ``flips=True`` needs no ``flip_cost`` or ``target``."""
-        return type(self).default_flip_cost is not _SpatialTransformer.default_flip_cost
-
     def default_flip_cost(self, out: STNOutput) -> Tensor | None:
         """Per-sample cost used to choose flips when none is given (None: no default)."""
         return None

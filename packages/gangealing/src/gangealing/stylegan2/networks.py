@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from common.checkpoint import atomic_save, checkpoint_kind, safe_load
+from common.checkpoint import atomic_save, checkpoint_kind, safe_load, wrong_kind
 from gangealing.stylegan2.ops import (
     DEFAULT_BLUR_KERNEL,
     ConstantInput,
@@ -52,7 +52,6 @@ __all__ = [
     "infer_generator_config",
     "load_generator",
     "save_generator",
-    "wrong_kind",
 ]
 
 
@@ -261,25 +260,6 @@ _CONVERT = (
 
 
 # The command and key that take each kind of file (by the words of ``checkpoint_kind``).
-_USE = (
-    ("DiT", "python -m diffusion_transformer.sample ckpt=<file>"),
-    ("G.pt", "python -m gpt_checkpoints.evaluate ckpt=<file>"),
-    ("congeal", "python -m gangealing.congeal ckpt=<file>"),
-    ("StyleGAN2", "python -m gangealing.train generator=<file>"),
-)
-
-
-def wrong_kind(path: str | os.PathLike, kind: str, expected: str) -> str:
-    """One short line (under 200 characters) for a loader handed the wrong kind of file: the
-    file's name, the kind found, what was expected and the command and key that take it."""
-    name = os.path.basename(os.fspath(path))
-    if "training checkpoint" in kind:  # names its command: resume= it, or use its run's export
-        return f"{name} is {kind}, not {expected}; pass the file its run directory exports"
-    kind = kind.split(" (")[0].split(", not")[0]  # "a DiT state dict (an ema.pt ...)" -> ...
-    use = next((cmd for word, cmd in _USE if word in kind), None)
-    return f"{name} is {kind}, not {expected}" + (f"; use it with {use}" if use else "")
-
-
 def _first_keys(d: Mapping[str, Any], n: int = 8) -> str:
     keys = [str(k) for k in d]
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")

@@ -303,10 +303,6 @@ class Gpt(nn.Module):
                     nn.init.normal_(m.weight, std=0.02)
                     nn.init.zeros_(m.bias)
 
-    @property
-    def num_params_modelled(self) -> int:
-        return self.tokenizer.num_params
-
     def forward(
         self,
         x: torch.Tensor,

@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from common.checkpoint import build_model, checkpoint_kind, plain_container, safe_load
+from common.checkpoint import build_model, checkpoint_kind, plain_container, safe_load, wrong_kind
 from common.diffusion import create_diffusion
 from common.training import step_seed
 from common.training.ema import EMA
@@ -223,6 +223,10 @@ class GptModule(L.LightningModule):
         return Path(path)
 
 
+#: What ``load_gpt`` takes (the end of its wrong-kind error).
+_ACCEPTS = "the gpt.safetensors, last.ckpt or run folder of python -m gpt_checkpoints.train"
+
+
 def load_gpt(path: str | Path, map_location: str = "cpu", preset: str | None = None) -> GptModule:
     """A trained G.pt from a Lightning ``.ckpt`` (EMA and raw weights), an exported
     ``.safetensors`` file (EMA weights) or a released file (``mnist_loss.pt``: ``G``,
@@ -242,10 +246,7 @@ def load_gpt(path: str | Path, map_location: str = "cpu", preset: str | None = N
             meta = f.metadata() or {}
         if "hyper_parameters" not in meta:
             kind = checkpoint_kind(safe_load(path), path)
-            raise ValueError(
-                f"{path} is {kind}, not a G.pt export (no hyper_parameters metadata); pass the "
-                "gpt.safetensors or run folder of python -m gpt_checkpoints.train"
-            )
+            raise ValueError(wrong_kind(path, kind, "a G.pt export", _ACCEPTS))
         if preset:
             raise ValueError(own)
         module = GptModule(**json.loads(meta["hyper_parameters"]))
@@ -258,10 +259,7 @@ def load_gpt(path: str | Path, map_location: str = "cpu", preset: str | None = N
     if kind.startswith("an official G.pt checkpoint"):
         return load_released(ckpt, path, preset)
     if not kind.startswith("a G.pt training checkpoint"):
-        raise ValueError(
-            f"{path} is {kind}, not a G.pt checkpoint; pass the gpt.safetensors, "
-            "checkpoints/last.ckpt or run folder of python -m gpt_checkpoints.train"
-        )
+        raise ValueError(wrong_kind(path, kind, "a G.pt checkpoint", _ACCEPTS))
     if preset:
         raise ValueError(own)
     module = GptModule(**ckpt["hyper_parameters"])
