@@ -341,35 +341,10 @@ class GaussianDiffusion:
             yield out
             img = out["sample"]
 
-    def p_sample_loop(
-        self,
-        model,
-        shape,
-        noise=None,
-        clip_denoised=True,
-        denoised_fn=None,
-        cond_fn=None,
-        model_kwargs=None,
-        device=None,
-        progress=False,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Sample ``x_0`` by ancestral sampling from ``x_T ~ N(0, I)`` (``noise`` if given)."""
-        final = _last(
-            self.p_sample_loop_progressive(
-                model,
-                shape,
-                noise,
-                clip_denoised,
-                denoised_fn,
-                cond_fn,
-                model_kwargs,
-                device,
-                progress,
-                generator,
-            )
-        )
-        return final["sample"]
+    def p_sample_loop(self, *args, **kwargs) -> torch.Tensor:
+        """Sample ``x_0`` by ancestral sampling from ``x_T ~ N(0, I)`` (``noise`` if given); the
+        arguments of :meth:`p_sample_loop_progressive` (ADM's ``p_sample_loop``)."""
+        return _last(self.p_sample_loop_progressive(*args, **kwargs))["sample"]
 
     def p_sample_loop_progressive(
         self,
@@ -439,37 +414,10 @@ class GaussianDiffusion:
         )
         return {"sample": mean_pred, "pred_xstart": out["pred_xstart"]}
 
-    def ddim_sample_loop(
-        self,
-        model,
-        shape,
-        noise=None,
-        clip_denoised=True,
-        denoised_fn=None,
-        cond_fn=None,
-        model_kwargs=None,
-        device=None,
-        progress=False,
-        eta=0.0,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Sample with DDIM over this diffusion's (usually respaced) timesteps."""
-        final = _last(
-            self.ddim_sample_loop_progressive(
-                model,
-                shape,
-                noise,
-                clip_denoised,
-                denoised_fn,
-                cond_fn,
-                model_kwargs,
-                device,
-                progress,
-                eta,
-                generator,
-            )
-        )
-        return final["sample"]
+    def ddim_sample_loop(self, *args, **kwargs) -> torch.Tensor:
+        """Sample with DDIM over this diffusion's (usually respaced) timesteps; the arguments of
+        :meth:`ddim_sample_loop_progressive` (ADM's ``ddim_sample_loop``)."""
+        return _last(self.ddim_sample_loop_progressive(*args, **kwargs))["sample"]
 
     def ddim_sample_loop_progressive(
         self,
