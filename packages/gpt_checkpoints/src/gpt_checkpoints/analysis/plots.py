@@ -17,6 +17,12 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+
+
 def plot_one_step(res: dict, path: Path) -> None:
     names = ["G.pt", *res["optimizers"]]
     values = [res["one_step_gpt"], *(v["value"] for v in res["optimizers"].values())]
@@ -27,9 +33,7 @@ def plot_one_step(res: dict, path: Path) -> None:
     ax.set_ylabel(res["metric"])
     ax.set_title("one step: G.pt vs tuned optimizers (Fig. 3.3)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_curves(res: dict, gpt_value: float, metric: str, path: Path) -> None:
@@ -44,9 +48,7 @@ def plot_curves(res: dict, gpt_value: float, metric: str, path: Path) -> None:
     ax.set_ylabel(metric)
     ax.set_title("optimization curves (Fig. 3.4)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_alignment(res: dict, metric: str, path: Path) -> None:
@@ -60,9 +62,7 @@ def plot_alignment(res: dict, metric: str, path: Path) -> None:
     ax.set_ylabel(f"achieved {metric}")
     ax.set_title(f"prompt alignment R^2 = {res['prompt_alignment_r2']:.3f}")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_recursive(res: dict, metric: str, path: Path) -> None:
@@ -74,9 +74,7 @@ def plot_recursive(res: dict, metric: str, path: Path) -> None:
     ax.set_ylabel(metric)
     ax.set_title("out-of-distribution initialisations (Fig. 3.6)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 NOVELTY_STYLE = {  # method -> (label, colour, marker)
@@ -117,9 +115,7 @@ def plot_novelty(res: dict, path: Path) -> None:
         ax.set_ylabel(metric)
     axes[0][0].set_title(f"performance vs novelty, prompt {res['prompt']:.3g}")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def print_novelty(res: dict) -> None:
