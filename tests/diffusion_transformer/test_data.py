@@ -10,6 +10,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from common.data.digits import load_digits
+from common.errors import FileReadError
 from diffusion_transformer.data import (
     DigitsDataModule,
     ImageFolderDataset,
@@ -52,7 +53,8 @@ def test_image_folder_skips_bad_files_with_a_report(tmp_path, caplog):
     (tmp_path / "a_class" / "1.png").write_bytes(b"garbage")
     ds = ImageFolderDataset(tmp_path, image_size=16)
     assert ds.classes == ["a_class", "b_class"] and len(ds) == 3
-    with pytest.warns(UserWarning, match="skipping unreadable image .*1.png"):
+    bad = r"skipping unreadable image: cannot read the image .*1\.png \(cannot identify image"
+    with pytest.warns(UserWarning, match=bad):
         x, y = ds[1]
     assert x.shape == (3, 16, 16) and y == 1 and len(ds.skipped) == 1
     flat = tmp_path / "flat"
@@ -92,6 +94,19 @@ def test_latent_shards_read_lazily_across_shards(tmp_path):
         assert torch.equal(x, latents[i]) and y == i
     with pytest.raises(FileNotFoundError, match="extract_latents data.root=<images> vae=<"):
         LatentShardDataset(tmp_path / "nothing")
+    shard = tmp_path / shards[1]["file"]
+    intact = shard.read_bytes()
+    fresh = LatentShardDataset(tmp_path)  # checks every shard, keeps none open
+    shard.unlink()  # gone while training: one error naming it, from a worker too
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(fresh, [4]), num_workers=1)
+    with pytest.raises(FileReadError, match=f"cannot read {shard} .*rerun extract_latents"):
+        next(iter(loader))
+    shard.write_bytes(intact[:40])  # truncated: refused when the dataset is built
+    with pytest.raises(FileReadError, match=f"cannot read {shard} "):
+        LatentShardDataset(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"shards": [{"file": "x"}]}')
+    with pytest.raises(FileReadError, match=r"manifest.json \(no entry 'num'\); rerun"):
+        LatentShardDataset(tmp_path)
 
 
 @pytest.mark.parametrize(

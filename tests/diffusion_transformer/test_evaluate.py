@@ -184,3 +184,30 @@ def test_training_evaluates_the_ema_and_records_the_run(compose_train, cache_dir
     assert summary["global_batch"] == 8 and summary["gflops"] == pytest.approx(gflops)
     metrics_csv = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "eval/fd_digits" in metrics_csv and "eval/fd_digits@2steps" in metrics_csv
+
+
+def test_sample_prints_the_evaluate_command_the_run_recorded():
+    """``sampling.evaluate_command``: the recorded reference, else the image folder the run
+    trained on; the recorded Inception weights; a placeholder only for what nothing records."""
+    from types import SimpleNamespace
+
+    from diffusion_transformer.sampling import evaluate_command
+
+    latent = SimpleNamespace(in_channels=4, input_size=32, num_classes=1000)
+    folder = {"reference": None, "images": "/data/train", "metrics": ["fid"],
+              "inception_weights": "/w/inception.pth"}  # fmt: skip
+    assert evaluate_command("s.npz", latent, {"evaluate": folder}) == (
+        "python -m diffusion_transformer.evaluate samples=s.npz reference=/data/train "
+        "metrics.names=[fid] metrics.inception_weights=/w/inception.pth"
+    )
+    stats = {**folder, "reference": "/ref/VIRTUAL_imagenet256_labeled.npz"}
+    assert "reference=/ref/VIRTUAL_imagenet256_labeled.npz" in evaluate_command(
+        "s.npz", latent, {"evaluate": stats}
+    )
+    official = evaluate_command("s.npz", latent, {})  # an official file records nothing
+    assert "reference=<reference .npz or image folder>" in official
+    assert "metrics.inception_weights=<weights-inception-2015-12-05-6726825d.pth>" in official
+    digits = SimpleNamespace(in_channels=1, input_size=8, num_classes=10)
+    assert evaluate_command("s.npz", digits, {}).endswith(
+        "reference=digits metrics.names=[fd_digits,acc_digits]"
+    )

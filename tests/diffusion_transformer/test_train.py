@@ -8,6 +8,7 @@ import torch
 
 from common.checkpoint import safe_load
 from common.training import resolve_resume
+from diffusion_transformer.checkpoints import read_checkpoint, read_record
 from diffusion_transformer.training import train
 
 TINY = [
@@ -67,6 +68,10 @@ def test_checkpoint_holds_ema_and_loads_without_pickle(compose_train, tmp_path):
     # The DiT's constructor arguments, which load_dit rebuilds it from.
     assert ckpt["hyper_parameters"]["model"]["hidden_size"] == 32
     assert ckpt["hyper_parameters"]["model"]["depth"] == 1 and "dit_config" not in ckpt
+    # Both files record how the run scored its samples, for the evaluate command sample prints.
+    recorded = read_checkpoint(result.checkpoint)[1]["evaluate"]
+    assert recorded == read_record(result.export)["evaluate"] and recorded["reference"] == "digits"
+    assert recorded["metrics"] == ["fd_digits", "acc_digits"] and recorded["images"] is None
     ema = safe_load(result.export)
     assert set(ema) == {k[len("ema.module.") :] for k in sd if k.startswith("ema.module.")}
     # After 3 updates at decay 0.5 the EMA differs from both the init and the model.

@@ -79,6 +79,10 @@ def files(tmp_path_factory):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(f["images"] / "a.png")
     png = (f["images"] / "a.png").read_bytes()
     (f["images"] / "b.png").write_bytes(png[: len(png) // 2])
+    f["latents"] = root / "latents"  # extract_latents' layout with a truncated shard
+    f["latents"].mkdir()
+    (f["latents"] / "manifest.json").write_text('{"shards": [{"file": "s.safetensors", "num": 1}]}')
+    (f["latents"] / "s.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
     return f
 
 
@@ -114,6 +118,11 @@ CASES = [
     ),
     (
         "diffusion_transformer.extract_latents",
+        ["data.root={images}", "vae=v"],
+        "Missing mandatory value: out; pass out=<value> on the command line",
+    ),
+    (
+        "diffusion_transformer.extract_latents",
         ["data.root={images}", "vae=no_vae", "out=o"],
         "internet): set vae=<local diffusers folder",
     ),
@@ -129,6 +138,11 @@ CASES = [
     ),
     ("diffusion_transformer.export_diffusers", ["ckpt={gpt}"], "not a DiT checkpoint"),
     (DIT_TRAIN, ["trainer.max_steps=0"], "trainer.max_steps=0"),
+    (
+        DIT_TRAIN,
+        ["data=imagenet_latents", "data.root={latents}", "data.vae.path=v", "logger=none"],
+        "s.safetensors (SafetensorError: ",
+    ),
     (DIT_TRAIN, ["optim.lr=-1"], "optim.lr=-1"),
     (DIT_TRAIN, ["eval.num_samples=0"], "eval.num_samples=0"),
     (DIT_TRAIN, ["optim.lr=nan"], "optim.lr=nan"),

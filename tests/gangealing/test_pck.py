@@ -37,7 +37,6 @@ from gangealing.eval.pck import (
     combine_pck,
     flip_keypoints,
     pck,
-    write_pck_json,
 )
 from gangealing.stylegan2.networks import Generator, save_generator
 from tests.gangealing.test_congeal import _congealer_file
@@ -141,18 +140,6 @@ def test_flip_with_cub_permutation_is_an_involution():
 def test_flip_rejects_a_non_permutation():
     with pytest.raises(ValueError, match="permutation must reorder"):
         flip_keypoints(torch.zeros(1, 3, 2), torch.ones(1, 3, dtype=torch.bool), 8, [0, 0, 1])
-
-
-def test_write_pck_json_round_trip(tmp_path):
-    pred, target = _offset([0.0, 30.0])
-    result = pck(pred, target, torch.ones(1, 2, dtype=torch.bool), torch.tensor([100.0]))
-    result["thresholds"] = torch.tensor([1.5, float("nan")])
-    path = tmp_path / "out" / "pck.json"
-    write_pck_json(path, result)
-    loaded = json.loads(path.read_text())
-    assert loaded["pck@0.1"] == 50.0 and loaded["correct@0.1"] == 1
-    assert loaded["thresholds"] == [1.5, None]
-    assert [p.name for p in path.parent.iterdir()] == ["pck.json"]
 
 
 # ---------------------------------------------------------------------------- benchmarks

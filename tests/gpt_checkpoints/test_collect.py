@@ -133,8 +133,11 @@ def test_collect_reads_data_root_and_records_it(run_main, cli_main, tmp_path):
     assert code == 0 and "2 stored, 0 filtered" in stdout and "(trained on cpu)" in stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data_root"] == str(root) and manifest["layout"][0][1] == [10, 784]
+    made = sorted(p.name for p in out.iterdir())  # the dataset folder is the run folder
+    assert made == ["collect.log", "manifest.json", "runs"] and not (tmp_path / "outputs").exists()
     code, err = cli_main("gpt_checkpoints.collect", *args)
     assert code == 2 and "pass its root folder (data.root=/path/to/root" in err.splitlines()[-1]
     code, err = cli_main("gpt_checkpoints.collect", *args, "device=cuda:7")
     if not torch.cuda.is_available():
         assert code == 2 and "no CUDA GPU; pass device=cpu or auto" in err.splitlines()[-1]
+    assert len(list((out / "runs").glob("*.safetensors"))) == 2  # failed reruns keep the data

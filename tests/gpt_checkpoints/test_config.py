@@ -89,8 +89,8 @@ def test_a_released_model_option_builds_its_preset_with_overrides():
 
 
 def test_a_null_model_size_is_one_error_line(cli_main, tmp_path):
-    """``CHECKS`` let the sizes be missing (a released preset's model node has none, and a missing
-    key reads as null); one set to null is refused before the dataset is read."""
+    """``CHECKS`` let the sizes be absent (``|absent``: a released preset's model node has none);
+    one set to null is refused before the dataset is read."""
     code, err = cli_main("gpt_checkpoints.train", "model.depth=null", "logger=none")
     assert code == 2, err
     assert err.strip().splitlines() == [

@@ -99,6 +99,25 @@ def test_import_writes_the_store_resumably_and_training_reads_it(released, tmp_p
     assert code == 2 and "pass preset=" in err
 
 
+def test_import_prints_a_train_command_that_runs_as_printed(released, tmp_path, run_main):
+    import shlex
+
+    root, _ = released
+    code, stdout, err = run_main(
+        "gpt_checkpoints.import_official", f"dataset={root}", "preset=mnist_error", "out=store"
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [
+        "import_official.log", "manifest.json", "runs"
+    ]  # the store is the run folder  # fmt: skip
+    line = next(ln for ln in stdout.splitlines() if "python -m gpt_checkpoints.train " in ln)
+    printed = shlex.split(line.split("python -m gpt_checkpoints.train ")[1])
+    assert printed == ["task=mlp_mnist", f"dataset={tmp_path / 'store'}", "metric=test_error"]
+    tiny = ["model=tiny", "batch_size=4", "trainer.max_steps=1", "logger=none", "test_fraction=0.4"]
+    code, stdout, err = run_main("gpt_checkpoints.train", *printed, *tiny)
+    assert code == 0, err
+
+
 def test_partial_and_wrong_folders_say_what_is_missing(released, tmp_path):
     root, _ = released
     (root / "zz_stray").mkdir()

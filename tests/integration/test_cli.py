@@ -119,6 +119,8 @@ def test_extract_latents_train_on_them_and_decode_samples(tmp_path, image_folder
     manifest = json.loads((tmp_path / "latents" / "manifest.json").read_text())
     assert manifest["num"] == 10 and len(manifest["shards"]) == 3
     assert manifest["latent_shape"] == [2, 4, 8, 8] and len(manifest["skipped"]) == 1
+    assert (tmp_path / "latents" / "extract_latents.log").is_file()  # the run folder is out=
+    assert not (tmp_path / "outputs").exists()
     # Re-running keeps the finished shards (resumable) and gives the same manifest.
     run_cli(
         "diffusion_transformer.extract_latents",

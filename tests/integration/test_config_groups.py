@@ -135,16 +135,22 @@ def test_an_experiment_of_the_other_command_is_one_line(cli_main):
     )
 
 
+DATASET_BUILDERS = ("extract_latents", "collect", "import_official")
 PRIMARIES = [(p, c.stem) for p in PACKAGES for c in sorted(_conf(p).glob("*.yaml"))]
 
 
 @pytest.mark.parametrize(("package", "command"), PRIMARIES, ids=["/".join(p) for p in PRIMARIES])
 def test_every_command_writes_under_outputs_package_command(package, command):
-    """One naming scheme: ``outputs/<package>/<command>/<date-time>/`` (multiruns ``multirun/``)."""
+    """One naming scheme: ``outputs/<package>/<command>/<date-time>/`` (multiruns ``multirun/``),
+    but a command that builds a dataset runs in that dataset's folder (``out=``): its log lives
+    with the data, and a rerun resumes there."""
     with initialize_config_module(f"{package}.conf", version_base="1.3"):
         cfg = compose(config_name=command, return_hydra_config=True)
     hydra = OmegaConf.to_container(cfg.hydra, resolve=False)
-    assert hydra["run"]["dir"] == f"outputs/{package}/{command}/${{now:%Y-%m-%d_%H-%M-%S.%f}}"
+    if command in DATASET_BUILDERS:
+        assert hydra["run"]["dir"] == "${out}" and hydra["output_subdir"] is None
+    else:
+        assert hydra["run"]["dir"] == f"outputs/{package}/{command}/${{now:%Y-%m-%d_%H-%M-%S.%f}}"
     assert hydra["sweep"]["dir"].startswith(f"multirun/{package}/{command}/")
 
 

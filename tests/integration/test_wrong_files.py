@@ -36,6 +36,7 @@ def files(tmp_path_factory):
                 root / "dit.ckpt")  # fmt: skip
     save_file({"w": torch.zeros(2)}, root / "gpt.safetensors",
               metadata={"format": "gpt/1", "hyper_parameters": "{}"})  # fmt: skip
+    save_file({"w": torch.zeros(2)}, root / "gpt_bare.safetensors", metadata={"format": "gpt/1"})
     atomic_save({"state_dict": {"model.w": torch.zeros(2)},
                  "hyper_parameters": {"layout": [], "metric_range": [0.0, 1.0]}},
                 root / "gpt.ckpt")  # fmt: skip
@@ -103,6 +104,12 @@ def test_dit_sample_names_the_kind_of_a_wrong_file(files, cli_main, name, kind, 
 def test_gpt_prompt_names_the_kind_of_a_wrong_file(files, cli_main, name, kind, use):
     line = _one_line(*cli_main("gpt_checkpoints.prompt", f"ckpt={files / name}"))
     assert f"{name} {kind}" in line and use in line, line
+
+
+def test_a_gpt_export_that_lost_its_configuration_says_so(files, cli_main):
+    line = _one_line(*cli_main("gpt_checkpoints.prompt", f"ckpt={files / 'gpt_bare.safetensors'}"))
+    assert "gpt_bare.safetensors is a G.pt export without its configuration" in line, line
+    assert "pass its run folder or last.ckpt" in line, line
 
 
 def test_our_own_files_still_load(files):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import os
 import pickle
@@ -38,6 +39,31 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def json_value(value: Any) -> Any:
+    """``value`` as plain JSON data: tensors and arrays as lists, numpy scalars as numbers,
+    NaN/inf as ``null`` (JSON has no NaN: other readers refuse Python's ``NaN``)."""
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # torch, numpy
+        return json_value(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_bytes(value: Any, indent: int | None = 2) -> bytes:
+    """``value`` (see :func:`json_value`) as strict JSON."""
+    return json.dumps(json_value(value), indent=indent, allow_nan=False).encode()
+
+
+def write_json(value: Any, path: str | os.PathLike, indent: int | None = 2) -> Path:
+    """Write ``value`` as strict JSON (no NaN: ``null``) atomically; every JSON output uses this."""
+    atomic_write_bytes(json_bytes(value, indent) + b"\n", path)
+    return Path(path)
 
 
 #: What to try when training goes non-finite (the messages of the NaN/inf guards).

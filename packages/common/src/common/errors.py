@@ -10,15 +10,43 @@ configuration errors) are caught as well. Anything else is a bug and keeps its t
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
 class NonFiniteError(RuntimeError):
     """Training produced NaN or inf (loss, gradients, a sampling grid, a tensor about to be
     saved); the message names where and what to try."""
+
+
+class FileReadError(OSError):
+    """A data file that could not be read or decoded, whatever the decoder raised; the message
+    names the file and the reason. The decoder's error stays chained (``debug=true`` shows it)."""
+
+
+@contextmanager
+def reading(path: str | os.PathLike, what: str = "", hint: str = "replace or remove that file"
+            ) -> Iterator[None]:  # fmt: skip
+    """Turn any failure inside the block into one :class:`FileReadError` naming ``path``: data
+    loading (in a ``DataLoader`` worker or not) then always ends in one ``error:`` line."""
+    try:
+        yield
+    except FileReadError:
+        raise
+    except Exception as err:  # noqa: BLE001 (a decoder may raise anything; the file is the news)
+        said = re.sub(rf":?\s*'?{re.escape(str(path))}'?", "", one_line(err)).strip()  # once
+        if not is_user_error(err):  # a foreign type says what kind of failure it is
+            said = (
+                f"no entry {said!r}"
+                if isinstance(err, KeyError)
+                else f"{type(err).__name__}: {said}"
+            )
+        reason = said.strip(": ")
+        raise FileReadError(f"cannot read {what}{path} ({reason}); {hint}") from err
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -54,8 +82,9 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def root_cause(err: BaseException) -> BaseException:
-    """The innermost ``__cause__`` (Hydra wraps errors raised while instantiating or in a job)."""
-    while err.__cause__ is not None and err.__cause__ is not err:
+    """The innermost ``__cause__`` (Hydra wraps errors raised while instantiating or in a job),
+    or a :class:`FileReadError`, whose message already says what its cause was."""
+    while not isinstance(err, FileReadError) and err.__cause__ not in (None, err):
         err = err.__cause__
     return err
 
@@ -68,6 +97,8 @@ def _config_hint(cause: BaseException) -> str:
     from omegaconf.errors import ConfigKeyError, MissingMandatoryValue
 
     key = getattr(cause, "full_key", None)
+    if m := _MISSING.search(str(cause)):  # e.g. Hydra's run folder is ${out}
+        return f"; pass {m['key']}=<value> on the command line"
     if isinstance(cause, MissingMandatoryValue) and key:
         return f"; pass {key}=<value> on the command line"
     if isinstance(cause, ConfigKeyError) and key:
@@ -75,6 +106,7 @@ def _config_hint(cause: BaseException) -> str:
     return ""
 
 
+_MISSING = re.compile(r"while resolving interpolation: Missing mandatory value: (?P<key>[\w.]+)")
 _NOT_A_KEY = re.compile(r"Could not override '(?P<key>[^']+)'\. To append to your config use \+")
 _WORKER = "Original Traceback (most recent call last):"
 _EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Interrupt|Exit): ")
@@ -184,16 +216,20 @@ def _describe(rule: str) -> str:
 def check_values(cfg: Any, rules: dict[str, str]) -> None:
     """Refuse values that make no sense, where a command reads its config. ``rules`` maps dotted
     keys to ``"int>=1"``, ``">0"``, ``">=0"``, ``"[0,1]"``, ``"(0,1]"`` (``int`` prefix: a whole
-    number), with ``"|null"`` when the key may stay unset. Every number must be finite.
-    A list value is checked element by element."""
+    number), with ``"|null"`` when the key may stay unset (null or absent) and ``"|absent"`` when
+    it may be absent from the config (a group option without it) but not null. Every number must
+    be finite. A list value is checked element by element."""
     from omegaconf import ListConfig, OmegaConf
 
+    absent = object()
     for key, spec in rules.items():
-        rule, _, nullable = spec.partition("|")
-        value = OmegaConf.select(cfg, key, default=None)
-        want = _describe(rule) + (" (or null for the default)" if nullable else "")
-        if value is None:
-            if nullable:
+        rule, _, flag = spec.partition("|")
+        value = OmegaConf.select(cfg, key, default=absent)
+        if value is absent and flag:
+            continue
+        want = _describe(rule) + (" (or null for the default)" if flag == "null" else "")
+        if value is None or value is absent:
+            if flag == "null":
                 continue
             raise ValueError(f"{key} is not set; pass {key}=<{want}>")
         listed = isinstance(value, (list, tuple, ListConfig))

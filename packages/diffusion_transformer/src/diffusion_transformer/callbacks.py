@@ -7,7 +7,6 @@ writes files and logs.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -18,7 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from common.checkpoint import atomic_write_bytes
+from common.checkpoint import json_bytes, write_json
 from common.data.images import save_grid, to_uint8
 from diffusion_transformer.sampling import default_sampler
 
@@ -158,7 +157,7 @@ class RunSummary(L.Callback):
             "step": trainer.global_step,
             "train_compute": training_compute(self._static["gflops"], batch, trainer.global_step),
         }
-        atomic_write_bytes(json.dumps(summary, indent=2).encode(), self.path)
+        write_json(summary, self.path)
         # Summary fields of the W&B run, so a scatter over the sweep's group (metric vs gflops or
         # train_compute) works while the sweep runs, before the report exists.
         fields = {k: summary[k] for k in ("gflops", "train_compute", "params", "global_batch")}
@@ -323,7 +322,7 @@ class EvalMetrics(L.Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             for row in rows:
-                f.write(json.dumps(row) + "\n")
+                f.write(json_bytes(row, indent=None).decode() + "\n")
         scores = ", ".join(f"{k} {float(v):.4g}" for k, v in values.items())
         log.info(f"evaluated step {step} in {time.perf_counter() - started:.0f} s: {scores}")
         suffix = "" if steps == self.steps else f"@{n_steps}steps"

@@ -129,7 +129,7 @@ def check_compatible(model: DiT, state_dict: dict[str, torch.Tensor]) -> None:
 
 def read_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[dict, dict[str, Any]]:
     """-> (DiT state dict, metadata). Metadata holds ``model`` (the DiT's constructor arguments),
-    ``diffusion`` and ``vae`` when the file is one of our Lightning checkpoints."""
+    ``diffusion``, ``vae`` and ``evaluate`` when the file is one of ours (.ckpt or ema.pt)."""
     obj = safe_load(path)
     kind = checkpoint_kind(obj, path)
     if not kind.startswith(("a DiT", "an official DiT")):
@@ -139,12 +139,7 @@ def read_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[dict, dict[
         prefix = "ema.module." if use_ema else "model."
         sd = {k[len(prefix) :]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
         hp = obj.get("hyper_parameters", {})
-        meta = {
-            "model": hp.get("model"),
-            "diffusion": hp.get("diffusion"),
-            "vae": hp.get("vae"),
-        }
-        return sd, meta
+        return sd, {k: hp.get(k) for k in ("model", "diffusion", "vae", "evaluate")}
     if "ema" in obj and isinstance(obj["ema"], dict):  # official training checkpoint
         args = vars(obj["args"]) if hasattr(obj.get("args"), "__dict__") else {}
         meta = {

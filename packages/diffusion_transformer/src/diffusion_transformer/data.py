@@ -22,7 +22,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from common.data.digits import digits_split, load_digits
-from common.data.images import IMAGE_EXTENSIONS, list_images
+from common.data.images import IMAGE_EXTENSIONS, list_images, open_image
+from common.errors import FileReadError, one_line, reading
 from common.training import resumable_loader
 
 log = logging.getLogger(__name__)
@@ -87,19 +88,16 @@ class ImageFolderDataset(Dataset):
 
     def _readable(self, index: int) -> bool:
         try:
-            with Image.open(self.files[index][0]) as img:
-                img.verify()
+            open_image(self.files[index][0]).close()
             return True
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        except OSError:
             return False
 
     def __len__(self) -> int:
         return len(self.files)
 
     def load(self, index: int) -> torch.Tensor:
-        path, _ = self.files[index]
-        with Image.open(path) as img:
-            img.load()
+        with open_image(self.files[index][0]) as img:
             return to_tensor(center_crop_arr(img.convert("RGB"), self.image_size))
 
     def __getitem__(self, index: int):
@@ -107,13 +105,19 @@ class ImageFolderDataset(Dataset):
             i = (index + attempt) % len(self.files)
             try:
                 return self.load(i), self.files[i][1]
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
+            except OSError as err:  # common.errors.FileReadError names the file and the reason
                 path = str(self.files[i][0])
                 if path not in self.skipped:
                     self.skipped.add(path)
-                    log.warning("skipping unreadable image %s (%s)", path, err)
-                    warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=2)
-        raise RuntimeError(f"no readable image under {self.root}")
+                    log.warning("skipping unreadable image: %s", one_line(err))
+                    warnings.warn(f"skipping unreadable image: {one_line(err)}", stacklevel=2)
+        raise FileReadError(
+            f"no image under {self.root} can be read any more ({len(self.skipped)} failed); "
+            "check the folder (a disk or network mount gone?) and resume"
+        )
+
+
+_REDO = "rerun extract_latents with the same out= to rewrite the shards it finds broken"
 
 
 class LatentShardDataset(Dataset):
@@ -133,11 +137,15 @@ class LatentShardDataset(Dataset):
                 "diffusion_transformer.extract_latents data.root=<images> vae=<sd-vae folder> "
                 "out=<this folder>` first"
             )
-        self.manifest = json.loads(manifest_path.read_text())
-        self.shards = [s["file"] for s in self.manifest["shards"]]
-        sizes = [s["num"] for s in self.manifest["shards"]]
+        with reading(manifest_path, hint="rerun extract_latents into a new folder"):
+            self.manifest = json.loads(manifest_path.read_text())
+            self.shards = [s["file"] for s in self.manifest["shards"]]
+            sizes = [int(s["num"]) for s in self.manifest["shards"]]
         self.offsets = np.cumsum([0] + sizes).tolist()
         self._handles: dict[int, object] = {}
+        for k in range(len(self.shards)):  # every shard opens before training starts
+            self._shard(k)
+        self._handles = {}
 
     def __len__(self) -> int:
         return self.offsets[-1]
@@ -147,7 +155,8 @@ class LatentShardDataset(Dataset):
         if handle is None:
             from safetensors import safe_open
 
-            handle = safe_open(str(self.root / self.shards[k]), framework="pt")
+            with reading(self.root / self.shards[k], hint=_REDO):
+                handle = safe_open(str(self.root / self.shards[k]), framework="pt")
             self._handles[k] = handle
         return handle
 
@@ -155,8 +164,9 @@ class LatentShardDataset(Dataset):
         k = bisect.bisect_right(self.offsets, index) - 1
         i = index - self.offsets[k]
         shard = self._shard(k)
-        latents = shard.get_slice("latents")[i : i + 1][0].float()
-        label = shard.get_slice("labels")[i : i + 1][0]
+        with reading(self.root / self.shards[k], hint=_REDO):
+            latents = shard.get_slice("latents")[i : i + 1][0].float()
+            label = shard.get_slice("labels")[i : i + 1][0]
         return latents, int(label)
 
     def __getstate__(self):  # handles are per process (DataLoader workers)

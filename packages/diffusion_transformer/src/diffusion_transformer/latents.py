@@ -20,8 +20,9 @@ from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from common.checkpoint import atomic_write_bytes
+from common.checkpoint import atomic_write_bytes, write_json
 from common.devices import pick_device
+from common.errors import one_line
 from diffusion_transformer.data import ImageFolderDataset
 from diffusion_transformer.vae import build_vae
 
@@ -38,8 +39,8 @@ class _TryLoad(Dataset):
     def __getitem__(self, i: int):
         try:
             return self.folder.load(i), self.folder.files[i][1], i, None
-        except (OSError, ValueError) as err:
-            return None, -1, i, f"{self.folder.files[i][0]}: {err}"
+        except OSError as err:  # common.errors.FileReadError: names the file and the reason
+            return None, -1, i, one_line(err)
 
 
 def _collate(items):
@@ -99,9 +100,9 @@ def extract(cfg: DictConfig) -> Path:
             latents.append(torch.stack(z.chunk(2), dim=1).to(dtype).cpu())
             labels.append(y)
         for e in errors:
-            print(f"skipped unreadable image {e}")
+            print(f"skipped unreadable image: {e}")
         tensors = {"latents": torch.cat(latents), "labels": torch.cat(labels)}
-        atomic_write_bytes(json.dumps(errors).encode(), meta_path)
+        write_json(errors, meta_path, indent=None)
         atomic_write_bytes(save(tensors), path)
         shards.append({"file": path.name, "num": len(tensors["labels"])})
         skipped += errors
@@ -126,7 +127,8 @@ def extract(cfg: DictConfig) -> Path:
         "skipped": skipped,
     }
     manifest_path = out / "manifest.json"
-    atomic_write_bytes(json.dumps(manifest, indent=1).encode(), manifest_path)
+    write_json(manifest, manifest_path, indent=1)
+    out = out.resolve()
     print(f"latents : {out} ({manifest['num']} images, {len(skipped)} skipped)")
     train = (
         f"python -m diffusion_transformer.train data=imagenet_latents data.root={out} "

@@ -5,7 +5,6 @@ diffusion_transformer.evaluate`` and by the evaluation during training (``callba
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from common.checkpoint import atomic_write_bytes
+from common.checkpoint import write_json
 from common.devices import pick_device
 
 REFERENCES = ("digits",)
@@ -78,18 +77,47 @@ def load_samples(samples: str | None) -> tuple[Any, np.ndarray | None]:
     return path, None
 
 
+def refuse_ignored_keys(cfg: DictConfig) -> bool:
+    """Refuse ``metrics.inception_weights`` without an Inception metric, ``metrics.cache_dir``
+    with nothing to cache and ``reference`` when no metric compares with one (issue 28); returns
+    whether a reference is needed."""
+    from common.metrics.evaluate import INCEPTION_METRICS, NO_REFERENCE
+
+    names = [str(m) for m in cfg.metrics.names]
+    if cfg.metrics.inception_weights and not set(names) & set(INCEPTION_METRICS):
+        raise ValueError(
+            f"metrics.inception_weights={cfg.metrics.inception_weights} is ignored because "
+            f"metrics.names=[{','.join(names)}] has no Inception metric; drop it, or add one of "
+            f"{', '.join(INCEPTION_METRICS)}"
+        )
+    digits = any(m.endswith("_digits") for m in names)  # the digits space is cached
+    if cfg.metrics.cache_dir and not digits and cfg.reference in (None, "digits"):
+        raise ValueError(
+            f"metrics.cache_dir={cfg.metrics.cache_dir} is ignored because neither the digits "
+            "space nor a reference file is read; drop it, or pass reference=<.npz or folder>"
+        )
+    needed = not names or not set(names) <= set(NO_REFERENCE)
+    if cfg.reference and not needed:
+        raise ValueError(
+            f"reference={cfg.reference} is ignored because metrics.names=[{','.join(names)}] "
+            "compare with no reference; drop it, or add a metric that does (e.g. fid, fd_digits)"
+        )
+    return needed
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """The job of ``python -m diffusion_transformer.evaluate`` (``conf/evaluate.yaml``)."""
     from common.metrics import evaluate_images
     from common.metrics.inputs import iter_image_batches
 
+    needs_reference = refuse_ignored_keys(cfg)
     device = pick_device(cfg.device)
     images, labels = load_samples(cfg.samples)
     first = next(iter_image_batches(images, batch_size=1), None)  # arrays, .npz and folders
     if first is None:
         raise ValueError(f"no images in {cfg.samples}; pass a folder or .npz that holds images")
     size = first.shape[1]
-    reference = resolve_reference(cfg.reference, image_size=size)
+    reference = resolve_reference(cfg.reference, image_size=size) if needs_reference else None
     values = evaluate_images(
         images,
         reference,
@@ -103,7 +131,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     values = {k: float(v) for k, v in values.items()}
     out = Path(cfg.out) / "metrics.json"
     record = {"samples": str(cfg.samples), "reference": str(cfg.reference), **values}
-    atomic_write_bytes(json.dumps(record, indent=2).encode(), out)
+    write_json(record, out)
     for name, value in values.items():
         print(f"{name:>16s}  {value:.4f}")
     print(f"metrics json : {out}")

@@ -38,7 +38,11 @@ class DiTModule(L.LightningModule):
         flip: bool = True,
         seed: int = 0,
         compile: bool = False,
+        evaluate: dict[str, Any] | None = None,
     ) -> None:
+        """``evaluate`` (``reference``, ``images``, ``metrics``, ``inception_weights``) is only
+        recorded in the checkpoints, so that ``sample`` prints the ``evaluate`` command that
+        scores this model's samples the way its run did."""
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         # The DiT's constructor arguments: checkpoints rebuild it from them (checkpoints.load_dit).

@@ -22,7 +22,9 @@ from common.diffusion import RectifiedFlow, create_diffusion
 from common.diffusion.guidance import guided_prediction
 from common.diffusion.progress import Progress
 from common.errors import require_positive_int
-from diffusion_transformer.checkpoints import load_dit
+from diffusion_transformer.checkpoints import load_dit, read_record
+from diffusion_transformer.diffusers_io import is_diffusers_folder
+from diffusion_transformer.models import DIT_CONFIGS, DiT, DiT_models
 from diffusion_transformer.vae import build_vae
 
 SAMPLERS = ("ddpm", "ddim", "euler", "heun")
@@ -151,20 +153,82 @@ def choose_labels(labels, num_samples: int, num_classes: int, generator: torch.G
     return labels.repeat(math.ceil(num_samples / len(labels)))[:num_samples]
 
 
+def refuse_ignored_keys(cfg: Mapping[str, Any], model: DiT, meta: dict[str, Any]) -> None:
+    """Refuse what the file ``cfg.ckpt`` (loaded as ``model``, ``meta``) would ignore or contradict
+    (issue 28): ``use_ema=false`` for a file with one set of weights, an architecture key that
+    disagrees with the architecture the file records, ``vae=`` for a pixel-space model,
+    ``cfg_channels=`` without guidance and labels beyond ``num_samples`` (``sample`` and
+    ``export_diffusers``)."""
+    name = Path(str(cfg["ckpt"])).name
+    if cfg.get("cfg_channels") is not None and cfg.get("cfg_scale", 1.0) == 1.0:
+        raise ValueError(
+            f"cfg_channels={cfg['cfg_channels']} is ignored because cfg_scale=1 samples without "
+            "guidance; drop it, or guide with cfg_scale>1 (e.g. cfg_scale=4.0)"
+        )
+    labels = list(cfg.get("labels") or [])
+    if len(labels) > cfg.get("num_samples", len(labels)):
+        raise ValueError(
+            f"labels=[{','.join(map(str, labels))}] is ignored past its first "
+            f"{cfg['num_samples']} classes because num_samples={cfg['num_samples']}; drop it, or "
+            f"set num_samples={len(labels)}"
+        )
+    diffusers = is_diffusers_folder(cfg["ckpt"])
+    lightning = bool(meta) and not read_record(cfg["ckpt"])  # ours, not an ema.pt: raw and EMA
+    both = not diffusers and ("official_args" in meta or lightning)
+    if cfg.get("use_ema") is False and not both:
+        raise ValueError(
+            f"use_ema=false is ignored because {name} holds one set of weights (the EMA ones for "
+            "our ema.pt and exports); drop it, or pass the run's .ckpt, which holds both"
+        )
+    if cfg.get("vae") and model.in_channels != 4 and not (meta.get("vae") or {}).get("path"):
+        raise ValueError(
+            f"vae={cfg['vae']} is ignored because {name} generates {model.in_channels}-channel "
+            "images in pixel space, with no VAE; drop it"
+        )
+    recorded = model.config if diffusers else (meta.get("model") or {})
+    given: dict[str, dict[str, Any]] = {}
+    if cfg.get("arch"):
+        if cfg["arch"] not in DiT_models:
+            raise ValueError(
+                f"unknown DiT model {cfg['arch']!r}; valid names: {', '.join(DiT_models)}"
+            )
+        size, patch = cfg["arch"][len("DiT-") :].split("/")
+        given["arch"] = {**DIT_CONFIGS[size]._asdict(), "patch_size": int(patch)}
+    if cfg.get("image_size") is not None:
+        latent = recorded.get("in_channels", 4) == 4  # as load_dit reads image_size
+        given["image_size"] = {"input_size": cfg["image_size"] // (8 if latent else 1)}
+    for key in ("num_classes", "num_heads"):
+        if cfg.get(key) is not None:
+            given[key] = {key: cfg[key]}
+    for key, implied in given.items():
+        wrong = [f"{f}={recorded[f]}" for f, v in implied.items() if recorded.get(f, v) != v]
+        if wrong:
+            raise ValueError(
+                f"{key}={cfg[key]} disagrees with the architecture {name} records "
+                f"({', '.join(wrong)}); drop it: a file that records its architecture needs no "
+                "architecture key"
+            )
+
+
 def evaluate_command(npz: Path, model, meta: dict[str, Any]) -> str:
-    """The ``evaluate`` command for ``npz``: the run's reference and metrics when the checkpoint
-    records them, the digits space for a digits-shaped model, else ImageNet's FID setting."""
+    """The ``evaluate`` command for ``npz``: the run's reference (else the image folder it trained
+    on), metrics and Inception weights when the checkpoint records them, the digits space for a
+    digits-shaped model, else ImageNet's FID setting."""
+    from common.metrics.evaluate import NO_REFERENCE
+
     spec = meta.get("evaluate") or {}
-    reference, metrics = spec.get("reference"), spec.get("metrics")
+    reference, metrics = spec.get("reference") or spec.get("images"), spec.get("metrics")
+    weights = spec.get("inception_weights") or "<weights-inception-2015-12-05-6726825d.pth>"
     digits = (model.in_channels, model.input_size, model.num_classes) == (1, 8, 10)
     if reference is None and digits:
         reference, metrics = "digits", ["fd_digits", "acc_digits"]
     command = f"python -m diffusion_transformer.evaluate samples={npz}"
-    command += f" reference={reference or '<reference .npz or image folder>'}"
     metrics = metrics or ["fid", "is", "precision", "recall"]
+    if not all(m in NO_REFERENCE for m in metrics):  # evaluate refuses an unused reference
+        command += f" reference={reference or '<reference .npz or image folder>'}"
     command += f" metrics.names=[{','.join(metrics)}]"
     if not all(m.endswith("_digits") for m in metrics):
-        command += " metrics.inception_weights=<weights-inception-2015-12-05-6726825d.pth>"
+        command += f" metrics.inception_weights={weights}"
     return command
 
 
@@ -183,6 +247,7 @@ def sample(cfg: DictConfig) -> SampleResult:
         cfg_channels=cfg.cfg_channels,
         num_heads=cfg.num_heads,
     )
+    refuse_ignored_keys(cfg, model, meta)
     model.to(device)
     diffusion_cfg = dict(meta.get("diffusion") or OFFICIAL_DIFFUSION)
     steps = cfg.sampling_steps

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from common.checkpoint import write_json
 from common.training.runs import expected_jobs
 
 COLUMNS = (
@@ -371,9 +372,7 @@ def report(
     csv_path = write_csv(rows, out / "fid_vs_gflops.csv")
     pngs, corr = plot_all(rows, metric, out)
     missing = missing_jobs(Path(root))
-    (out / "correlations.json").write_text(
-        json.dumps({"metric": metric, **corr, "missing_jobs": missing}, indent=2, allow_nan=False)
-    )
+    write_json({"metric": metric, **corr, "missing_jobs": missing}, out / "correlations.json")
     print(f"{'run':<12s} {'Gflops':>9s} {metric:>12s}")
     for p in final_values(rows, metric):
         print(f"{_label(p):<12s} {p['gflops']:9.4f} {p['value']:12.4f}")

@@ -41,19 +41,14 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
 
     def export(trainer: L.Trainer) -> Export:
         """The EMA weights as a plain state dict with the official key names, recording the
-        architecture, diffusion, VAE and evaluation reference (``checkpoints.save_ema``)."""
+        architecture, diffusion, VAE and evaluation setting (``checkpoints.save_ema``)."""
         ema_weights = run_dir / "checkpoints" / "ema.pt"
         state = full_state_dict(trainer)  # every rank takes part: FSDP gathers the shards
         if trainer.is_global_zero:
             prefix = "ema.module."
             ema = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             hp = module.hparams
-            record = {
-                "model": hp["model"],
-                "diffusion": hp.get("diffusion"),
-                "vae": hp.get("vae"),
-                "evaluate": {"reference": cfg.eval.reference, "metrics": cfg.metrics.names},
-            }
+            record = {k: hp.get(k) for k in ("model", "diffusion", "vae", "evaluate")}
             save_ema(ema, ema_weights, plain_container(record))
         grids = [c.last_path for c in trainer.callbacks if getattr(c, "last_path", None)]
         usage = f"python -m diffusion_transformer.sample ckpt={ema_weights}"

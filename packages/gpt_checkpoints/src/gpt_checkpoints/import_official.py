@@ -14,6 +14,8 @@ training time.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 
 from common.cli import hydra_main
@@ -34,7 +36,10 @@ def main(cfg: DictConfig) -> None:
         f"runs          : {result['imported']} imported, {result['skipped']} already there "
         f"({result['runs']} in {cfg.dataset})"
     )
-    print(f"dataset       : {result['out']} (python -m gpt_checkpoints.train dataset=...)")
+    out = Path(result["out"]).resolve()
+    metric = f" metric={PRESETS[cfg.preset]['metric']}" if cfg.get("preset") else ""
+    print(f"dataset       : {out}")
+    print(f"next          : python -m gpt_checkpoints.train task={task} dataset={out}{metric}")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,10 @@ from common.cli import hydra_main
 CHECKS = {
     "seed": "int>=0",
     "batch_size": "int>=1",
-    # |null: a released preset's model node (model=mnist_loss) has no sizes, and a missing key
-    # reads as null; an explicit null is refused where the model is built (model.training.SIZES).
-    "model.depth": "int>=1|null",
-    "model.hidden_size": "int>=1|null",
-    "model.num_heads": "int>=1|null",
+    # |absent: a released preset's model node (model=mnist_loss) has no sizes.
+    "model.depth": "int>=1|absent",
+    "model.hidden_size": "int>=1|absent",
+    "model.num_heads": "int>=1|absent",
     "model.max_token_size": "int>=1|null",
     "test_fraction": "(0,1)",
     "initial_fraction": "[0,1]",

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from common.checkpoint import atomic_write_bytes
+from common.errors import reading
 
 #: The image files every command reads (PIL decodes them all).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -25,17 +26,11 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open and decode an image file; a missing, truncated or non-image file raises an error that
-    names it (PIL's own says only "Truncated File Read" or "cannot identify image file")."""
-    try:
+    """Open and decode an image file; any failure (missing, truncated, not an image, a decoder
+    error) is one ``FileReadError`` naming the file (PIL's own says only "Truncated File Read")."""
+    with reading(path, what="the image "):
         image = Image.open(path)
         image.load()
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(
-            f"cannot read the image {path} ({err}); replace or remove that file"
-        ) from None
     return image
 
 

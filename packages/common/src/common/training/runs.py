@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from common.checkpoint import atomic_write_bytes
+from common.checkpoint import write_json
 from common.cli import hydra_job
 from common.training.trainer import latest_checkpoint, resolve_resume, wandb_run_id
 
@@ -54,7 +54,7 @@ def read_job(run_dir: Path) -> dict[str, Any] | None:
 
 
 def write_job(run_dir: Path, record: dict[str, Any]) -> None:
-    atomic_write_bytes(json.dumps(record, indent=2).encode(), Path(run_dir) / JOB_FILE)
+    write_json(record, Path(run_dir) / JOB_FILE)
 
 
 LOCK_FILE = ".lock"

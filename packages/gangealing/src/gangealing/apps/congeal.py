@@ -25,6 +25,48 @@ from gangealing.data.datasets import ImageFolder
 log = logging.getLogger(__name__)
 
 
+def has_similarity_stage(congealer: Congealer) -> bool:
+    """Whether the congealer's T starts with a similarity stage (a flow-only T has none)."""
+    stn = congealer.stn
+    return "similarity" in stn.transforms if congealer.official else stn.transform != "flow"
+
+
+def refuse_ignored_options(
+    congealer: Congealer, cluster: int | None, flips: bool | None, iters: int | None
+) -> None:
+    """Refuse test-time options this congealer would not use (``Congealer.forward``): a cluster
+    it does not have, ``iters`` without a similarity stage, ``flips`` for a K-mode official T whose
+    cluster classifier makes (or cannot make) the mirror choice."""
+    k = congealer.num_modes
+    if cluster is not None and cluster >= k:
+        if k == 1:
+            raise ValueError(
+                f"cluster={cluster} is ignored because this congealer has a single mode (K=1); "
+                "drop it, or pass a congealer trained with num_modes > 1"
+            )
+        raise ValueError(
+            f"cluster={cluster} is not a mode of this congealer; pass cluster=<0..{k - 1}>"
+        )
+    if iters is not None and not has_similarity_stage(congealer):
+        raise ValueError(
+            f"iters={iters} is ignored because iterations re-apply the similarity stage, which "
+            "this flow-only congealer does not have; drop it, or pass a congealer with one"
+        )
+    if k == 1 or not congealer.official:
+        return
+    if flips and congealer.classifier is None:
+        raise ValueError(
+            f"flips=true is ignored because this {k}-mode congealer has no cluster classifier, "
+            "which chooses each image's mirror; drop it, or train one: python -m "
+            "gangealing.cluster_classifier ckpt=<run>"
+        )
+    if flips is False and cluster is None and congealer.classifier is not None:
+        raise ValueError(
+            f"flips=false turns off the cluster classifier of this {k}-mode congealer, which "
+            f"also picks each image's mode; pass cluster=<0..{k - 1}> with it, or drop flips=false"
+        )
+
+
 @torch.no_grad()
 def congeal_folder(
     congealer: Congealer,
@@ -39,6 +81,7 @@ def congeal_folder(
 ) -> dict[str, Path]:
     """Align every image of the folder ``root`` and write the outputs to ``out`` (module
     docstring); returns their paths."""
+    refuse_ignored_options(congealer, cluster, flips, iters)
     dataset = ImageFolder(root, size)
     out = Path(out)
     congealer = congealer.to(device)

@@ -41,12 +41,15 @@ from common.checkpoint import atomic_write_bytes
 from common.data.images import save_png
 from gangealing.align.congealer import Congealer
 from gangealing.align.stn import STNOutput, warp
+from gangealing.apps.congeal import has_similarity_stage, refuse_ignored_options
 from gangealing.apps.correspondence import (
     flow_smoothness_scores,
     out_of_bounds_fraction,
     rank_by_smoothness,
 )
 from gangealing.data.datasets import ImageFolder
+
+PADDING_MODE = "reflection"  # the default of padding_mode=, read by the similarity-aligned copy
 
 
 def warp_scores(result: STNOutput) -> tuple[Tensor, str]:
@@ -83,7 +86,7 @@ def preprocess_folder(
     cluster: int | None = None,
     flips: bool | None = None,
     iters: int | None = None,
-    padding_mode: str = "reflection",
+    padding_mode: str = PADDING_MODE,
     device: torch.device | str = "cpu",
     square: str = "crop",
     max_out_of_bounds: float | None = 0.025,
@@ -98,6 +101,13 @@ def preprocess_folder(
     """
     if not 0 < keep <= 1:
         raise ValueError(f"keep is the fraction of images to keep, in (0, 1]; got {keep}")
+    refuse_ignored_options(congealer, cluster, flips, iters)
+    if padding_mode != PADDING_MODE and not has_similarity_stage(congealer):
+        raise ValueError(
+            f"padding_mode={padding_mode} is ignored because this flow-only congealer writes its "
+            "own full warp, not a similarity-aligned copy; drop it, or pass a congealer with a "
+            "similarity stage"
+        )
     dataset = ImageFolder(root, load_size or size, square=square)
     out = Path(out)
     congealer = congealer.to(device)

@@ -36,9 +36,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
-from common.checkpoint import atomic_write_bytes
+from common.checkpoint import write_json
 from common.data.images import open_image, save_png, to_uint8
 from gangealing.align.congealer import Congealer
+from gangealing.apps.congeal import refuse_ignored_options
 from gangealing.apps.correspondence import propagate_keypoints, propagate_labels, propagate_overlay
 from gangealing.data.datasets import ImageFolder
 
@@ -46,6 +47,7 @@ EDIT_TYPES = ("auto", "overlay", "labels", "keypoints")
 LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
 ALPHA_MODES = ("RGBA", "LA", "PA")
 NO_LABEL = 255
+LABEL_ALPHA, POINT_RADIUS = 0.5, 2.0  # the defaults of label_alpha= and point_radius=
 
 
 @dataclass
@@ -160,15 +162,21 @@ def load_edit(
     if edit_type == "keypoints" or (edit_type == "auto" and is_json):
         if not is_json:
             raise ValueError(f"keypoints must be a .json file of [x, y] points, got {path}")
-        return Edit("keypoints", points=_load_points(path, size))
-    if is_json:
+        edit = Edit("keypoints", points=_load_points(path, size))
+    elif is_json:
         raise ValueError(f"{path} is JSON, which holds keypoints: pass edit_type=keypoints or auto")
-    image = open_image(path)
-    if edit_type == "labels" or (edit_type == "auto" and image.mode in LABEL_MODES):
-        if edit_type == "auto" and _has_alpha(image):
-            return Edit("overlay", overlay=_load_overlay(image, path, size))
-        return _load_labels(image, path, size, max_classes)
-    return Edit("overlay", overlay=_load_overlay(image, path, size))
+    else:
+        image = open_image(path)
+        labels = edit_type == "labels" or (edit_type == "auto" and image.mode in LABEL_MODES)
+        if labels and not (edit_type == "auto" and _has_alpha(image)):
+            return _load_labels(image, path, size, max_classes)
+        edit = Edit("overlay", overlay=_load_overlay(image, path, size))
+    if max_classes != NO_LABEL:
+        raise ValueError(
+            f"max_classes={max_classes} is ignored because only edit_type=labels uses it and "
+            f"{path} is edit_type={edit.kind}; drop it, or pass a label map"
+        )
+    return edit
 
 
 def _blend_labels(
@@ -213,18 +221,29 @@ def propagate_folder(
     cluster: int | None = None,
     flips: bool | None = None,
     iters: int | None = None,
-    label_alpha: float = 0.5,
-    point_radius: float = 2.0,
+    label_alpha: float = LABEL_ALPHA,
+    point_radius: float = POINT_RADIUS,
     device: torch.device | str = "cpu",
 ) -> dict[str, Path]:
     """Propagate ``edit`` to every image of the folder ``root``; returns the paths written under
-    ``out``."""
+    ``out``. ``label_alpha`` draws label maps, ``point_radius`` keypoints: set for another kind of
+    edit, they are refused."""
+    for key, value, default, kind in (
+        ("label_alpha", label_alpha, LABEL_ALPHA, "labels"),
+        ("point_radius", point_radius, POINT_RADIUS, "keypoints"),
+    ):
+        if value != default and edit.kind != kind:
+            raise ValueError(
+                f"{key}={value} is ignored because only edit_type={kind} uses it and this edit "
+                f"is edit_type={edit.kind}; drop it, or pass a {kind} edit"
+            )
     if congealer.num_modes > 1 and cluster is None:
         raise ValueError(
             f"the congealer has {congealer.num_modes} modes and an edit belongs to the average "
             f"image of one of them: pass cluster=<0..{congealer.num_modes - 1}>, the mode it was "
             "drawn on (python -m gangealing.congeal ... cluster=k writes that average image)"
         )
+    refuse_ignored_options(congealer, cluster, flips, iters)
     image_size = image_size or size
     dataset = ImageFolder(root, image_size)
     out = Path(out)
@@ -277,7 +296,7 @@ def propagate_folder(
         paths = {"labels": out / "labels", "overlays": out / "overlays"}
     if edit.kind == "keypoints":
         record = {"image_size": image_size, "congealed_size": size, "images": records}
-        atomic_write_bytes(json.dumps(record, indent=1).encode(), out / "keypoints.json")
+        write_json(record, out / "keypoints.json", indent=1)
         paths = {"keypoints": out / "keypoints", "json": out / "keypoints.json"}
     preview = _edited_target(congealer, edit, size, cluster, label_alpha, point_radius)
     if preview is not None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from common.checkpoint import atomic_write_bytes
+from common.checkpoint import write_json
 from gangealing.align.stn import grid_sample
 from gangealing.data.datasets import resample_window
 
@@ -295,7 +295,7 @@ def write_image_folder(dataset: SimilarityWarpDataset, folder: str | os.PathLike
         "matrices": dataset.matrices.tolist(),
         "canonical_keypoints": dataset.canonical_keypoints.tolist(),
     }
-    atomic_write_bytes(json.dumps(record).encode("utf-8"), folder / "keypoints.json")
+    write_json(record, folder / "keypoints.json", indent=None)
     return image_dir
 
 

@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from common.checkpoint import write_json
 from common.devices import pick_device
 from gangealing.align.congealer import Congealer
 from gangealing.align.stn import image_to_image_points, nearest_neighbour_points
+from gangealing.apps.congeal import refuse_ignored_options
 from gangealing.data.datasets import (
     CUB_FLIP_PERMUTATION,
     CUBPairs,
@@ -48,7 +50,7 @@ from gangealing.eval.congealing_baseline import (
     no_alignment_transfer,
     transfer_keypoints_via_congealing,
 )
-from gangealing.eval.pck import DEFAULT_ALPHAS, combine_pck, pck, write_pck_json
+from gangealing.eval.pck import DEFAULT_ALPHAS, combine_pck, pck
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ BENCHMARKS = ("spair", "cub", "synthetic")
 METHODS = ("gangealing", "congealing", "none")
 TRANSFERS = ("exact", "official")
 SIDES = ("source", "target")  # keypoint transfer of method=gangealing (gangealing_transfer)
+CONF = Path(__file__).parents[1] / "conf" / "pck.yaml"
 MISSING_CONGEALER = (
     "method=gangealing needs ckpt=<run dir of python -m gangealing.train, its congealer.pt or a "
     "released model>; or use method=congealing / method=none for the baselines"
@@ -123,6 +126,11 @@ def build_benchmark(cfg: DictConfig) -> Benchmark:
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark={cfg.benchmark!r}: use one of {', '.join(BENCHMARKS)}")
     root = cfg.data.root
+    if cfg.size is None and name != "synthetic":
+        raise ValueError(
+            f"size=null keeps the images' own sizes, which only benchmark=synthetic has; pass "
+            f"size=<pixels> for benchmark={name}, e.g. size=256"
+        )
     permutation = list(cfg.permutation) if cfg.get("permutation") is not None else None
     if name == "spair":
         if cfg.get("category") is None:
@@ -275,6 +283,7 @@ def evaluate(
                 f"the congealer has {congealer.num_modes} modes (K > 1, Eq. 4.6): pass "
                 f"cluster=<0..{congealer.num_modes - 1}>, the mode that aligns this category"
             )
+        refuse_ignored_options(congealer, cluster, flips, iters)
         congealer = congealer.to(device)
     thetas = None
     if method == "congealing":
@@ -319,11 +328,45 @@ def evaluate(
     return {**combined, "both_ways": both_ways}
 
 
+def refuse_ignored_keys(cfg: DictConfig) -> None:
+    """Refuse keys this method and benchmark do not read: they must keep their ``conf/pck.yaml``
+    defaults. ``ckpt`` and ``congealing.*`` stay free, so that one sweep over
+    ``method=`` compares GANgealing with the baselines."""
+    defaults = OmegaConf.load(CONF)
+    method, name = str(cfg.method), str(cfg.benchmark).lower()
+    unused: dict[str, tuple[str, str]] = {}  # key: (why it is ignored, what would make it apply)
+    if method != "gangealing":
+        for key in ("preset", "cluster", "flips", "iters", "transfer", "permutation"):
+            unused[key] = (f"method={method} runs no congealer", "method=gangealing")
+        unused["device"] = (f"method={method} computes on the CPU", "method=gangealing")
+    elif cfg.flips is False:
+        unused["permutation"] = ("flips=false mirrors no image", "flips=true")
+    if name == "synthetic":
+        unused["split"] = ("benchmark=synthetic has no splits", "benchmark=spair or cub")
+        unused["permutation"] = ("benchmark=synthetic has no left/right keypoints", "benchmark=cub")
+        if cfg.max_pairs is None:
+            unused["seed"] = ("benchmark=synthetic evaluates all pairs", "max_pairs=<N>")
+    if name != "spair":
+        unused["category"] = (f"benchmark={name} has no categories", "benchmark=spair")
+    else:
+        unused["seed"] = ("benchmark=spair evaluates its fixed pairs", "benchmark=cub")
+    if name != "cub":
+        unused["num_pairs"] = ("only benchmark=cub draws random pairs", "benchmark=cub")
+    if name != "synthetic":
+        unused["max_pairs"] = ("only benchmark=synthetic samples its pairs", "benchmark=synthetic")
+    for key, (why, fix) in unused.items():
+        value = OmegaConf.select(cfg, key)
+        if value != OmegaConf.select(defaults, key):
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            raise ValueError(f"{key}={shown} is ignored because {why}; drop it, or pass {fix}")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the config's method and write ``<out>/pck.json``; returns what it wrote."""
     method = str(cfg.method)
     if method not in METHODS:
         raise ValueError(f"unknown method={method!r}: use one of {', '.join(METHODS)}")
+    refuse_ignored_keys(cfg)
     if method == "gangealing" and cfg.get("ckpt") is None:
         raise ValueError(MISSING_CONGEALER)
     benchmark = build_benchmark(cfg)
@@ -354,5 +397,5 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_pck_json(out / "pck.json", record)
+    write_json(record, out / "pck.json")
     return record

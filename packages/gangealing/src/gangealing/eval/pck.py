@@ -18,16 +18,10 @@ tensors ``[N, K, 2]`` with a boolean visibility mask ``[N, K]``.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Iterable, Sequence
-from typing import Any
 
-import numpy as np
 import torch
-
-from common.checkpoint import atomic_write_bytes
 
 DEFAULT_ALPHAS: tuple[float, ...] = (0.1, 0.05, 0.01)
 
@@ -136,25 +130,3 @@ def flip_keypoints(
     flipped = points.clone()
     flipped[..., 0] = (width - 1) - flipped[..., 0]
     return flipped[..., index, :], visible[..., index]
-
-
-def _to_json_value(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _to_json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_json_value(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _to_json_value(value.tolist())
-    if isinstance(value, np.ndarray):
-        return _to_json_value(value.tolist())
-    if isinstance(value, np.generic):
-        return _to_json_value(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_pck_json(path: str | os.PathLike, results: dict[str, Any]) -> None:
-    """Write PCK results as JSON atomically (NaN becomes ``null``; tensors become lists)."""
-    text = json.dumps(_to_json_value(results), indent=2, sort_keys=True, allow_nan=False)
-    atomic_write_bytes((text + "\n").encode("utf-8"), path)

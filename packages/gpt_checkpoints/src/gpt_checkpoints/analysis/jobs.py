@@ -4,14 +4,13 @@ gpt_checkpoints.prompt`` (``prompt_gpt``), from their composed configs (``conf/e
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from common.checkpoint import atomic_save, atomic_write_bytes
+from common.checkpoint import atomic_save, write_json
 from common.devices import pick_device
 from gpt_checkpoints.analysis import evaluation as ev
 from gpt_checkpoints.analysis import memorization
@@ -174,7 +173,7 @@ def evaluate_gpt(cfg: DictConfig) -> None:
         plots_.plot_novelty(res, plots.setdefault("novelty", out / "novelty.png"))
         plots_.print_novelty(res)
     path = out / "results.json"
-    path.write_text(json.dumps(results, indent=2))
+    write_json(results, path)
     _log(cfg, results, plots)
     print(f"results : {path} (G.pt on {device})")
     for key in ("one_step_gpt", "one_step_best_sgd", "one_step_best_adam", "prompt_alignment_r2"):
@@ -241,7 +240,7 @@ def prompt_gpt(cfg: DictConfig) -> None:
         "trace": trace,
         "params": str(out / PARAMS_FILE),
     }
-    atomic_write_bytes(json.dumps(report, indent=2).encode(), out / REPORT_FILE)
+    write_json(report, out / REPORT_FILE)
     print(f"task          : {task.name} ({task.layout.num_params} parameters)")
     steps = f"prompt {prompt:.4g}, {cfg.recursive} G.pt step(s) on {device}"
     print(f"{metric:<14}: {_fmt(trace[0])} -> {_fmt(trace[-1])} ({steps})")

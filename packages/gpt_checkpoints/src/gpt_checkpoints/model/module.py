@@ -244,6 +244,11 @@ def load_gpt(path: str | Path, map_location: str = "cpu", preset: str | None = N
             raise FileNotFoundError(f"G.pt weights not found: {path}")
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+        if "hyper_parameters" not in meta and meta.get("format", "").startswith("gpt/"):
+            raise ValueError(
+                f"{path.name} is a G.pt export without its configuration (no hyper_parameters "
+                "metadata: damaged, or written by other code); pass its run folder or last.ckpt"
+            )
         if "hyper_parameters" not in meta:
             kind = checkpoint_kind(safe_load(path), path)
             raise ValueError(wrong_kind(path, kind, "a G.pt export", _ACCEPTS))

@@ -12,20 +12,14 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from common.errors import check_values
 from common.training import build_trainer
 from common.training.runs import Export, Job, TrainResult, fit_and_export, run_job
 from gpt_checkpoints.dataset.datamodule import CheckpointDataModule
 from gpt_checkpoints.model.official import PRESETS
 
-#: The sizes a ``model`` node that has them must set: ``gpt_checkpoints.train``'s ``CHECKS`` let
-#: them be missing (``|null``: a missing key reads as null), as a released preset's node has none.
-SIZES = ("depth", "hidden_size", "num_heads")
-
 
 def train(cfg: DictConfig) -> TrainResult | None:
     """``None`` when a rerun multirun skips this job because it finished before."""
-    check_values(cfg, {f"model.{k}": "int>=1" for k in SIZES if k in cfg.model})
     return run_job(cfg, _fit)
 
 
