@@ -3,8 +3,6 @@ naming the key, exit code 2, no traceback; the nearby combination that uses the 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -34,16 +32,13 @@ PLAIN_CASES = [  # (command, args, refused key): refused before any input is rea
     ("report", ["run_name=mine"], "run_name"),
     ("report", ["run_dir=elsewhere"], "run_dir"),
     ("report", ["logger.wandb.project=dit"], "logger.wandb.project"),
-    ("extract_latents", ["image_size=128"], "image_size"),
-    ("extract_latents", ["scale=0.2"], "scale"),
 ]
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A tiny pixel-space DiT as each kind of file: our ema.pt and Lightning .ckpt (both record
-    the architecture), an official plain state dict (records none), a diffusers folder; and a
-    finished latent extraction (its manifest.json)."""
+    the architecture), an official plain state dict (records none), a diffusers folder."""
     from diffusion_transformer.checkpoints import save_ema
     from diffusion_transformer.diffusers_io import export_diffusers
     from diffusion_transformer.models import DiT
@@ -59,10 +54,6 @@ def files(tmp_path_factory):
     f["official"] = root / "official.pt"
     torch.save(sd, f["official"])
     f["diffusers"] = export_diffusers(dit, root / "diffusers")
-    f["latents"] = root / "latents"
-    f["latents"].mkdir()
-    manifest = {"format": "dit-latents-v1", "image_size": 256, "scale": 0.18215}
-    (f["latents"] / "manifest.json").write_text(json.dumps(manifest))
     return f
 
 
@@ -82,7 +73,6 @@ def test_an_ignored_key_is_refused(files, cli_main, command, file, args, key):
     inputs = {
         "evaluate": ["samples=samples.npz"],
         "report": ["sweep=."],
-        "extract_latents": ["data.root=images", "vae=vae", f"out={files['latents']}"],
     }.get(command) or [f"ckpt={files[file]}"]
     code, err = cli_main(f"diffusion_transformer.{command}", *inputs, *args)
     _refused(code, err, key)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.faults.conftest import NO_TRACEBACK
 from tests.integration.conftest import TINY, run_cli
 
 
@@ -134,6 +135,20 @@ def test_extract_latents_train_on_them_and_decode_samples(tmp_path, image_folder
         cwd=tmp_path,
     )
     assert json.loads((tmp_path / "latents" / "manifest.json").read_text()) == manifest
+    # A rerun with other settings would mix them in one folder: refused in one line.
+    refused = run_cli(
+        "diffusion_transformer.extract_latents", f"data.root={image_folder}", f"vae={tiny_vae}",
+        "out=latents", "image_size=32", "shard_size=4", cwd=tmp_path, check=False,
+        env_extra=NO_TRACEBACK,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: image_size=32 differs from the extraction latents holds (image_size=16)"
+        )
+    )
 
     # Train on them with the command extract_latents prints (tiny settings added).
     run_printed(

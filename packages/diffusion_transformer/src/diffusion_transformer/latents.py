@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -62,15 +62,46 @@ def _shard_complete(path: Path) -> int | None:
         return None
 
 
+#: What shapes the latents: a rerun into the same ``out`` (to finish a killed job) must keep them.
+SETTINGS = ("data.root", "vae", "image_size", "scale", "dtype", "seed", "shard_size")
+
+
+def _settings(cfg: DictConfig) -> dict:
+    paths = ("data.root", "vae")
+    return {k: str(Path(cfg.data.root if k == "data.root" else cfg.vae).resolve()) if k in paths
+            else OmegaConf.select(cfg, k) for k in SETTINGS}  # fmt: skip
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Refuse a rerun whose settings differ from those ``out/settings.json`` recorded when the
+    extraction in ``out`` started: its finished shards are kept, so the folder would mix both."""
+    path = out / "settings.json"
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text())
+    changed = [k for k in SETTINGS if before.get(k) != settings[k]]
+    if changed:
+        now = ", ".join(f"{k}={settings[k]}" for k in changed)
+        was = ", ".join(f"{k}={before.get(k)}" for k in changed)
+        raise ValueError(
+            f"{now} differs from the extraction {out} holds ({was}), whose shards a rerun keeps; "
+            "drop it to finish that extraction with its settings, or pick a new out="
+        )
+
+
 def extract(cfg: DictConfig) -> Path:
     """The job of ``python -m diffusion_transformer.extract_latents``
     (``conf/extract_latents.yaml``); returns the path of ``manifest.json``."""
+    out = Path(cfg.out)
+    settings = _settings(cfg)
+    _check_settings(out, settings)
     device = pick_device(cfg.device)
     folder = ImageFolderDataset(cfg.data.root, cfg.image_size)
     vae = build_vae({"path": cfg.vae, "scale": cfg.scale})
     vae.to(device)
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / "settings.json").is_file():  # inputs checked: this is the extraction's record
+        write_json(settings, out / "settings.json")
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
         cfg.dtype
     ]
