@@ -6,25 +6,39 @@ over ``DIT_CONFIGS``, the one table of model sizes (``dit``, the ``_target_`` of
 configs, reads it too).
 Parameter names equal the released checkpoints', so ``DiT-XL-2-256x256.pt`` loads with
 ``strict=True`` into ``DiT_models["DiT-XL/2"]()``. Gflops: ``diffusion_transformer.flops``.
+The successors' options (SiT, REPA, LightningDiT; layers in ``diffusion_transformer.layers``) keep
+their official key names too; ``ARCHS`` names every family's sizes (``SiT-XL/2``,
+``LightningDiT-XL/1``), built by ``from_arch``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from common.nn.layers import (
-    Attention,
-    CrossAttention,
     LabelEmbedder,
     Mlp,
     TimestepEmbedder,
     get_2d_sincos_pos_embed,
-    modulate,
 )
 from diffusion_transformer.flops import dit_flops
+from diffusion_transformer.layers import (
+    CrossAttentionBlock,
+    FinalLayer,
+    InContextBlock,
+    NormRopeAttention,
+    PatchEmbed,
+    RotaryEmbedding2D,
+    SwiGLU,
+    modulate_optional_shift,
+    norm_layer,
+    projector,
+    swiglu_hidden,
+)
 
 BLOCK_TYPES = ("adaln_zero", "adaln", "in_context", "cross_attention")
 
@@ -40,104 +54,49 @@ class DiTBlock(nn.Module):
     The regression is zero-initialised (``initialize_weights``), so every gate starts at 0 and the
     block starts as the identity. ``zero_gates=False`` gives the vanilla adaLN block: shift and
     scale only, no gates (parameter ``adaLN_modulation.1`` has 4d outputs instead of 6d).
+    The successors' options (LightningDiT ``LightningDiTBlock``, REPA ``SiTBlock``): RMSNorm for
+    the two norms, qk-norm, SwiGLU, and ``wo_shift`` (scale and gate only: 4d outputs).
     """
 
     def __init__(
-        self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, zero_gates: bool = True
+        self,
+        hidden_size: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        zero_gates: bool = True,
+        qk_norm: bool = False,
+        use_rmsnorm: bool = False,
+        use_swiglu: bool = False,
+        wo_shift: bool = False,
     ) -> None:
         super().__init__()
-        self.zero_gates = zero_gates
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-        chunks = 6 if zero_gates else 4
+        self.zero_gates, self.wo_shift = zero_gates, wo_shift
+        self.norm1 = norm_layer(hidden_size, use_rmsnorm)
+        self.attn = NormRopeAttention(hidden_size, num_heads, qk_norm, use_rmsnorm)
+        self.norm2 = norm_layer(hidden_size, use_rmsnorm)
+        if use_swiglu:
+            self.mlp = SwiGLU(hidden_size, swiglu_hidden(hidden_size, mlp_ratio))
+        else:
+            self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.chunks = (6 if zero_gates else 4) - (2 if wo_shift else 0)
         self.adaLN_modulation = nn.Sequential(
-            nn.SiLU(), nn.Linear(hidden_size, chunks * hidden_size)
+            nn.SiLU(), nn.Linear(hidden_size, self.chunks * hidden_size)
         )
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        if self.zero_gates:
-            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(
-                c
-            ).chunk(6, dim=1)
-            x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-            return x + gate_mlp.unsqueeze(1) * self.mlp(
-                modulate(self.norm2(x), shift_mlp, scale_mlp)
-            )
-        shift_msa, scale_msa, shift_mlp, scale_mlp = self.adaLN_modulation(c).chunk(4, dim=1)
-        x = x + self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-        return x + self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
-
-
-class InContextBlock(nn.Module):
-    """Standard pre-LN ViT block; the condition travels as two extra tokens (Sec. 2.3.2)."""
-
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(hidden_size, eps=1e-6)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
-class CrossAttentionBlock(nn.Module):
-    """ViT block with multi-head cross-attention to the length-two sequence [t_emb, y_emb]."""
-
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads, qkv_bias=True)
-        self.norm_cross = nn.LayerNorm(hidden_size, eps=1e-6)
-        self.cross_attn = CrossAttention(hidden_size, num_heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(hidden_size, eps=1e-6)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        x = x + self.cross_attn(self.norm_cross(x), context)
-        return x + self.mlp(self.norm2(x))
-
-
-class FinalLayer(nn.Module):
-    """Final (adaptive, for adaLN blocks) layer norm and linear decoder to p x p x out_channels."""
-
-    def __init__(
-        self, hidden_size: int, patch_size: int, out_channels: int, adaptive: bool = True
-    ) -> None:
-        super().__init__()
-        self.adaptive = adaptive
-        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=not adaptive, eps=1e-6)
-        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
-        if adaptive:
-            self.adaLN_modulation = nn.Sequential(
-                nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size)
-            )
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        if self.adaptive:
-            shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-            return self.linear(modulate(self.norm_final(x), shift, scale))
-        return self.linear(self.norm_final(x))
-
-
-class PatchEmbed(nn.Module):
-    """Patchify (Fig. 2.4): ``[N, C, I, I]`` -> ``[N, (I/p)^2, d]`` by a stride-p convolution."""
-
-    def __init__(
-        self, input_size: int, patch_size: int, in_channels: int, hidden_size: int
-    ) -> None:
-        super().__init__()
-        self.grid_size = input_size // patch_size
-        self.num_patches = self.grid_size**2
-        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, rope: RotaryEmbedding2D | None = None
+    ) -> torch.Tensor:
+        mod = self.adaLN_modulation(c).chunk(self.chunks, dim=1)
+        if self.wo_shift:
+            (scale_msa, gate_msa, scale_mlp, gate_mlp), shift_msa, shift_mlp = mod, None, None
+        elif self.zero_gates:
+            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
+        else:
+            (shift_msa, scale_msa, shift_mlp, scale_mlp), gate_msa, gate_mlp = mod, None, None
+        h = self.attn(modulate_optional_shift(self.norm1(x), shift_msa, scale_msa), rope)
+        x = x + (h if gate_msa is None else gate_msa.unsqueeze(1) * h)
+        h = self.mlp(modulate_optional_shift(self.norm2(x), shift_mlp, scale_mlp))
+        return x + (h if gate_mlp is None else gate_mlp.unsqueeze(1) * h)
 
 
 #################################################################################
@@ -146,11 +105,20 @@ class PatchEmbed(nn.Module):
 
 
 class DiT(nn.Module):
-    """Diffusion model with a transformer backbone.
+    """Diffusion model with a transformer backbone, and the options of its successors.
 
     ``forward(x, t, y)`` maps a noised latent ``[N, C, I, I]``, integer (or real) timesteps ``[N]``
     and labels ``[N]`` to ``[N, 2C, I, I]`` (noise and variance values, ``learn_sigma=True``) or
-    ``[N, C, I, I]``.
+    ``[N, C, I, I]``. The model embeds ``t`` as given: scaling it (DiT's 0..999, SiT's [0, 1]) is
+    the diffusion's or transport's business.
+
+    Successors' options (adaLN-Zero blocks only), named as in their code: ``return_sigma=False``
+    returns only the first ``C`` channels of a ``learn_sigma`` head (SiT ``forward``);
+    ``qk_norm``, ``use_rmsnorm``, ``use_swiglu``, ``use_rope`` (2-D RoPE), ``wo_shift``
+    (LightningDiT); ``projector_dims`` (one REPA projector per target dimension, applied to the
+    tokens after block ``encoder_depth``, hidden width ``projector_hidden``). The projections are
+    training-only: ``forward(..., return_projections=True)`` returns ``(out, [z_1, ...])`` with
+    ``z_i`` of shape ``[N, T, projector_dims[i]]`` (REPA's ``zs_tilde``).
     """
 
     def __init__(
@@ -167,12 +135,34 @@ class DiT(nn.Module):
         learn_sigma: bool = True,
         block: str = "adaln_zero",
         cfg_channels: int | None = None,
+        return_sigma: bool = True,
+        qk_norm: bool = False,
+        use_rmsnorm: bool = False,
+        use_swiglu: bool = False,
+        use_rope: bool = False,
+        wo_shift: bool = False,
+        projector_dims: Sequence[int] = (),
+        encoder_depth: int = 8,
+        projector_hidden: int = 2048,
     ) -> None:
+        projector_dims = [int(z) for z in projector_dims]
         config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
         self.config = config  # the constructor arguments: what checkpoints store to rebuild it
         if block not in BLOCK_TYPES:
             raise ValueError(f"unknown block {block!r}: choose one of {', '.join(BLOCK_TYPES)}")
+        options = {"qk_norm": qk_norm, "use_rmsnorm": use_rmsnorm, "use_swiglu": use_swiglu,
+                   "use_rope": use_rope, "wo_shift": wo_shift}  # fmt: skip
+        if block != "adaln_zero" and (any(options.values()) or projector_dims):
+            raise ValueError(
+                f"block={block} has none of the SiT/REPA/LightningDiT options: use "
+                "block=adaln_zero, or drop the options"
+            )
+        if projector_dims and not 1 <= encoder_depth <= depth:
+            raise ValueError(
+                f"encoder_depth={encoder_depth} is not a block of this {depth}-block model: set "
+                f"encoder_depth between 1 and {depth} (REPA uses 8 for XL, 4 for B)"
+            )
         if patch_size <= 0 or input_size % patch_size:
             raise ValueError(
                 f"patch size {patch_size} does not divide the input size {input_size}: use a "
@@ -192,6 +182,11 @@ class DiT(nn.Module):
         self.num_classes = num_classes
         self.block = block
         self.cfg_channels = cfg_channels
+        self.return_sigma = return_sigma
+        self.options = options
+        self.projector_dims = projector_dims
+        self.encoder_depth = encoder_depth
+        self.projector_hidden = projector_hidden
 
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -201,17 +196,25 @@ class DiT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, hidden_size), requires_grad=False)
 
         adaptive = block in ("adaln_zero", "adaln")
+        grid = self.x_embedder.grid_size
+        self.feat_rope = RotaryEmbedding2D(hidden_size // num_heads, grid) if use_rope else None
         if adaptive:
             blocks = [
-                DiTBlock(hidden_size, num_heads, mlp_ratio, zero_gates=block == "adaln_zero")
+                DiTBlock(hidden_size, num_heads, mlp_ratio, block == "adaln_zero", qk_norm,
+                         use_rmsnorm, use_swiglu, wo_shift)
                 for _ in range(depth)
-            ]
+            ]  # fmt: skip
         elif block == "in_context":
             blocks = [InContextBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)]
         else:
             blocks = [CrossAttentionBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)]
         self.blocks = nn.ModuleList(blocks)
-        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, adaptive)
+        self.projectors = nn.ModuleList(
+            [projector(hidden_size, projector_hidden, z) for z in projector_dims]
+        )
+        self.final_layer = FinalLayer(
+            hidden_size, patch_size, self.out_channels, adaptive, use_rmsnorm
+        )
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -252,7 +255,19 @@ class DiT(nn.Module):
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], c, h * p, w * p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        return_projections: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The output; with ``return_projections``, ``(output, projector outputs)`` (REPA)."""
+        if return_projections and not self.projectors:
+            raise ValueError(
+                "return_projections=True needs REPA projectors: build the model with "
+                "projector_dims (the encoders' feature dimensions, e.g. [768])"
+            )
         if x.shape[-2:] != (self.input_size, self.input_size) or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"DiT built for [N, {self.in_channels}, {self.input_size}, {self.input_size}] "
@@ -273,10 +288,15 @@ class DiT(nn.Module):
             x = self.final_layer(x, None)
         else:
             c = t_emb + y_emb
-            for block in self.blocks:
-                x = block(x, c)
+            for i, block in enumerate(self.blocks):
+                x = block(x, c, self.feat_rope)
+                if return_projections and i + 1 == self.encoder_depth:
+                    projections = [p(x) for p in self.projectors]
             x = self.final_layer(x, c)
-        return self.unpatchify(x)
+        out = self.unpatchify(x)
+        if self.learn_sigma and not self.return_sigma:
+            out = out[:, : self.in_channels]
+        return (out, projections) if return_projections else out
 
     def forward_with_cfg(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float
@@ -311,6 +331,9 @@ class DiT(nn.Module):
             mlp_ratio=self.mlp_ratio,
             learn_sigma=self.learn_sigma,
             block=self.block,
+            projector_dims=self.projector_dims,
+            projector_hidden=self.projector_hidden,
+            **self.options,
         )
 
     def gflops(self) -> float:
@@ -417,6 +440,35 @@ DiT_models = {
     "DiT-B/2": DiT_B_2, "DiT-B/4": DiT_B_4, "DiT-B/8": DiT_B_8,
     "DiT-S/2": DiT_S_2, "DiT-S/4": DiT_S_4, "DiT-S/8": DiT_S_8,
 }  # fmt: skip
+
+#: Each family's sizes, patch sizes and conventions (constructor arguments): DiT; SiT (the
+#: transport sees the first half of a ``learn_sigma`` head; REPA's SiT adds projectors, read off
+#: its files); LightningDiT as its configs build it (``configs/*.yaml``: VA-VAE f16d32 latents).
+FAMILIES: dict[str, tuple[tuple[str, ...], tuple[int, ...], dict[str, Any]]] = {
+    "DiT": (tuple(DIT_CONFIGS), PATCH_SIZES, {}),
+    "SiT": (tuple(DIT_CONFIGS), PATCH_SIZES, {"return_sigma": False}),
+    "LightningDiT": (
+        ("B", "L", "XL"),
+        (1, 2),
+        {"input_size": 16, "in_channels": 32, "learn_sigma": False, "use_swiglu": True,
+         "use_rope": True, "use_rmsnorm": True},
+    ),
+}  # fmt: skip
+#: Every registered architecture by its official name (``DiT-XL/2``, ``SiT-XL/2``,
+#: ``LightningDiT-XL/1``) -> DiT constructor arguments.
+ARCHS: dict[str, dict[str, Any]] = {
+    f"{family}-{size}/{patch}": {**DIT_CONFIGS[size]._asdict(), "patch_size": patch, **flags}
+    for family, (sizes, patches, flags) in FAMILIES.items()
+    for size in sizes
+    for patch in patches
+}
+
+
+def from_arch(name: str, **kwargs: Any) -> DiT:
+    """The registered architecture ``name`` (``ARCHS``); ``kwargs`` win over its arguments."""
+    if name not in ARCHS:
+        raise ValueError(f"unknown model {name!r}; pick one of {', '.join(ARCHS)}")
+    return DiT(**{**ARCHS[name], **kwargs})
 
 
 def gflops_table(image_size: int = 256, block: str = "adaln_zero") -> list[tuple[str, float]]:
