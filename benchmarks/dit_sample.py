@@ -4,7 +4,7 @@ Every row draws one batch of latents with the package's sampler,
 ``diffusion_transformer.sampling.sample_latents``, from a ``DiT`` built from the package's model
 configs (``conf/model/<size>.yaml``, 1000 classes, learned sigma), with classifier-free guidance:
 one forward pass on the doubled batch per step
-(``common.diffusion.guidance.guided_prediction``). DDPM (the
+(``common.diffusion.guidance.Guidance``). DDPM (the
 thesis' FID setting, 250 respaced steps) and DDIM (eta 0) use ``conf/diffusion/ddpm.yaml``; the
 flow row integrates the same network with Euler steps as a velocity field
 (``conf/diffusion/flow.yaml``), which only measures speed. Weights are random: the speed does not

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common.checkpoint import atomic_save, safe_load
-from common.diffusion.guidance import guided_prediction
+from common.diffusion.guidance import Guidance
 from common.nn.flops import attention_macs, count_macs, linear_macs
 from common.training import InfiniteSampler, SafeCheckpointIO
 from common.training.ema import EMA
@@ -30,22 +30,29 @@ def test_ema_starts_as_exact_copy_and_follows_the_formula():
         EMA(model, decay=1.5)
 
 
-def test_guided_prediction_one_pass_equals_two_passes():
+def test_guidance_one_pass_equals_two_passes_inside_its_interval():
     calls = []
 
     def model(x, t, y):
         calls.append(len(x))
         return torch.cat([x * (y.view(-1, 1, 1, 1) + 1), x * 0 + y.view(-1, 1, 1, 1)], 1)
 
-    x, t, y = torch.randn(2, 3, 2, 2), torch.tensor([5, 6]), torch.tensor([1, 2])
-    out = guided_prediction(model, x, t, y, null_y=9, cfg_scale=4.0)
+    x, t, y = torch.randn(2, 3, 2, 2), torch.tensor([5, 5]), torch.tensor([1, 2])
+    out = Guidance(4.0, null_label=9)(model, x, t, y)
     assert calls == [4]
     cond, uncond = model(x, t, y), model(x, t, torch.tensor([9, 9]))
     torch.testing.assert_close(out[:, :3], uncond[:, :3] + 4.0 * (cond[:, :3] - uncond[:, :3]))
     torch.testing.assert_close(out[:, 3:], cond[:, 3:])
-    torch.testing.assert_close(guided_prediction(model, x, t, y, 9, 1.0), cond)
-    partial = guided_prediction(model, x, t, y, 9, 4.0, guided_channels=2)
+    torch.testing.assert_close(Guidance(1.0, 9)(model, x, t, y), cond)
+    partial = Guidance(4.0, 9, channels=2)(model, x, t, y)
     torch.testing.assert_close(partial[:, 2:], cond[:, 2:])
+    calls.clear()  # outside [0.1, 0.7] (at = timestep / T): the conditional pass alone
+    interval = Guidance(4.0, 9, interval=(0.1, 0.7))
+    torch.testing.assert_close(interval(model, x, t, y, at=0.9), cond)
+    torch.testing.assert_close(interval(model, x, t, y, at=0.5), out)
+    assert calls == [2, 4]
+    with pytest.raises(ValueError, match=r"cfg_interval=\[0.7, 0.1\] is not an interval"):
+        Guidance(4.0, 9, interval=(0.7, 0.1))
 
 
 def test_count_macs_counts_multiply_adds():

@@ -19,11 +19,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from common.diffusion import RectifiedFlow
+from common.diffusion.guidance import Guidance
 from common.diffusion.transport import PATHS, PRESETS, Transport, projection_loss
 from common.diffusion.transport_sampling import (
-    Guidance,
-    ode_states,
     sample_ode,
     sample_sde,
 )
@@ -41,35 +39,39 @@ def toy_model(x, t, y):
 
 
 # ----------------------------------------------------------------------------- rectified flow
-@pytest.mark.parametrize("time_sampling", ["uniform", "logit_normal"])
-def test_rectified_flow_preset_equals_rectified_flow(time_sampling):
-    flow = RectifiedFlow(time_sampling=time_sampling)
-    transport = Transport.from_preset("rectified_flow", time_sampling=time_sampling)
-    t_flow = flow.sample_timesteps(6, "cpu", generator=torch.Generator().manual_seed(3))
+def test_rectified_flow_preset_is_the_flow_of_our_runs():
+    """Our flow (``diffusion=flow``): x_t = (1 - t) x + t z, target z - x, the network sees 1000 t,
+    logit-normal training t; Euler steps on linspace(1, 0) shifted by s t / (1 + (s - 1) t)."""
+    transport = Transport.from_preset("rectified_flow")
     t = transport.sample_timesteps(6, "cpu", generator=torch.Generator().manual_seed(3))
-    assert torch.equal(t, t_flow)
+    drawn = torch.randn(6, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(t, torch.sigmoid(drawn))
     g = torch.Generator().manual_seed(0)
     x, noise = torch.randn(6, 3, 4, 4, generator=g), torch.randn(6, 3, 4, 4, generator=g)
-    kwargs = {"y": torch.arange(6)}
-    ours = transport.training_losses(toy_model, x, t, kwargs, noise=noise)
-    theirs = flow.training_losses(toy_model, x, t, kwargs, noise=noise)
-    assert set(ours) == set(theirs) == {"loss", "mse"}
-    assert torch.equal(ours["loss"], theirs["loss"]) and torch.equal(ours["mse"], theirs["mse"])
+    y = torch.arange(6)
+    seen = []
 
+    def model(x_t, t_net, y):
+        seen.append((x_t, t_net))
+        return toy_model(x_t, t_net, y)
 
-@pytest.mark.parametrize("method", ["euler", "heun"])
-@pytest.mark.parametrize("shift", [1.0, 3.0])
-def test_rectified_flow_preset_samples_as_rectified_flow(method, shift):
-    flow = RectifiedFlow(shift=shift)
-    transport = Transport.from_preset("rectified_flow", shift=shift)
-    noise = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
-    kwargs = {"y": torch.tensor([0, 4, 9])}
-    theirs = list(
-        flow.sample_loop_progressive(toy_model, None, noise, kwargs, num_steps=7, method=method)
-    )
-    ours = list(ode_states(transport, toy_model, noise, method, 7, kwargs))
-    assert len(ours) == len(theirs) == 7
-    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    losses = transport.training_losses(model, x, t, {"y": y}, noise=noise)
+    tt = t.view(-1, 1, 1, 1)
+    torch.testing.assert_close(seen[0][0], (1 - tt) * x + tt * noise)
+    assert torch.equal(seen[0][1], 1000 * t)
+    v = toy_model(seen[0][0], 1000 * t, y)[:, :3]
+    torch.testing.assert_close(losses["loss"], ((v - (noise - x)) ** 2).mean((1, 2, 3)))
+    assert set(losses) == {"loss", "mse"}
+
+    shifted = Transport.from_preset("rectified_flow", shift=3.0)
+    grid = torch.linspace(1, 0, 8, dtype=torch.float64)
+    grid = (3 * grid / (1 + 2 * grid)).float()
+    state = noise
+    for i in range(7):
+        t_net = torch.full((6,), 1000 * float(grid[i]))
+        state = state + (grid[i + 1] - grid[i]) * toy_model(state, t_net, y)[:, :3]
+    ours = sample_ode(shifted, toy_model, noise, method="euler", num_steps=7, model_kwargs={"y": y})
+    torch.testing.assert_close(ours, state)
 
 
 # ----------------------------------------------------------------------------- path identities

@@ -14,7 +14,7 @@ CONF = Path(diffusion_transformer.__file__).parent / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
 # The batch (per device) each recipe trains with: the thesis' 256 on ImageNet.
-BATCH = {"digits": 64, "digits_sweep": 32}
+BATCH = {"digits": 64, "digits_sweep": 32, "lightningdit_xl1_256": 1024}
 
 
 def test_default_is_the_digits_demo(compose_train):
@@ -61,6 +61,12 @@ def test_every_experiment_composes(compose_train, experiment):
         )
         assert cfg.optim.lr == 1e-4 and cfg.ema_decay == 0.9999 and cfg.data.flip
         assert cfg.batch_size == 256 and cfg.trainer.precision == "bf16-mixed"
+    if experiment in ("sit_xl2_256", "repa_xl2_256", "lightningdit_xl1_256"):  # official recipes
+        m = build_model(cfg)
+        family = {"sit": ([], 8, 2), "repa": ([768], 4, 2), "lightningdit": ([], 32, 1)}
+        dims, out, patch = family[experiment.split("_")[0]]
+        assert (m.projector_dims, m.out_channels, m.patch_size, m.depth) == (dims, out, patch, 28)
+        assert cfg.module.diffusion.preset == experiment.split("_")[0]
     if experiment == "imagenet512":
         assert cfg.model.input_size == 64 and build_model(cfg).depth == 28
 
@@ -94,7 +100,8 @@ def test_command_line_overrides_win_over_the_experiment(compose_train):
 def test_groups_compose_and_instantiate(compose_train, group, option):
     cfg = compose_train(f"{group}={option}", *(["data.root=/x"] if option == "folder" else []))
     if group == "diffusion":
-        assert cfg.module.diffusion.objective == "flow" and cfg.module.model.learn_sigma is False
+        assert cfg.module.diffusion.objective == "transport"
+        assert cfg.module.model.learn_sigma is False
     if group == "logger":
         loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values()]
         assert [type(x).__name__ for x in loggers] == ([] if option == "none" else ["CSVLogger"])

@@ -226,7 +226,8 @@ def load_dit(
     architecture; when omitted they are read off the checkpoint (a training file's ``args`` or
     ``config`` name its model; ``num_heads`` and REPA's ``encoder_depth`` set what no shape
     records). A diffusers folder (``DiTPipeline`` or ``DiTTransformer2DModel``) is imported
-    exactly."""
+    exactly. The metadata also names the ``family`` (DiT, SiT, LightningDiT) that ``arch``, the
+    file's ``args`` or its keys give."""
     from diffusion_transformer.diffusers_io import (
         diffusers_meta,
         import_diffusers,
@@ -242,6 +243,8 @@ def load_dit(
     family, pinned = arch_settings(arch or official.get("model"))
     config = dict(meta.get("model") or infer_config(state_dict, family))
     config.update(pinned)
+    if family == "DiT" and any(config.get(k) for k in ("use_rope", "use_swiglu", "use_rmsnorm")):
+        family = "LightningDiT"  # a file of LightningDiT's blocks (its released ones hold ema only)
     encoder_depth = encoder_depth or official.get("encoder_depth")
     if config.get("projector_dims") and encoder_depth is not None:
         config["encoder_depth"] = encoder_depth
@@ -260,4 +263,4 @@ def load_dit(
     dit = DiT(**config)
     check_compatible(dit, state_dict)
     dit.load_state_dict(state_dict, strict=True)
-    return dit.eval(), meta
+    return dit.eval(), {**meta, "family": family}

@@ -15,13 +15,35 @@ import lightning as L
 import torch
 
 from common.checkpoint import plain_container
+from common.diffusion import Transport
 from common.diffusion.progress import Progress
 from common.nn.flops import count_macs
 from common.training import step_seed
 from common.training.ema import EMA
+from diffusion_transformer.encoders import Encoder, build_encoder
 from diffusion_transformer.models import DiT
 from diffusion_transformer.sampling import build_training_process, sample_latents
 from diffusion_transformer.vae import build_vae
+
+
+def build_repa_encoder(repa: dict[str, Any], model: DiT, vae) -> Encoder:
+    """REPA's frozen encoder (``conf/repa``) for the images of ``model``'s data, checked against
+    the model's projectors: one per encoder, of the encoder's width, on as many tokens."""
+    if not model.projector_dims:
+        raise ValueError(
+            "repa.coeff > 0 needs REPA's projectors in the model; choose a repa= option, which "
+            "sets model.projector_dims"
+        )
+    image_size = model.input_size * (1 if vae is None else vae.downsample)
+    encoder = build_encoder(
+        repa["encoder"], repa.get("weights"), image_size, tokens=model.x_embedder.num_patches
+    )
+    if list(model.projector_dims) != [encoder.embed_dim]:
+        raise ValueError(
+            f"model.projector_dims={list(model.projector_dims)} does not fit {repa['encoder']}'s "
+            f"{encoder.embed_dim}-wide tokens; set repa.z_dims=[{encoder.embed_dim}]"
+        )
+    return encoder
 
 
 class DiTModule(L.LightningModule):
@@ -38,11 +60,14 @@ class DiTModule(L.LightningModule):
         flip: bool = True,
         seed: int = 0,
         compile: bool = False,
+        repa: dict[str, Any] | None = None,
         evaluate: dict[str, Any] | None = None,
     ) -> None:
-        """``evaluate`` (``reference``, ``images``, ``metrics``, ``inception_weights``) is only
-        recorded in the checkpoints, so that ``sample`` prints the ``evaluate`` command that
-        scores this model's samples the way its run did."""
+        """``repa`` (``encoder``, ``weights``, ``coeff``; ``conf/repa``) adds REPA's projection
+        loss against a frozen encoder's tokens of the same images. ``evaluate`` (``reference``,
+        ``images``, ``metrics``, ``inception_weights``) is only recorded in the checkpoints, so
+        that ``sample`` prints the ``evaluate`` command that scores this model's samples the way
+        its run did."""
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         # The DiT's constructor arguments: checkpoints rebuild it from them (checkpoints.load_dit).
@@ -59,6 +84,14 @@ class DiTModule(L.LightningModule):
         self._compile = compile
         self._train_model: tuple[torch.nn.Module, torch.nn.Module] | None = None
         self._micro_step = 0
+        self.repa_coeff = float((repa or {}).get("coeff") or 0.0)
+        # Frozen, and kept out of the module tree: no state-dict entries, EMA, optimizer or FSDP.
+        self._encoder = (build_repa_encoder(repa, model, self._vae),) if self.repa_coeff else ()
+        if self._encoder and not isinstance(self.process, Transport):
+            raise ValueError(
+                "REPA's projection loss trains a transport model; pick diffusion=repa (or sit, "
+                "flow, lightningdit), or drop repa="
+            )
 
     # ------------------------------------------------------------------ setup
     @property
@@ -93,15 +126,16 @@ class DiTModule(L.LightningModule):
             x = torch.zeros(1, net.in_channels, net.input_size, net.input_size)
             t = torch.zeros(1)
             y = torch.zeros(1, dtype=torch.long)
-        return 3 * 2 * count_macs(net, x, t, y)
+            aligned = bool(net.projector_dims) and self.repa_coeff > 0  # projectors train too
+        return 3 * 2 * count_macs(net, x, t, y, return_projections=aligned)
 
     def setup(self, stage: str) -> None:
-        if self._vae is not None:
-            self._vae.to(self.device)
+        self.on_fit_start()
 
     def on_fit_start(self) -> None:
-        if self._vae is not None:
-            self._vae.to(self.device)
+        for frozen in (self._vae, *self._encoder):
+            if frozen is not None:
+                frozen.to(self.device)
 
     def configure_optimizers(self):
         cfg = self.optim_cfg
@@ -113,8 +147,9 @@ class DiTModule(L.LightningModule):
         )
 
     # ------------------------------------------------------------------ training
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Images or two-flip latents -> model-space inputs, with random horizontal flips."""
+    def _prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images or two-flip latents -> (model-space inputs, the flipped images or None), with
+        random horizontal flips."""
         n = x.shape[0]
         if x.ndim == 5:  # precomputed latents [N, 2, C, h, w]: index 1 is the flipped image
             pick = (
@@ -122,27 +157,36 @@ class DiTModule(L.LightningModule):
                 if self.flip
                 else torch.zeros(n, dtype=torch.long, device=x.device)
             )
-            return x[torch.arange(n, device=x.device), pick]
+            return x[torch.arange(n, device=x.device), pick], None
         if self.flip:
             flip = (torch.rand(n, device=x.device) < 0.5).view(-1, 1, 1, 1)
             x = torch.where(flip, x.flip(-1), x)
-        if self._vae is not None:
-            x = self._vae.encode(x)
-        return x
+        return (x if self._vae is None else self._vae.encode(x)), x
 
     def training_step(self, batch, batch_idx: int):
         x, y = batch
         micro = self.global_step * self.trainer.accumulate_grad_batches + self._micro_step
         torch.manual_seed(step_seed(self.seed, micro, self.global_rank))
         self._micro_step += 1
-        x = self._prepare(x)
+        x, images = self._prepare(x)
         t = self.process.sample_timesteps(x.shape[0], x.device)
-        terms = self.process.training_losses(self.train_model, x, t, {"y": y})
+        kwargs, zs = {"y": y}, None
+        if self._encoder:  # REPA: the encoder's tokens of the very images the DiT denoises
+            if images is None:
+                raise ValueError(
+                    "REPA aligns to an encoder of the training images, and precomputed latent "
+                    "shards hold none; train on the images (data=imagenet) or drop repa="
+                )
+            zs, kwargs["return_projections"] = [self._encoder[0].features(images).float()], True
+        extra = {} if zs is None else {"zs": zs}
+        terms = self.process.training_losses(self.train_model, x, t, kwargs, **extra)
         loss = terms["loss"].mean()
+        for name, value in terms.items():  # mse, vb (hybrid loss), cos (LightningDiT), proj
+            if name != "loss":
+                self.log(f"train/{name}", value.mean())
+        if zs is not None:
+            loss = loss + self.repa_coeff * terms["proj"].mean()
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/mse", terms["mse"].mean())
-        if "vb" in terms:
-            self.log("train/vb", terms["vb"].mean())
         return loss
 
     def optimizer_step(self, *args, **kwargs) -> None:

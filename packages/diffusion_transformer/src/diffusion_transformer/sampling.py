@@ -18,32 +18,41 @@ from tqdm.auto import tqdm
 
 from common.data.images import save_grid, save_npz, to_uint8
 from common.devices import pick_device
-from common.diffusion import RectifiedFlow, create_diffusion
-from common.diffusion.guidance import guided_prediction
+from common.diffusion import Guidance, Transport, create_diffusion, sample_ode, sample_sde
 from common.diffusion.progress import Progress
 from common.errors import require_positive_int
-from diffusion_transformer.checkpoints import load_dit, read_record
+from diffusion_transformer.checkpoints import LATENT_FACTOR, arch_settings, load_dit, read_record
 from diffusion_transformer.diffusers_io import is_diffusers_folder
-from diffusion_transformer.models import DIT_CONFIGS, DiT, DiT_models
+from diffusion_transformer.models import DiT
 from diffusion_transformer.vae import build_vae
 
-SAMPLERS = ("ddpm", "ddim", "euler", "heun")
-_FLOW_KEYS = ("time_sampling", "logit_mean", "logit_std", "time_scale", "shift")
+GAUSSIAN_SAMPLERS = ("ddpm", "ddim")
+TRANSPORT_SAMPLERS = ("euler", "heun", "dopri5", "sde", "sde_heun")
+#: Keys of a transport diffusion config that set ``Transport`` arguments (null: the preset's).
+_TRANSPORT_KEYS = ("path", "prediction", "time_sampling", "shift", "loss_weight", "cosine_weight")
 _DDPM_KEYS = ("noise_schedule", "predict_xstart", "predict_v", "sigma_small", "diffusion_steps")
+_SDE_KEYS = {"diffusion_form": "diffusion_form", "last_step": "last_step",
+             "last_step_size": "last_step_size"}  # fmt: skip
+
+
+def build_transport(cfg: Mapping[str, Any]) -> Transport:
+    """The ``Transport`` of a ``objective: transport`` diffusion config (``conf/diffusion``)."""
+    settings = {k: cfg[k] for k in _TRANSPORT_KEYS if cfg.get(k) is not None}
+    return Transport.from_preset(cfg.get("preset") or "rectified_flow", **settings)
 
 
 def build_training_process(cfg: Mapping[str, Any], learn_sigma: bool):
-    """The process the loss is computed with: full-length Gaussian diffusion or rectified flow."""
-    if cfg.get("objective", "ddpm") == "flow":
-        return RectifiedFlow(**{k: cfg[k] for k in _FLOW_KEYS if k in cfg})
+    """The process the loss is computed with: full-length Gaussian diffusion or a transport."""
+    if cfg.get("objective", "ddpm") == "transport":
+        return build_transport(cfg)
     if cfg.get("objective", "ddpm") != "ddpm":
-        raise ValueError(f"unknown objective {cfg['objective']!r}: use 'ddpm' or 'flow'")
+        raise ValueError(f"unknown objective {cfg['objective']!r}: use 'ddpm' or 'transport'")
     kwargs = {k: cfg[k] for k in (*_DDPM_KEYS, "use_kl", "rescale_learned_sigmas") if k in cfg}
     return create_diffusion("", learn_sigma=learn_sigma, **kwargs)
 
 
 def default_sampler(cfg: Mapping[str, Any]) -> str:
-    return cfg.get("sampler") or ("euler" if cfg.get("objective") == "flow" else "ddpm")
+    return cfg.get("sampler") or ("euler" if cfg.get("objective") == "transport" else "ddpm")
 
 
 @torch.no_grad()
@@ -59,65 +68,72 @@ def sample_latents(
     progress: Progress = False,
     autocast_dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
+    cfg_interval: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Run a sampler from ``noise`` for ``labels``; returns the model-space samples (latents).
 
     ``sampler``: ``ddpm`` (respaced ancestral sampling, 250 steps by default, as for the thesis'
-    FID-50K), ``ddim`` (eta = 0, deterministic), ``euler``/``heun`` (flow models).
-    ``cfg_scale > 1`` guides with the null class; the model must have been trained with label
-    dropout. ``autocast_dtype`` (e.g. ``torch.bfloat16`` on GPUs) runs the network in reduced
-    precision while the sampler arithmetic stays in float32.
+    FID-50K), ``ddim`` (eta = 0, deterministic) for Gaussian diffusion; ``euler``/``heun``
+    (fixed steps), ``dopri5`` (adaptive, SiT's ODE), ``sde``/``sde_heun`` (SiT's and REPA's SDE;
+    ``diffusion_form``, ``last_step`` from the diffusion config) for transport models.
+    ``cfg_scale > 1`` guides with the null class on ``model.cfg_channels`` channels, only where
+    ``cfg_interval`` holds t (``common.diffusion.guidance.Guidance``: DDPM measures
+    ``timestep / T``, transports their own t). ``autocast_dtype`` (e.g. ``torch.bfloat16`` on GPUs)
+    runs the network in reduced precision while the sampler arithmetic stays in float32.
     """
-    if not math.isfinite(float(cfg_scale)) or cfg_scale < 0:
-        raise ValueError(f"cfg_scale={cfg_scale} is not a guidance scale; pass one >= 0 (1 = off)")
     if steps is not None:
         require_positive_int("steps", steps, allow_none=True)
     sampler = sampler or default_sampler(diffusion_cfg)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    is_flow = diffusion_cfg.get("objective", "ddpm") == "flow"
-    if is_flow != (sampler in ("euler", "heun")):
-        kind = "flow" if is_flow else "diffusion (ddpm)"
-        valid = "euler or heun" if is_flow else "ddpm or ddim"
-        raise ValueError(f"sampler {sampler!r} does not apply to a {kind} model: use {valid}")
+    is_transport = diffusion_cfg.get("objective", "ddpm") == "transport"
+    valid = TRANSPORT_SAMPLERS if is_transport else GAUSSIAN_SAMPLERS
+    if sampler not in valid:
+        kind = "transport (flow)" if is_transport else "diffusion (ddpm)"
+        if sampler in (*GAUSSIAN_SAMPLERS, *TRANSPORT_SAMPLERS):
+            raise ValueError(
+                f"sampler {sampler!r} does not apply to a {kind} model: use {' | '.join(valid)}"
+            )
+        raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(valid)}")
+    guidance = Guidance(cfg_scale, model.num_classes, cfg_interval, model.cfg_channels)
     if cfg_scale != 1.0 and model.y_embedder.embedding_table.num_embeddings <= model.num_classes:
         raise ValueError(
             "classifier-free guidance needs the null class, but this model was trained without "
             "label dropout (class_dropout_prob=0): sample with cfg_scale=1"
         )
-    device = noise.device
     autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype)
+        torch.autocast(noise.device.type, dtype=autocast_dtype)
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
 
-    def model_fn(x, t, y):
+    def network(x, t, y, **kwargs):
         with autocast:
-            if cfg_scale == 1.0:
-                out = model(x, t, y)
-            else:
-                out = guided_prediction(
-                    model, x, t, y, model.num_classes, cfg_scale, guided_channels=model.cfg_channels
-                )
-        return out.float()
+            return model(x, t, y, **kwargs).float()
 
     kwargs = {"y": labels}
-    if is_flow:
-        flow = RectifiedFlow(**{k: diffusion_cfg[k] for k in _FLOW_KEYS if k in diffusion_cfg})
-        return flow.sample_loop(
-            model_fn,
-            tuple(noise.shape),
-            noise=noise,
-            model_kwargs=kwargs,
-            progress=progress,
-            num_steps=steps or 50,
-            method=sampler,
-        )
+    if is_transport:
+        transport = build_transport(diffusion_cfg)
+        guide = guidance if cfg_scale != 1.0 else None
+        steps = steps or 50
+        if sampler.startswith("sde"):
+            sde = {v: diffusion_cfg[k] for k, v in _SDE_KEYS.items() if k in diffusion_cfg}
+            return sample_sde(
+                transport, network, noise, "heun" if sampler == "sde_heun" else "euler", steps,
+                model_kwargs=kwargs, guidance=guide, noise_source=generator, progress=progress,
+                **sde,
+            )  # fmt: skip
+        return sample_ode(
+            transport, network, noise, method=sampler, num_steps=steps, model_kwargs=kwargs,
+            guidance=guide, progress=progress,
+        )  # fmt: skip
     steps = steps or (250 if sampler == "ddpm" else 50)
     respacing = str(steps) if sampler == "ddpm" else f"ddim{steps}"
     dkw = {k: diffusion_cfg[k] for k in _DDPM_KEYS if k in diffusion_cfg}
     diffusion = create_diffusion(respacing, learn_sigma=model.learn_sigma, **dkw)
+    total = diffusion_cfg.get("diffusion_steps", 1000)
+
+    def model_fn(x, t, y):
+        return guidance(network, x, t, y, at=float(t.flatten()[0]) / total)
+
     loop = diffusion.p_sample_loop if sampler == "ddpm" else diffusion.ddim_sample_loop
     return loop(
         model_fn,
@@ -125,14 +141,24 @@ def sample_latents(
         noise=noise,
         clip_denoised=clip_denoised,
         model_kwargs=kwargs,
-        device=device,
+        device=noise.device,
         progress=progress,
         generator=generator,
     )
 
 
-# What an official checkpoint was trained with (Sec. 2.4).
-OFFICIAL_DIFFUSION = {"objective": "ddpm", "noise_schedule": "linear", "diffusion_steps": 1000}
+#: The diffusion config (``conf/diffusion/<name>.yaml``) an official file of each family was
+#: trained with; a file with REPA's projectors is REPA's (its ``args`` call it ``SiT-XL/2``).
+OFFICIAL_DIFFUSION = {"DiT": "ddpm", "SiT": "sit", "REPA": "repa", "LightningDiT": "lightningdit"}
+
+
+def official_diffusion(model: DiT, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The diffusion of an official file (``load_dit``'s ``family``), from the package's config."""
+    from omegaconf import OmegaConf
+
+    family = "REPA" if model.projector_dims else meta.get("family", "DiT")
+    path = Path(__file__).parent / "conf" / "diffusion" / f"{OFFICIAL_DIFFUSION[family]}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path))
 
 
 @dataclass
@@ -160,11 +186,12 @@ def refuse_ignored_keys(cfg: Mapping[str, Any], model: DiT, meta: dict[str, Any]
     ``cfg_channels=`` without guidance and labels beyond ``num_samples`` (``sample`` and
     ``export_diffusers``)."""
     name = Path(str(cfg["ckpt"])).name
-    if cfg.get("cfg_channels") is not None and cfg.get("cfg_scale", 1.0) == 1.0:
-        raise ValueError(
-            f"cfg_channels={cfg['cfg_channels']} is ignored because cfg_scale=1 samples without "
-            "guidance; drop it, or guide with cfg_scale>1 (e.g. cfg_scale=4.0)"
-        )
+    for key in ("cfg_channels", "cfg_interval"):
+        if cfg.get(key) is not None and cfg.get("cfg_scale", 1.0) == 1.0:
+            raise ValueError(
+                f"{key}={cfg[key]} is ignored because cfg_scale=1 samples without guidance; drop "
+                "it, or guide with cfg_scale>1 (e.g. cfg_scale=4.0)"
+            )
     labels = list(cfg.get("labels") or [])
     if len(labels) > cfg.get("num_samples", len(labels)):
         raise ValueError(
@@ -173,7 +200,7 @@ def refuse_ignored_keys(cfg: Mapping[str, Any], model: DiT, meta: dict[str, Any]
             f"set num_samples={len(labels)}"
         )
     diffusers = is_diffusers_folder(cfg["ckpt"])
-    lightning = bool(meta) and not read_record(cfg["ckpt"])  # ours, not an ema.pt: raw and EMA
+    lightning = meta.get("model") is not None and not read_record(cfg["ckpt"])  # our .ckpt
     both = not diffusers and ("official_args" in meta or lightning)
     if cfg.get("use_ema") is False and not both:
         raise ValueError(
@@ -188,15 +215,10 @@ def refuse_ignored_keys(cfg: Mapping[str, Any], model: DiT, meta: dict[str, Any]
     recorded = model.config if diffusers else (meta.get("model") or {})
     given: dict[str, dict[str, Any]] = {}
     if cfg.get("arch"):
-        if cfg["arch"] not in DiT_models:
-            raise ValueError(
-                f"unknown DiT model {cfg['arch']!r}; valid names: {', '.join(DiT_models)}"
-            )
-        size, patch = cfg["arch"][len("DiT-") :].split("/")
-        given["arch"] = {**DIT_CONFIGS[size]._asdict(), "patch_size": int(patch)}
+        given["arch"] = arch_settings(cfg["arch"])[1]
     if cfg.get("image_size") is not None:
-        latent = recorded.get("in_channels", 4) == 4  # as load_dit reads image_size
-        given["image_size"] = {"input_size": cfg["image_size"] // (8 if latent else 1)}
+        factor = LATENT_FACTOR.get(recorded.get("in_channels", 4), 1)  # as load_dit reads it
+        given["image_size"] = {"input_size": cfg["image_size"] // factor}
     for key in ("num_classes", "num_heads"):
         if cfg.get(key) is not None:
             given[key] = {key: cfg[key]}
@@ -249,7 +271,7 @@ def sample(cfg: DictConfig) -> SampleResult:
     )
     refuse_ignored_keys(cfg, model, meta)
     model.to(device)
-    diffusion_cfg = dict(meta.get("diffusion") or OFFICIAL_DIFFUSION)
+    diffusion_cfg = dict(meta.get("diffusion") or official_diffusion(model, meta))
     steps = cfg.sampling_steps
     if steps is None and cfg.sampler in (None, default_sampler(diffusion_cfg)):
         steps = diffusion_cfg.get("sampling_steps")  # the run's own sampler and steps
@@ -287,6 +309,7 @@ def sample(cfg: DictConfig) -> SampleResult:
             sampler=cfg.sampler,
             steps=steps,
             cfg_scale=cfg.cfg_scale,
+            cfg_interval=cfg.cfg_interval,
             clip_denoised=vae is None,
             autocast_dtype=autocast,
             generator=step_gen,

@@ -1,8 +1,8 @@
-"""Diffusion processes: Gaussian diffusion with ADM's API (``create_diffusion``), rectified flow."""
+"""Diffusion processes: Gaussian diffusion with ADM's API (``create_diffusion``) and the transport
+family of SiT, REPA, LightningDiT and our rectified flow (``Transport``), with guidance."""
 
 from __future__ import annotations
 
-from common.diffusion.flow import RectifiedFlow
 from common.diffusion.gaussian import (
     GaussianDiffusion,
     LossType,
@@ -10,17 +10,26 @@ from common.diffusion.gaussian import (
     ModelVarType,
     get_named_beta_schedule,
 )
+from common.diffusion.guidance import Guidance
 from common.diffusion.respace import SpacedDiffusion, space_timesteps
+from common.diffusion.transport import PRESETS, Transport, projection_loss
+from common.diffusion.transport_sampling import ode_states, sample_ode, sample_sde
 
 __all__ = [
+    "PRESETS",
     "GaussianDiffusion",
+    "Guidance",
     "LossType",
     "ModelMeanType",
     "ModelVarType",
-    "RectifiedFlow",
     "SpacedDiffusion",
+    "Transport",
     "create_diffusion",
     "get_named_beta_schedule",
+    "ode_states",
+    "projection_loss",
+    "sample_ode",
+    "sample_sde",
     "space_timesteps",
 ]
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 from torchdiffeq import odeint
 
 from common.diffusion.gaussian import _last
+from common.diffusion.guidance import Guidance
 from common.diffusion.progress import Progress, with_progress
 from common.diffusion.transport import Transport
 from common.errors import require_choice, require_positive_int
@@ -24,27 +24,6 @@ from common.errors import require_choice, require_positive_int
 DIFFUSION_FORMS = ("constant", "sbdm", "sigma", "linear", "decreasing", "increasing-decreasing")
 LAST_STEPS = (None, "mean", "tweedie", "euler")
 NoiseSource = Callable[[torch.Size], torch.Tensor] | torch.Generator | None
-
-
-@dataclass(frozen=True)
-class Guidance:
-    """Classifier-free guidance, inside ``interval`` = [low, high] of the transport's own t
-    (Kynkaanniemi et al. 2024). REPA and our flow: t = 1 noise, REPA's ``guidance_high=0.7`` is
-    ``(0.0, 0.7)``; SiT and LightningDiT: t = 1 data, LightningDiT's ``cfg_interval_start=0.125``
-    is ``(0.125, 1.0)``; None: every t (SiT). ``channels``: how many output channels are guided
-    (SiT, LightningDiT: 3; REPA: all, None). A step is guided or not as a whole: Heun's corrector
-    follows its step's start (REPA ``euler_sampler``), so guidance is a sampler argument, not a
-    stateless model wrapper."""
-
-    scale: float
-    null_label: int
-    interval: tuple[float, float] | None = None
-    channels: int | None = None
-
-    def active(self, t: float) -> bool:
-        """Guided at t (always without an interval: adaptive solvers also step past the ends)."""
-        lo, hi = self.interval or (-math.inf, math.inf)
-        return self.scale != 1.0 and lo <= t <= hi
 
 
 class _Field:
@@ -63,19 +42,16 @@ class _Field:
         return self.guided_pair(x, batch_t, active)[0]
 
     def guided_pair(self, x: torch.Tensor, batch_t: torch.Tensor, active: bool):
-        """One pass on ``[x; x]`` with ``[y; null]``: (guided, its twin), DiT/SiT
-        ``forward_with_cfg``'s halves: the guided channels (the conditional ones when not
-        ``active``, LightningDiT) and each half's own remaining channels."""
+        """``Guidance.pair`` on the transport's prediction (first C channels)."""
         kwargs = dict(self.kwargs)
         if "y" not in kwargs:
             raise ValueError("guidance needs the class labels; pass model_kwargs={'y': labels}")
-        y, g = kwargs.pop("y"), self.guidance
-        kwargs["y"] = torch.cat([y, torch.full_like(y, g.null_label)])
-        out = self.transport.network(self.model, torch.cat([x, x]), batch_t.repeat(2), kwargs)[0]
-        cond, uncond = out.chunk(2)
-        k = x.shape[1] if g.channels is None else g.channels
-        guided = uncond[:, :k] + g.scale * (cond[:, :k] - uncond[:, :k]) if active else cond[:, :k]
-        return torch.cat([guided, cond[:, k:]], 1), torch.cat([guided, uncond[:, k:]], 1)
+        y = kwargs.pop("y")
+
+        def network(x2, t2, y2):
+            return self.transport.network(self.model, x2, t2, {**kwargs, "y": y2})[0]
+
+        return self.guidance.pair(network, x, batch_t, y, active)
 
     def doubled_velocity(self, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """SiT ``sample.py``'s ODE state ``[x; x']`` under ``forward_with_cfg``: both halves run
