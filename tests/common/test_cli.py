@@ -18,15 +18,26 @@ def test_a_run_that_failed_on_its_input_leaves_no_folder(cli_main, tmp_path):
     ]
 
 
+def test_a_missing_data_folder_leaves_no_run_folder(cli_main, tmp_path):
+    """The job starts (job.json) before its data module finds the folder missing."""
+    code, err = cli_main("diffusion_transformer.train", "data=folder", f"data.root={tmp_path}/x")
+    assert code == 2 and "image folder" in err and "does not exist" in err
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_a_run_folder_with_anything_of_its_own_stays(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "outputs" / "pkg" / "train" / "2026"
     (run / ".hydra").mkdir(parents=True)
     (run / "train.log").write_text("")
     (run / "run_id.txt").write_text("abc")
-    (run / "job.json").write_text('{"status": "failed"}')  # the job started: its record stays
+    (run / "job.json").write_text('{"status": "failed", "fit_started": "2026"}')
+    _remove_if_empty(run)  # it failed while training: its record stays
+    assert (run / "job.json").is_file()
+    (run / "job.json").write_text('{"status": "failed"}')
+    (run / "checkpoints").mkdir()  # the job wrote something of its own: the folder stays
     _remove_if_empty(run)
     assert (run / "job.json").is_file()
-    (run / "job.json").unlink()
+    (run / "checkpoints").rmdir()  # a job stopped by its input before training: nothing to keep
     _remove_if_empty(run)
     assert not (tmp_path / "outputs").exists()

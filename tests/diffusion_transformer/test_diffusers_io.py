@@ -7,6 +7,8 @@ included), so a wrong key mapping cannot hide behind zeros.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -113,7 +115,13 @@ def test_export_cli_and_refusals(tmp_path):
         assert torch.equal(imported(x, t, y), dit(x, t, y))
     with pytest.raises(ValueError, match="adaLN-Zero blocks only"):
         to_diffusers(_random_dit(block="in_context"))
-    with pytest.raises(ValueError, match="flow objective"):
-        export_diffusers(dit, tmp_path / "flow", diffusion={"objective": "flow"})
+    with pytest.raises(ValueError, match="transport objective"):
+        export_diffusers(dit, tmp_path / "flow", diffusion={"objective": "transport"})
+    with pytest.raises(ValueError, match="has no use_rope, projectors; sample this model with"):
+        to_diffusers(_random_dit(use_rope=True, projector_dims=[8], encoder_depth=1))
+    sit = Path(__file__).parent / "fixtures" / "sit" / "sit.pt"  # an official SiT: a transport
+    code = run_cli("diffusion_transformer.export_diffusers", f"ckpt={sit}", "arch=SiT",
+                   "num_heads=4", f"out={tmp_path / 'sit'}", cwd=tmp_path, check=False)  # fmt: skip
+    assert code.returncode != 0 and "trained with the transport objective" in code.stderr
     with pytest.raises(FileNotFoundError, match="no VAE at .*: set vae=<"):
         export_diffusers(dit, tmp_path / "latent", vae=tmp_path / "missing")

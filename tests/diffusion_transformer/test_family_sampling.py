@@ -90,3 +90,50 @@ def test_sampler_and_interval_errors_name_the_fix(cli_main, tiny_vae):
         "cfg_interval=[0.7,0.1]", "num_samples=1",
     )  # fmt: skip
     assert code == 2 and "cfg_interval=[0.7, 0.1] is not an interval" in err
+
+
+@pytest.fixture(scope="module")
+def vavae_like(tmp_path_factory):
+    """A tiny diffusers AutoencoderKL with 8 latent channels whose folder holds LightningDiT's
+    ``latents_stats.pt`` (the fixture's statistics) and ``scaling_factor`` 1.0, as VA-VAE's."""
+    from diffusers import AutoencoderKL
+
+    path = tmp_path_factory.mktemp("vavae")
+    AutoencoderKL(
+        latent_channels=8, layers_per_block=1, block_out_channels=(8, 8), norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        scaling_factor=1.0,
+    ).save_pretrained(path)  # fmt: skip
+    fx = load_file(FIXTURES / "lightningdit" / "samplers.safetensors")
+    torch.save({"mean": fx["latent_mean"], "std": fx["latent_std"]}, path / "latents_stats.pt")
+    return path
+
+
+def test_lightningdit_latents_are_normalised_channel_by_channel(vavae_like):
+    """LightningDiT's ``ImgLatentDataset``: ``(z - mean) / std * multiplier``; its samples are
+    decoded after ``* std / multiplier + mean`` (the fixture's ``sample_cfg_denorm``)."""
+    from diffusion_transformer.vae import build_vae
+
+    fx = load_file(FIXTURES / "lightningdit" / "samplers.safetensors")
+    codec = build_vae({"path": str(vavae_like)})
+    assert codec.scale == 1.0
+    torch.testing.assert_close(codec.denormalize(fx["sample_cfg"]), fx["sample_cfg_denorm"])
+    z = fx["stats_latents"]
+    torch.testing.assert_close(codec.normalize(z), (z - fx["latent_mean"]) / fx["latent_std"])
+    torch.testing.assert_close(codec.denormalize(codec.normalize(z)), z, rtol=1e-5, atol=1e-5)
+    (vavae_like / "bad").mkdir()
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        (vavae_like / "bad" / name).write_bytes((vavae_like / name).read_bytes())
+    torch.save({"mean": torch.zeros(1, 4, 1, 1)}, vavae_like / "bad" / "latents_stats.pt")
+    with pytest.raises(ValueError, match=r"is not a latent statistics file: expected"):
+        build_vae({"path": str(vavae_like / "bad")})
+
+
+def test_the_sample_command_runs_a_lightningdit_file(run_main, vavae_like):
+    args = [f"ckpt={FIXTURES / 'lightningdit' / 'lightningdit.pt'}", f"vae={vavae_like}",
+            "cfg_scale=6.7", "cfg_interval=[0.125,1]", "cfg_channels=3", "sampling_steps=3",
+            "num_samples=2", "device=cpu", "progress=false"]  # fmt: skip
+    code, out, err = run_main("diffusion_transformer.sample", *args)
+    assert code == 0, err
+    images = np.load(out.split("samples npz : ")[1].split(" (")[0])["arr_0"]
+    assert images.shape == (2, 8, 8, 3)

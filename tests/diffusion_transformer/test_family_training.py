@@ -58,3 +58,39 @@ def test_repa_refuses_what_it_cannot_train(compose_train):
     with pytest.raises(InstantiationException, match=r"does not fit digits_convnet's 64-wide"):
         instantiate(wrong.module)
     assert isinstance(instantiate(compose_train(*TINY, "diffusion=repa").module), DiTModule)
+
+
+def test_repa_on_latent_shards_is_refused_before_training(cli_main, tmp_path):
+    code, err = cli_main(
+        "diffusion_transformer.train", "data=imagenet_latents", f"data.root={tmp_path}",
+        "data.vae.path=/v", "diffusion=repa", "repa=digits", "logger=none",
+    )  # fmt: skip
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert "precomputed latent shards hold none; train on the images (data=imagenet)" in err
+
+
+def test_ddpm_guides_only_inside_its_interval(compose_train):
+    """DDPM measures the interval in ``timestep / 1000``: [0, 1] is plain guidance, an interval
+    past the schedule is no guidance at all (``common.diffusion.guidance.Guidance``)."""
+    from hydra.utils import instantiate
+
+    from diffusion_transformer.sampling import sample_latents
+
+    cfg = compose_train(*TINY)
+    model = instantiate(cfg.model).eval()
+    for p in model.parameters():  # a model whose output depends on the label (no zero init)
+        torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(p.numel()))
+    y, noise = (
+        torch.tensor([1, 2]),
+        torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+    )
+    diffusion = dict(cfg.diffusion)
+
+    def run(**kw):
+        g = torch.Generator().manual_seed(1)
+        return sample_latents(model, diffusion, y, noise, "ddpm", 4, generator=g, **kw)
+
+    guided = run(cfg_scale=3.0)
+    torch.testing.assert_close(run(cfg_scale=3.0, cfg_interval=(0.0, 1.0)), guided)
+    torch.testing.assert_close(run(cfg_scale=3.0, cfg_interval=(1.5, 2.0)), run())
+    assert not torch.allclose(guided, run())

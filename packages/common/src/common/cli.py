@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.errors import check_values, is_user_error, one_line
+from common.errors import check_values, is_user_error, one_line, refuse_unused
 
 _DEBUG = ("debug=true", "debug=True", "+debug=true")
 _FULL_ERROR = "GENMODELS_FULL_ERROR"  # what the user asked for, seen by DDP children too
@@ -49,6 +49,45 @@ def check_experiment_for(cfg: Any, command: str) -> None:
             f"this experiment is a recipe for python -m {meant}, not python -m {command}; run it "
             f"with python -m {meant}, or choose another experiment="
         )
+
+
+def default_config() -> Any:
+    """This Hydra job's config composed from its group choices alone (``model=xl``,
+    ``experiment=...``), without its ``key=value`` overrides: what the user did not set, experiment
+    presets included."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    groups = set(hc.runtime.choices)
+    chosen = [o for o in hc.overrides.task if o.lstrip("+~").split("=")[0] in groups]
+    return compose(config_name=hc.job.config_name, overrides=chosen)
+
+
+#: What a resumed checkpoint brings back over the config: the run folder, and the optimizer's
+#: hyperparameters (``torch.optim.Optimizer.load_state_dict`` restores each param group's).
+_RESUMED = ("run_dir", "optim.lr", "optim.mode_lr", "optim.betas", "optim.weight_decay")
+
+
+def refuse_ignored_training_keys(cfg: Any, unused: dict[str, tuple[str, str]]) -> None:
+    """Refuse the keys ``unused`` of a training command (``key: (why, fix)``) and those every
+    training command ignores: ``fsdp_wrap_classes`` without ``strategy=fsdp``,
+    ``ddp_find_unused_parameters`` without ``strategy=ddp``, and what ``resume=`` restores from
+    the run (``_RESUMED``), where set away from :func:`default_config` (issue 28)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    strategy = HydraConfig.get().runtime.choices.get("strategy")
+    resumed = ("resume= restores it from the run", "start a new run without resume=")
+    shared = dict.fromkeys(_RESUMED, resumed) if cfg.get("resume") else {}
+    if strategy != "fsdp":
+        shared["fsdp_wrap_classes"] = (
+            f"strategy={strategy} wraps no FSDP units",
+            "pass strategy=fsdp",
+        )
+    if strategy != "ddp":
+        why = f"strategy={strategy} is not Lightning's DDPStrategy"
+        shared["ddp_find_unused_parameters"] = (why, "pass strategy=ddp")
+    refuse_unused(cfg, default_config(), {**shared, **unused})
 
 
 def print_error(err: BaseException, prefix: str = "") -> None:
@@ -157,12 +196,25 @@ def _output_dir() -> Path | None:
 
 def _remove_if_empty(run_dir: Path | None) -> None:
     """Remove the output folder of a run that failed before writing anything: what is left is
-    only Hydra's record of the config, the log of the error just printed and the W&B run id that
-    ``common.training.runs`` chose for it. A job that started (its ``job.json``) keeps its folder:
-    its log and status are the record of what it did."""
+    only Hydra's record of the config, the log of the error just printed, the W&B run id that
+    ``common.training.runs`` chose for it and its ``job.json`` saying it failed before training
+    (``fit_started`` unset: stopped by its input). Anything else keeps it: a checkpoint, a W&B
+    run, samples, or the record of a failure during training."""
     if run_dir is None or not run_dir.is_dir():
         return
-    if all(p.name in (".hydra", "run_id.txt") or p.suffix == ".log" for p in run_dir.iterdir()):
+
+    def record(p: Path) -> bool:
+        if p.name == "job.json":
+            import json
+
+            try:
+                job = json.loads(p.read_text())
+                return job.get("status") == "failed" and "fit_started" not in job
+            except (OSError, ValueError, AttributeError):
+                return False
+        return p.name in (".hydra", "run_id.txt", ".lock") or p.suffix == ".log"
+
+    if all(record(p) for p in run_dir.iterdir()):
         import logging
         import shutil
 

@@ -159,6 +159,26 @@ def is_user_error(err: BaseException) -> bool:
     return isinstance(cause, user_error_types())
 
 
+def refuse_unused(cfg: Any, defaults: Any, unused: dict[str, tuple[str, str]]) -> None:
+    """Refuse each key of ``unused`` (``key: (why it is ignored, what to do instead)``) whose
+    value in ``cfg`` differs from ``defaults``, both as written (interpolations unresolved): keys
+    that a combination ignores are refused, not ignored (issue 28)."""
+    from omegaconf import OmegaConf
+
+    given, default = (OmegaConf.to_container(c, resolve=False) for c in (cfg, defaults))
+    for key, (why, fix) in unused.items():
+        value = _dotted(given, key)
+        if value != _dotted(default, key):
+            value = str(value).lower() if isinstance(value, bool) else value
+            raise ValueError(f"{key}={value} is ignored because {why}; drop it, or {fix}")
+
+
+def _dotted(tree: Any, key: str) -> Any:
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
 # ----------------------------------------------------------------------------- value checks
 def require_finite(name: str, value: Any) -> float:
     """``value`` as a finite float, or a ``ValueError`` naming ``name``."""

@@ -52,6 +52,14 @@ def diffusers_config(dit: DiT) -> dict[str, Any]:
             f"diffusers' DiTTransformer2DModel has adaLN-Zero blocks only; this DiT uses "
             f"block={dit.block}: export an adaln_zero model"
         )
+    extras = [k for k, on in dit.options.items() if on] + (
+        ["projectors"] * bool(dit.projector_dims)
+    )
+    if extras:
+        raise ValueError(
+            f"diffusers' DiTTransformer2DModel has no {', '.join(extras)}; sample this model with "
+            "python -m diffusion_transformer.sample"
+        )
     if dit.mlp_ratio != 4.0:
         raise ValueError(f"diffusers' DiT has an MLP ratio of 4; this DiT uses {dit.mlp_ratio}")
     return {

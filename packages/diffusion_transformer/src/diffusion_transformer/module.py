@@ -25,6 +25,12 @@ from diffusion_transformer.models import DiT
 from diffusion_transformer.sampling import build_training_process, sample_latents
 from diffusion_transformer.vae import build_vae
 
+#: Precomputed latent shards hold no images for REPA's encoder (checked before training too).
+REPA_NEEDS_IMAGES = (
+    "REPA aligns to an encoder of the training images, and precomputed latent shards hold none; "
+    "train on the images (data=imagenet) or drop repa="
+)
+
 
 def build_repa_encoder(repa: dict[str, Any], model: DiT, vae) -> Encoder:
     """REPA's frozen encoder (``conf/repa``) for the images of ``model``'s data, checked against
@@ -173,10 +179,7 @@ class DiTModule(L.LightningModule):
         kwargs, zs = {"y": y}, None
         if self._encoder:  # REPA: the encoder's tokens of the very images the DiT denoises
             if images is None:
-                raise ValueError(
-                    "REPA aligns to an encoder of the training images, and precomputed latent "
-                    "shards hold none; train on the images (data=imagenet) or drop repa="
-                )
+                raise ValueError(REPA_NEEDS_IMAGES)
             zs, kwargs["return_projections"] = [self._encoder[0].features(images).float()], True
         extra = {} if zs is None else {"zs": zs}
         terms = self.process.training_losses(self.train_model, x, t, kwargs, **extra)

@@ -207,7 +207,7 @@ def refuse_ignored_keys(cfg: Mapping[str, Any], model: DiT, meta: dict[str, Any]
             f"use_ema=false is ignored because {name} holds one set of weights (the EMA ones for "
             "our ema.pt and exports); drop it, or pass the run's .ckpt, which holds both"
         )
-    if cfg.get("vae") and model.in_channels != 4 and not (meta.get("vae") or {}).get("path"):
+    if cfg.get("vae") and model.in_channels in (1, 3) and not (meta.get("vae") or {}).get("path"):
         raise ValueError(
             f"vae={cfg['vae']} is ignored because {name} generates {model.in_channels}-channel "
             "images in pixel space, with no VAE; drop it"
@@ -279,10 +279,11 @@ def sample(cfg: DictConfig) -> SampleResult:
     if cfg.vae:
         vae_cfg = {**(vae_cfg or {}), "path": cfg.vae}
     vae = build_vae(vae_cfg)
-    if vae is None and model.in_channels == 4:
+    if vae is None and model.in_channels not in (1, 3):
         raise FileNotFoundError(
-            "this checkpoint generates 4-channel VAE latents: set vae=<local folder of the "
-            "Stable Diffusion VAE (sd-vae-ft-ema or sd-vae-ft-mse)> to decode them"
+            f"this checkpoint generates {model.in_channels}-channel VAE latents: set vae=<local "
+            "folder of its autoencoder in diffusers' layout (Stable Diffusion's sd-vae-ft-ema or "
+            "-mse; VA-VAE with its latents_stats.pt for LightningDiT)> to decode them"
         )
     if vae is not None:
         vae.to(device)

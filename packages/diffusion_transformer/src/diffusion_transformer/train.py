@@ -35,6 +35,63 @@ CHECKS = {
 }
 
 
+#: Keys that only the evaluation during training reads (callbacks.EvalMetrics).
+EVAL_KEYS = (
+    *(f"eval.{k}" for k in ("every_n_steps", "num_samples", "batch_size", "sampler", "steps")),
+    "eval.final_sampling_steps",
+    "metrics.cache_dir",
+)
+
+
+def refuse_ignored_keys(cfg: DictConfig) -> None:
+    """Refuse keys this combination ignores (issue 28): ``eval.*`` without an evaluation,
+    ``metrics.inception_weights`` without an Inception metric, ``data.vae`` in pixel space,
+    ``tf32`` on the CPU, Gaussian-diffusion options of another variance or loss
+    (``common.diffusion``), SDE options under an ODE sampler, ``repa.*`` without an encoder, and
+    those of every training command
+    (``common.cli.refuse_ignored_training_keys``)."""
+    from common.cli import refuse_ignored_training_keys
+    from common.metrics.evaluate import INCEPTION_METRICS
+
+    unused: dict[str, tuple[str, str]] = {}
+    callbacks, d = set(cfg.callbacks or {}), cfg.diffusion
+    if "eval" not in callbacks:
+        unused |= dict.fromkeys(
+            EVAL_KEYS, ("these callbacks evaluate nothing", "pass callbacks=default")
+        )
+    elif cfg.eval.reference is None:
+        why = f"eval.reference is null (data={cfg.data.name} sets none): training evaluates nothing"
+        unused |= dict.fromkeys(EVAL_KEYS, (why, "pass eval.reference=<.npz or image folder>"))
+    if not {"eval", "samples"} & callbacks:
+        unused["sample_every"] = ("these callbacks write no samples", "pass callbacks=default")
+    names = [str(n) for n in cfg.metrics.names]
+    if not set(names) & set(INCEPTION_METRICS):
+        why = f"metrics.names=[{','.join(names)}] has no Inception metric"
+        unused["metrics.inception_weights"] = (why, f"add one of {', '.join(INCEPTION_METRICS)}")
+    if cfg.data.channels != 4:
+        why = f"data={cfg.data.name} trains in pixel space, with no VAE"
+        unused["data.vae"] = (why, "use latents (data=imagenet_latents)")
+    if cfg.trainer.get("accelerator") == "cpu":
+        unused["tf32"] = ("trainer.accelerator=cpu runs no CUDA matmuls", "pass trainer=gpu")
+    if d.objective == "ddpm" and d.learn_sigma:
+        why = "learn_sigma=true learns the variance"
+        unused["diffusion.sigma_small"] = (why, "pass diffusion.learn_sigma=false")
+    rescale = "diffusion.rescale_learned_sigmas"
+    if d.objective == "ddpm" and d.use_kl:
+        unused[rescale] = ("use_kl=true trains the KL term alone", "pass diffusion.use_kl=false")
+    elif d.objective == "ddpm" and not d.learn_sigma:
+        unused[rescale] = ("learn_sigma=false has no KL term", "pass diffusion.learn_sigma=true")
+    if d.objective == "transport" and not str(d.sampler).startswith("sde"):
+        why = f"diffusion.sampler={d.sampler} is an ODE sampler"
+        for key in ("diffusion_form", "last_step", "last_step_size"):
+            unused[f"diffusion.{key}"] = (why, "pass diffusion.sampler=sde")
+    if not cfg.repa.encoder:
+        why = "repa=none aligns to no encoder"
+        for key in ("weights", "coeff", "encoder_depth", "projector_hidden"):
+            unused[f"repa.{key}"] = (why, "pick an encoder with repa=digits|dinov2_b|dinov2_l")
+    refuse_ignored_training_keys(cfg, unused)
+
+
 @hydra_main(
     "train",
     checks=CHECKS,
@@ -42,6 +99,7 @@ CHECKS = {
 def main(cfg: DictConfig) -> None:
     from diffusion_transformer.training import train
 
+    refuse_ignored_keys(cfg)
     train(cfg)
 
 

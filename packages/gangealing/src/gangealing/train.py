@@ -35,10 +35,21 @@ CHECKS = {
 }
 
 
+#: The key of ``loss`` each perceptual loss reads (``training.losses.perceptual_loss``).
+LOSS_KEYS = {"lpips": "backbone_path", "ssl_vgg": "checkpoint_path"}
+
+
 @hydra_main("train", checks=CHECKS)
 def main(cfg: DictConfig) -> None:
+    from common.cli import refuse_ignored_training_keys
     from gangealing.training.jobs import train_gangealing
 
+    unused = {  # issue 28: keys a combination ignores are refused
+        f"loss.{key}": (f"loss.name={cfg.loss.name} does not read it", f"pass loss.name={name}")
+        for name, key in LOSS_KEYS.items()
+        if cfg.loss.name != name
+    }
+    refuse_ignored_training_keys(cfg, unused)
     train_gangealing(cfg)
 
 

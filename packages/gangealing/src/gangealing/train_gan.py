@@ -37,10 +37,28 @@ CHECKS = {
 }
 
 
+#: The regularisation keys each lazy interval switches off when 0 (``training.gan_module``).
+LAZY = {
+    "d_reg_every": ("r1_gamma",),
+    "g_reg_every": ("path_weight", "path_batch_shrink", "path_decay"),
+}
+
+
 @hydra_main("train_gan", checks=CHECKS)
 def main(cfg: DictConfig) -> None:
+    from common.cli import refuse_ignored_training_keys
     from gangealing.training.jobs import train_stylegan2
 
+    unused = {  # issue 28: keys a combination ignores are refused
+        f"regularization.{key}": (
+            f"regularization.{every}=0 turns it off",
+            f"pass regularization.{every}=<N >= 1>",
+        )
+        for every, keys in LAZY.items()
+        if cfg.regularization[every] == 0
+        for key in keys
+    }
+    refuse_ignored_training_keys(cfg, unused)
     train_stylegan2(cfg)
 
 

@@ -21,10 +21,20 @@ CHECKS = {
 }
 
 
+#: The tasks whose data source reads ``data.root`` (``tasks.sources.load_source``).
+DATA_TASKS = ("mlp_mnist", "cnn_cifar10")
+
+
 @hydra_main("collect", checks=CHECKS)
 def main(cfg: DictConfig) -> None:
+    from common.cli import default_config
+    from common.errors import refuse_unused
     from gpt_checkpoints.dataset.collection import collect_dataset
 
+    if cfg.task.name not in DATA_TASKS:  # issue 28: keys a combination ignores are refused
+        why = f"task={cfg.task.name} reads no data folder (only {', '.join(DATA_TASKS)} do)"
+        fix = f"pass task={' or task='.join(DATA_TASKS)}"
+        refuse_unused(cfg, default_config(), {"data.root": (why, fix)})
     collect_dataset(cfg)
 
 

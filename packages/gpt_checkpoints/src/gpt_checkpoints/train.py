@@ -34,10 +34,30 @@ CHECKS = {
 }
 
 
+def refuse_ignored_keys(cfg: DictConfig) -> None:
+    """Refuse keys this combination ignores (issue 28): ``task.recipe.*`` (the dataset records
+    the recipe it was collected with), ``normalization`` of a released network (its preset's
+    ``openai_coeff``), and those of every training command
+    (``common.cli.refuse_ignored_training_keys``)."""
+    from common.cli import refuse_ignored_training_keys
+
+    why = f"train reads the recipe recorded in dataset={cfg.dataset}"
+    collect = f"collect with it: python -m gpt_checkpoints.collect task={cfg.task.name}"
+    unused = {
+        f"task.recipe.{key}": (why, f"{collect} task.recipe.{key}={value}")
+        for key, value in (cfg.task.get("recipe") or {}).items()
+    }
+    if cfg.model.get("preset"):
+        why = f"model={cfg.model.preset} scales parameters by its preset's openai_coeff"
+        unused["normalization"] = (why, "train a network of this package (model=small)")
+    refuse_ignored_training_keys(cfg, unused)
+
+
 @hydra_main("train", checks=CHECKS)
 def main(cfg: DictConfig) -> None:
     from gpt_checkpoints.model.training import train
 
+    refuse_ignored_keys(cfg)
     train(cfg)
 
 

@@ -203,6 +203,7 @@ def fit_and_export(
     resumable ``checkpoints/last.ckpt``, call ``export(trainer)`` on every rank (FSDP gathers its
     shards there; writing is rank zero's), print the summary and return the ``TrainResult``."""
     ckpt = job.ckpt_path
+    job.record["fit_started"] = _now()  # from here on a failure is the run's, its folder kept
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
     checkpoint = job.run_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(checkpoint, weights_only=False)
