@@ -60,13 +60,31 @@ def test_repa_refuses_what_it_cannot_train(compose_train):
     assert isinstance(instantiate(compose_train(*TINY, "diffusion=repa").module), DiTModule)
 
 
-def test_repa_on_latent_shards_is_refused_before_training(cli_main, tmp_path):
+def test_repa_on_latent_shards_needs_their_images(cli_main, compose_train, tmp_path):
+    """Shards extracted without ``crops=true`` are refused before training; with them, the
+    encoder sees each latent's own image, flipped exactly when the latent is the flipped one."""
+    from hydra.utils import instantiate
+    from safetensors.torch import save_file
+
+    save_file({"latents": torch.randn(2, 2, 4, 2, 2), "labels": torch.tensor([0, 1])},
+              tmp_path / "s.safetensors")  # fmt: skip
+    (tmp_path / "manifest.json").write_text('{"shards": [{"file": "s.safetensors", "num": 2}]}')
     code, err = cli_main(
         "diffusion_transformer.train", "data=imagenet_latents", f"data.root={tmp_path}",
         "data.vae.path=/v", "diffusion=repa", "repa=digits", "logger=none",
     )  # fmt: skip
     assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
-    assert "precomputed latent shards hold none; train on the images (data=imagenet)" in err
+    assert "these latent shards hold none; extract them with extract_latents ... crops=true" in err
+
+    module = instantiate(compose_train(*TINY, "data.flip=true").module)
+    latents = torch.randn(64, 2, 1, 8, 8)
+    crops = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    x, images = module._prepare(latents, crops)
+    flipped = (x == latents[:, 1]).flatten(1).all(1)
+    assert 0 < flipped.sum() < 64 and (flipped | (x == latents[:, 0]).flatten(1).all(1)).all()
+    as_float = crops.float() / 127.5 - 1
+    expected = torch.where(flipped.view(-1, 1, 1, 1), as_float.flip(-1), as_float)
+    assert torch.equal(images, expected)
 
 
 def test_ddpm_guides_only_inside_its_interval(compose_train):

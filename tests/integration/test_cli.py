@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.faults.conftest import NO_TRACEBACK
@@ -111,6 +112,7 @@ def test_extract_latents_train_on_them_and_decode_samples(tmp_path, image_folder
         "out=latents",
         "image_size=16",
         "shard_size=4",
+        "crops=true",
         "batch_size=3",
         "num_workers=0",
         "progress=false",
@@ -120,6 +122,10 @@ def test_extract_latents_train_on_them_and_decode_samples(tmp_path, image_folder
     manifest = json.loads((tmp_path / "latents" / "manifest.json").read_text())
     assert manifest["num"] == 10 and len(manifest["shards"]) == 3
     assert manifest["latent_shape"] == [2, 4, 8, 8] and len(manifest["skipped"]) == 1
+    from diffusion_transformer.data import LatentShardDataset  # crops=true: images for REPA
+
+    latents, label, crop = LatentShardDataset(tmp_path / "latents")[0]
+    assert latents.shape == (2, 4, 8, 8) and crop.shape == (3, 16, 16) and crop.dtype == torch.uint8
     assert (tmp_path / "latents" / "extract_latents.log").is_file()  # the run folder is out=
     assert not (tmp_path / "outputs").exists()
     # Re-running keeps the finished shards (resumable) and gives the same manifest.
@@ -130,6 +136,7 @@ def test_extract_latents_train_on_them_and_decode_samples(tmp_path, image_folder
         "out=latents",
         "image_size=16",
         "shard_size=4",
+        "crops=true",
         "num_workers=0",
         "progress=false",
         cwd=tmp_path,
@@ -138,7 +145,7 @@ def test_extract_latents_train_on_them_and_decode_samples(tmp_path, image_folder
     # A rerun with other settings would mix them in one folder: refused in one line.
     refused = run_cli(
         "diffusion_transformer.extract_latents", f"data.root={image_folder}", f"vae={tiny_vae}",
-        "out=latents", "image_size=32", "shard_size=4", cwd=tmp_path, check=False,
+        "out=latents", "image_size=32", "shard_size=4", "crops=true", cwd=tmp_path, check=False,
         env_extra=NO_TRACEBACK,
     )  # fmt: skip
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr

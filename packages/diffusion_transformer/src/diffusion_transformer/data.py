@@ -124,8 +124,10 @@ class LatentShardDataset(Dataset):
     """Precomputed VAE latents written by ``python -m diffusion_transformer.extract_latents``.
 
     Layout: ``manifest.json`` plus shards ``shard_00000.safetensors`` ... holding ``latents``
-    ``[n, 2, C, h, w]`` (index 1 is the horizontally flipped image) and ``labels`` ``[n]``. Items
-    are read lazily from the memory-mapped shards, so the dataset never has to fit in memory.
+    ``[n, 2, C, h, w]`` (index 1 is the horizontally flipped image) and ``labels`` ``[n]``, and
+    with ``crops=true`` the uint8 images ``crops`` ``[n, 3, R, R]`` (items are then
+    (latents, label, crop)). Items are read lazily from the memory-mapped shards, so the dataset
+    never has to fit in memory.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -142,6 +144,7 @@ class LatentShardDataset(Dataset):
             self.shards = [s["file"] for s in self.manifest["shards"]]
             sizes = [int(s["num"]) for s in self.manifest["shards"]]
         self.offsets = np.cumsum([0] + sizes).tolist()
+        self.has_crops = bool(self.manifest.get("crops"))  # extract_latents crops=true
         self._handles: dict[int, object] = {}
         for k in range(len(self.shards)):  # every shard opens before training starts
             self._shard(k)
@@ -167,6 +170,8 @@ class LatentShardDataset(Dataset):
         with reading(self.root / self.shards[k], hint=_REDO):
             latents = shard.get_slice("latents")[i : i + 1][0].float()
             label = shard.get_slice("labels")[i : i + 1][0]
+            if self.has_crops:  # the uint8 image, for REPA's encoder
+                return latents, int(label), shard.get_slice("crops")[i : i + 1][0]
         return latents, int(label)
 
     def __getstate__(self):  # handles are per process (DataLoader workers)

@@ -1,7 +1,8 @@
 """VAE latent shards of an image folder (fast-DiT style), written once for fast training.
 
 Each image is ADM-center-cropped, encoded together with its horizontal flip, and stored as
-``latents [n, 2, C, h, w]`` + ``labels [n]`` in shards of ``shard_size`` images
+``latents [n, 2, C, h, w]`` + ``labels [n]`` (+ ``crops [n, 3, R, R]`` uint8 images with
+``crops=true``, for REPA's encoder) in shards of ``shard_size`` images
 (``shard_00000.safetensors``, ``shard_00001.safetensors``, ...), written atomically;
 ``manifest.json`` is written last. A killed job restarted with the same command keeps the
 finished shards and continues. Unreadable images are skipped and listed in the manifest.
@@ -63,7 +64,7 @@ def _shard_complete(path: Path) -> int | None:
 
 
 #: What shapes the latents: a rerun into the same ``out`` (to finish a killed job) must keep them.
-SETTINGS = ("data.root", "vae", "image_size", "scale", "dtype", "seed", "shard_size")
+SETTINGS = ("data.root", "vae", "image_size", "scale", "dtype", "seed", "shard_size", "crops")
 
 
 def _settings(cfg: DictConfig) -> dict:
@@ -121,11 +122,13 @@ def extract(cfg: DictConfig) -> Path:
         loader = DataLoader(
             subset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=_collate
         )
-        latents, labels, errors = [], [], []
+        latents, labels, crops, errors = [], [], [], []
         for images, y, errs in tqdm(loader, desc=f"shard {k}", disable=not cfg.progress):
             errors += errs
             if images is None:
                 continue
+            if cfg.crops:  # the crop itself, exactly: to_tensor's uint8 / 127.5 - 1 inverted
+                crops.append(images.add(1).mul(127.5).round().to(torch.uint8))
             images = images.to(device)
             z = vae.encode(torch.cat([images, images.flip(-1)]))
             latents.append(torch.stack(z.chunk(2), dim=1).to(dtype).cpu())
@@ -133,6 +136,8 @@ def extract(cfg: DictConfig) -> Path:
         for e in errors:
             print(f"skipped unreadable image: {e}")
         tensors = {"latents": torch.cat(latents), "labels": torch.cat(labels)}
+        if cfg.crops:
+            tensors["crops"] = torch.cat(crops)
         write_json(errors, meta_path, indent=None)
         atomic_write_bytes(save(tensors), path)
         shards.append({"file": path.name, "num": len(tensors["labels"])})
@@ -156,6 +161,7 @@ def extract(cfg: DictConfig) -> Path:
         ),
         "shards": shards,
         "skipped": skipped,
+        "crops": bool(cfg.crops),
     }
     manifest_path = out / "manifest.json"
     write_json(manifest, manifest_path, indent=1)

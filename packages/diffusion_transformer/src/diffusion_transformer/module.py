@@ -25,10 +25,12 @@ from diffusion_transformer.models import DiT
 from diffusion_transformer.sampling import build_training_process, sample_latents
 from diffusion_transformer.vae import build_vae
 
-#: Precomputed latent shards hold no images for REPA's encoder (checked before training too).
+#: Latent shards extracted without their images give REPA's encoder nothing (checked before
+#: training too).
 REPA_NEEDS_IMAGES = (
-    "REPA aligns to an encoder of the training images, and precomputed latent shards hold none; "
-    "train on the images (data=imagenet) or drop repa="
+    "REPA aligns to an encoder of the training images, and these latent shards hold none; "
+    "extract them with extract_latents ... crops=true, train on the images (data=imagenet), or "
+    "drop repa="
 )
 
 
@@ -153,9 +155,11 @@ class DiTModule(L.LightningModule):
         )
 
     # ------------------------------------------------------------------ training
-    def _prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Images or two-flip latents -> (model-space inputs, the flipped images or None), with
-        random horizontal flips."""
+    def _prepare(
+        self, x: torch.Tensor, crops: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images, or two-flip latents (with their uint8 ``crops``, for REPA) -> (model-space
+        inputs, the images they show in [-1, 1], flipped alike; None without images)."""
         n = x.shape[0]
         if x.ndim == 5:  # precomputed latents [N, 2, C, h, w]: index 1 is the flipped image
             pick = (
@@ -163,18 +167,21 @@ class DiTModule(L.LightningModule):
                 if self.flip
                 else torch.zeros(n, dtype=torch.long, device=x.device)
             )
-            return x[torch.arange(n, device=x.device), pick], None
+            if crops is not None:
+                crops = crops.float() / 127.5 - 1
+                crops = torch.where(pick.bool().view(-1, 1, 1, 1), crops.flip(-1), crops)
+            return x[torch.arange(n, device=x.device), pick], crops
         if self.flip:
             flip = (torch.rand(n, device=x.device) < 0.5).view(-1, 1, 1, 1)
             x = torch.where(flip, x.flip(-1), x)
         return (x if self._vae is None else self._vae.encode(x)), x
 
     def training_step(self, batch, batch_idx: int):
-        x, y = batch
+        x, y, *crops = batch  # latent shards extracted with crops=true add them
         micro = self.global_step * self.trainer.accumulate_grad_batches + self._micro_step
         torch.manual_seed(step_seed(self.seed, micro, self.global_rank))
         self._micro_step += 1
-        x, images = self._prepare(x)
+        x, images = self._prepare(x, *crops)
         t = self.process.sample_timesteps(x.shape[0], x.device)
         kwargs, zs = {"y": y}, None
         if self._encoder:  # REPA: the encoder's tokens of the very images the DiT denoises

@@ -13,6 +13,7 @@ from common.training import build_trainer
 from common.training.runs import Export, Job, TrainResult, fit_and_export, run_job
 from common.training.strategies import full_state_dict
 from diffusion_transformer.checkpoints import save_ema
+from diffusion_transformer.data import LatentDataModule
 from diffusion_transformer.module import REPA_NEEDS_IMAGES
 
 
@@ -30,10 +31,10 @@ def _fit(cfg: DictConfig, job: Job) -> TrainResult:
         torch.backends.cudnn.allow_tf32 = tf32
 
     L.seed_everything(cfg.seed, workers=True)
-    latents = str(cfg.data.datamodule._target_).endswith("LatentDataModule")
-    if latents and float(OmegaConf.select(cfg, "repa.coeff", default=0.0) or 0.0) > 0:
-        raise ValueError(REPA_NEEDS_IMAGES)
     datamodule = hydra.utils.instantiate(cfg.data.datamodule)
+    aligned = float(OmegaConf.select(cfg, "repa.coeff", default=0.0) or 0.0) > 0
+    if aligned and isinstance(datamodule, LatentDataModule) and not datamodule.dataset.has_crops:
+        raise ValueError(REPA_NEEDS_IMAGES)
     module = hydra.utils.instantiate(cfg.module)
     trainer: L.Trainer = build_trainer(
         cfg,

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.checkpoint import write_json
 from common.devices import pick_device
+from common.errors import refuse_unused
 from gangealing.align.congealer import Congealer
 from gangealing.align.stn import image_to_image_points, nearest_neighbour_points
 from gangealing.apps.congeal import refuse_ignored_options
@@ -354,11 +355,7 @@ def refuse_ignored_keys(cfg: DictConfig) -> None:
         unused["num_pairs"] = ("only benchmark=cub draws random pairs", "benchmark=cub")
     if name != "synthetic":
         unused["max_pairs"] = ("only benchmark=synthetic samples its pairs", "benchmark=synthetic")
-    for key, (why, fix) in unused.items():
-        value = OmegaConf.select(cfg, key)
-        if value != OmegaConf.select(defaults, key):
-            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-            raise ValueError(f"{key}={shown} is ignored because {why}; drop it, or pass {fix}")
+    refuse_unused(cfg, defaults, {k: (why, f"pass {fix}") for k, (why, fix) in unused.items()})
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
