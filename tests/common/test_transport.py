@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from common.checkpoint import safe_load
 from common.diffusion.guidance import Guidance
 from common.diffusion.transport import PATHS, PRESETS, Transport, projection_loss
 from common.diffusion.transport_sampling import (
@@ -218,7 +219,7 @@ def test_sit_samplers_match_the_official_sampler(kind):
 # ----------------------------------------------------------------------------- REPA
 def repa_model(entry: str = "ema") -> DiT:
     """REPA's ``train.py`` checkpoint (``model``/``ema``) into our DiT with its projectors."""
-    state = torch.load(FIXTURES / "repa" / "repa.pt", weights_only=False)[entry]
+    state = safe_load(FIXTURES / "repa" / "repa.pt")[entry]
     dims = [state[f"projectors.{i}.4.weight"].shape[0] for i in (0, 1)]
     hidden, projector_hidden = state["pos_embed"].shape[-1], state["projectors.0.0.weight"].shape[0]
     model = DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=hidden, depth=2,
