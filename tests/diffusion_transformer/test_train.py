@@ -91,6 +91,8 @@ def test_flow_objective_and_learned_sigma_logging(compose_train, tmp_path):
     ddpm = train(compose_train(*TINY, "trainer.max_steps=2", f"run_dir={tmp_path}/ddpm"))
     header = (tmp_path / "ddpm" / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "train/vb" in header and "train/mse" in header
+    few_step = ddpm.module.generate(labels, sampler="dpmpp_2m", steps=3, cfg_scale=2.0)
+    assert few_step.shape == (2, 1, 8, 8) and torch.isfinite(few_step).all()  # issue 30's sampler
     assert ddpm.module.generate(labels, sampler="ddim", steps=3, cfg_scale=2.0).shape == (
         2,
         1,
