@@ -1,6 +1,6 @@
 """The DiT family's official files sample through this package as through their official samplers:
 ``load_dit`` reads the file and its family (``arch=``, the file's ``args``, its keys),
-``sampling.official_diffusion`` gives the diffusion its recipe trained (``conf/diffusion/
+``checkpoints.official_diffusion`` gives the diffusion its recipe trained (``conf/diffusion/
 {sit,repa,lightningdit}.yaml``), and ``sample_latents`` (what ``python -m
 diffusion_transformer.sample`` runs) returns the official sampler's result for the same initial
 noise, guidance scale and interval. The fixtures are described in ``test_family_models.py``; the
@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffusion_transformer.checkpoints import load_dit
-from diffusion_transformer.sampling import official_diffusion, sample_latents
+from diffusion_transformer.checkpoints import load_dit, official_diffusion
+from diffusion_transformer.sampling import sample_latents
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

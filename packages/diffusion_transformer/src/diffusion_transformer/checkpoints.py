@@ -211,6 +211,20 @@ def arch_settings(arch: str | None) -> tuple[str, dict[str, Any]]:
     return family, pinned
 
 
+#: The diffusion config (``conf/diffusion/<name>.yaml``) an official file of each family was
+#: trained with; a file with REPA's projectors is REPA's (its ``args`` call it ``SiT-XL/2``).
+OFFICIAL_DIFFUSION = {"DiT": "ddpm", "SiT": "sit", "REPA": "repa", "LightningDiT": "lightningdit"}
+
+
+def official_diffusion(model: DiT, meta: dict[str, Any]) -> dict[str, Any]:
+    """The diffusion of an official file (``load_dit``'s ``family``), from the package's config."""
+    from omegaconf import OmegaConf
+
+    family = "REPA" if model.projector_dims else meta.get("family", "DiT")
+    path = Path(__file__).parent / "conf" / "diffusion" / f"{OFFICIAL_DIFFUSION[family]}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
 def load_dit(
     path: str | Path,
     arch: str | None = None,
@@ -227,7 +241,8 @@ def load_dit(
     ``config`` name its model; ``num_heads`` and REPA's ``encoder_depth`` set what no shape
     records). A diffusers folder (``DiTPipeline`` or ``DiTTransformer2DModel``) is imported
     exactly. The metadata also names the ``family`` (DiT, SiT, LightningDiT) that ``arch``, the
-    file's ``args`` or its keys give."""
+    file's ``args`` or its keys give, and always holds a ``diffusion``: an official file's is its
+    recipe's (:func:`official_diffusion`)."""
     from diffusion_transformer.diffusers_io import (
         diffusers_meta,
         import_diffusers,
@@ -263,4 +278,5 @@ def load_dit(
     dit = DiT(**config)
     check_compatible(dit, state_dict)
     dit.load_state_dict(state_dict, strict=True)
-    return dit.eval(), {**meta, "family": family}
+    meta = {**meta, "family": family}
+    return dit.eval(), {**meta, "diffusion": meta.get("diffusion") or official_diffusion(dit, meta)}

@@ -29,15 +29,14 @@ CHECKS = {
 def main(cfg: DictConfig) -> None:
     from diffusion_transformer.checkpoints import load_dit
     from diffusion_transformer.diffusers_io import export_diffusers, load_snippet
-    from diffusion_transformer.sampling import official_diffusion, refuse_ignored_keys
+    from diffusion_transformer.sampling import refuse_ignored_keys
 
     if not cfg.get("ckpt"):
         raise ValueError("set ckpt=<path to a .ckpt, ema.pt or official DiT .pt file>")
     dit, meta = load_dit(cfg.ckpt, arch=cfg.arch, use_ema=cfg.use_ema, num_heads=cfg.num_heads)
     refuse_ignored_keys(cfg, dit, meta)
     vae = cfg.vae or (meta.get("vae") or {}).get("path")
-    diffusion = meta.get("diffusion") or official_diffusion(dit, meta)
-    out = export_diffusers(dit, cfg.out, diffusion, vae)
+    out = export_diffusers(dit, cfg.out, meta["diffusion"], vae)
     kind = "DiTPipeline (transformer, scheduler, vae)" if vae else "transformer + scheduler"
     print(f"diffusers folder : {out} ({kind})")
     print(f'next             : python -c "{load_snippet(out, pipeline=bool(vae))}"')

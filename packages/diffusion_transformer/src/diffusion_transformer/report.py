@@ -10,45 +10,30 @@ log live, ``logger=none`` (or ``csv``: the table is a CSV file anyway) for no W&
 
 from __future__ import annotations
 
-from importlib.resources import files
-
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from common.cli import hydra_main
 
-# Keys of conf/report.yaml that only the shared logger group interpolates: report names its W&B
-# run itself (report-<group>), so a value other than these defaults would be ignored.
-_LOGGER_ONLY = {"run_name": "report", "run_id": None, "run_dir": "${hydra:runtime.output_dir}"}
-
 
 def refuse_ignored_keys(cfg: DictConfig) -> None:
-    """Refuse keys the report would ignore (issue 28): ``project``/``group`` without a W&B run,
-    ``run_name``/``run_id``/``run_dir``, and ``logger.<name>.*`` other than ``wandb.offline``."""
-    given = OmegaConf.to_container(cfg, resolve=False)
-    for key, default in _LOGGER_ONLY.items():
-        if given[key] != default:
-            instead = ", or set out=<folder>" if key == "run_dir" else ""
-            raise ValueError(
-                f"{key}={given[key]} is ignored because the report names its own W&B run "
-                f"(report-<group>) and writes into out=; drop it{instead}"
-            )
-    name = next(iter(given["logger"]), "none")
+    """Refuse keys the report would ignore (issue 28), set away from the defaults of the chosen
+    groups (``common.cli.default_config``): ``run_name``/``run_id``/``run_dir``, which only the
+    logger group reads (the report names its W&B run report-<group> and writes into ``out=``),
+    ``project``/``group`` without a W&B run, and ``logger.<name>.*`` but ``wandb.offline``."""
+    from common.cli import default_config
+    from common.errors import refuse_unused
+
+    own = ("the report names its own W&B run (report-<group>) and writes into out=", "set out=")
+    unused = dict.fromkeys(("run_name", "run_id", "run_dir"), own)
+    name = next(iter(cfg.logger), "none")
     if name != "wandb":
-        for key in ("project", "group"):
-            if given[key] is not None:
-                raise ValueError(
-                    f"{key}={given[key]} is ignored because logger={name} logs no W&B run; drop "
-                    "it, or log one with logger=wandb"
-                )
-    group = OmegaConf.load(files("common.conf") / "logger" / f"{name}.yaml")
-    default = OmegaConf.to_container(group, resolve=False).get(name, {})
-    for key, value in given["logger"].get(name, {}).items():
-        if key != "offline" and value != default.get(key):
-            instead = f", or set {key}={value}" if key in ("project", "group") else ""
-            raise ValueError(
-                f"logger.{name}.{key}={value} is ignored because the report reads only "
-                f"logger.wandb.offline of the logger group; drop it{instead}"
-            )
+        no_run = (f"logger={name} logs no W&B run", "log one with logger=wandb")
+        unused |= dict.fromkeys(("project", "group"), no_run)
+    read = ("the report reads only logger.wandb.offline of the logger group", "set project=/group=")
+    for key in cfg.logger.get(name) or {}:
+        if key != "offline":
+            unused[f"logger.{name}.{key}"] = read
+    refuse_unused(cfg, default_config(), unused)
 
 
 @hydra_main("report")

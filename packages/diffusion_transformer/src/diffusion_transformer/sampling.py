@@ -185,20 +185,6 @@ def _dpmpp_2m(model_fn, diffusion_cfg, noise, labels, steps: int, progress: Prog
     return x
 
 
-#: The diffusion config (``conf/diffusion/<name>.yaml``) an official file of each family was
-#: trained with; a file with REPA's projectors is REPA's (its ``args`` call it ``SiT-XL/2``).
-OFFICIAL_DIFFUSION = {"DiT": "ddpm", "SiT": "sit", "REPA": "repa", "LightningDiT": "lightningdit"}
-
-
-def official_diffusion(model: DiT, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The diffusion of an official file (``load_dit``'s ``family``), from the package's config."""
-    from omegaconf import OmegaConf
-
-    family = "REPA" if model.projector_dims else meta.get("family", "DiT")
-    path = Path(__file__).parent / "conf" / "diffusion" / f"{OFFICIAL_DIFFUSION[family]}.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path))
-
-
 @dataclass
 class SampleResult:
     grid: Path
@@ -309,7 +295,7 @@ def sample(cfg: DictConfig) -> SampleResult:
     )
     refuse_ignored_keys(cfg, model, meta)
     model.to(device)
-    diffusion_cfg = dict(meta.get("diffusion") or official_diffusion(model, meta))
+    diffusion_cfg = dict(meta["diffusion"])
     steps = cfg.sampling_steps
     if steps is None and cfg.sampler in (None, default_sampler(diffusion_cfg)):
         steps = diffusion_cfg.get("sampling_steps")  # the run's own sampler and steps
