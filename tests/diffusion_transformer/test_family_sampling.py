@@ -137,3 +137,11 @@ def test_the_sample_command_runs_a_lightningdit_file(run_main, vavae_like):
     assert code == 0, err
     images = np.load(out.split("samples npz : ")[1].split(" (")[0])["arr_0"]
     assert images.shape == (2, 8, 8, 3)
+
+
+def test_a_latent_model_without_its_vae_is_one_line(cli_main):
+    """Any latent model (4 SD-VAE channels, LightningDiT's 8 here) needs ``vae=`` to decode."""
+    ckpt = f"ckpt={FIXTURES / 'lightningdit' / 'lightningdit.pt'}"
+    code, err = cli_main("diffusion_transformer.sample", ckpt, "num_samples=1", "sampling_steps=1")
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert "generates 8-channel VAE latents: set vae=<local folder of its autoencoder" in err
