@@ -149,6 +149,27 @@ def test_projection_loss_is_minus_the_mean_cosine():
     z = torch.randn(3, 5, 8)
     assert torch.allclose(projection_loss([z, z], [2 * z, z]), -torch.ones(3))
     assert torch.allclose(projection_loss([z], [-z]), torch.ones(3))
+    with pytest.raises(ValueError, match="the model returned no projections; build the model"):
+        projection_loss([z], None)
+
+
+def test_gaussian_diffusion_adds_the_projection_term_as_the_transport_does():
+    """REPA on DiT's DDPM objective: the same ``proj`` term, outside ``loss``."""
+    from common.diffusion import create_diffusion
+
+    z, z_tilde = torch.randn(2, 4, 8), torch.randn(2, 4, 8)
+    x = torch.randn(2, 1, 4, 4)
+
+    def model(x_t, t, **kw):  # eps and a learned-variance channel, plus projections
+        return torch.zeros(x_t.shape[0], 2, *x_t.shape[2:]), [z_tilde]
+
+    diffusion = create_diffusion("", learn_sigma=True)
+    t = torch.tensor([10, 500])
+    terms = diffusion.training_losses(model, x, t, noise=torch.randn_like(x), zs=[z])
+    assert torch.allclose(terms["proj"], projection_loss([z], [z_tilde]))
+    assert torch.allclose(terms["loss"], terms["mse"] + terms["vb"])
+    with pytest.raises(ValueError, match="returned no projections"):
+        diffusion.training_losses(lambda x_t, t, **kw: model(x_t, t)[0], x, t, zs=[z])
 
 
 # ----------------------------------------------------------------------------- SiT

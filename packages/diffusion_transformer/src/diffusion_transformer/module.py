@@ -15,7 +15,6 @@ import lightning as L
 import torch
 
 from common.checkpoint import plain_container
-from common.diffusion import Transport
 from common.diffusion.progress import Progress
 from common.nn.flops import count_macs
 from common.training import step_seed
@@ -95,11 +94,6 @@ class DiTModule(L.LightningModule):
         self.repa_coeff = float((repa or {}).get("coeff") or 0.0)
         # Frozen, and kept out of the module tree: no state-dict entries, EMA, optimizer or FSDP.
         self._encoder = (build_repa_encoder(repa, model, self._vae),) if self.repa_coeff else ()
-        if self._encoder and not isinstance(self.process, Transport):
-            raise ValueError(
-                "REPA's projection loss trains a transport model; pick diffusion=repa (or sit, "
-                "flow, lightningdit), or drop repa="
-            )
 
     # ------------------------------------------------------------------ setup
     @property
@@ -218,13 +212,15 @@ class DiTModule(L.LightningModule):
         sampler: str | None = None,
         steps: int | None = None,
         cfg_scale: float = 1.0,
+        cfg_interval: list[float] | None = None,
         use_ema: bool = True,
         progress: Progress = False,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample images in [-1, 1] for ``labels`` (decoded by the VAE in latent space).
 
-        Defaults: the EMA weights, the config's sampler and ``sampling_steps``."""
+        Defaults: the EMA weights, the config's sampler and ``sampling_steps``; guidance (if
+        ``cfg_scale`` is not 1) at every t unless ``cfg_interval`` ([low, high]) is given."""
         model = self.ema.module if use_ema else self.model
         was_training = model.training
         model.eval()
@@ -246,6 +242,7 @@ class DiTModule(L.LightningModule):
             sampler=sampler,
             steps=steps or self.diffusion_cfg.get("sampling_steps"),
             cfg_scale=cfg_scale,
+            cfg_interval=cfg_interval,
             clip_denoised=self.pixel_space,
             progress=progress,
             generator=generator,

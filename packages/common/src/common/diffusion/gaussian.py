@@ -19,6 +19,7 @@ import torch
 
 from common.diffusion.likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from common.diffusion.progress import with_progress
+from common.diffusion.transport import projection_loss
 
 
 class ModelMeanType(enum.Enum):
@@ -461,12 +462,14 @@ class GaussianDiffusion:
         decoder_nll = mean_flat(decoder_nll) / math.log(2.0)
         return {"output": torch.where(t == 0, decoder_nll, kl), "pred_xstart": out["pred_xstart"]}
 
-    def training_losses(self, model, x_start, t, model_kwargs=None, noise=None) -> dict:
+    def training_losses(self, model, x_start, t, model_kwargs=None, noise=None, zs=None) -> dict:
         """Per-sample losses at timesteps ``t``: ``loss``, ``mse`` and ``vb`` (learned variance).
 
         With ``LossType.MSE`` and a learned variance this is the hybrid objective of Sec. 2.3.1:
         ``L_simple`` trains the mean and the VLB term, computed on a detached mean, trains only the
-        variance.
+        variance. Given encoder features ``zs`` and a model that returns ``(out, projections)``,
+        also REPA's ``proj`` term (``transport.projection_loss``, not in ``loss``), so that the
+        thesis recipe can take REPA alone (docs/modern_digits).
         """
         model_kwargs = {} if model_kwargs is None else model_kwargs
         if noise is None:
@@ -481,7 +484,11 @@ class GaussianDiffusion:
                 terms["loss"] = terms["loss"] * self.num_timesteps
             return terms
 
-        model_output = model(x_t, t, **model_kwargs)
+        model_output, zs_tilde = model(x_t, t, **model_kwargs), None
+        if isinstance(model_output, tuple):
+            model_output, zs_tilde = model_output
+        if zs is not None:
+            terms["proj"] = projection_loss(zs, zs_tilde)
         prediction, var_values = self._split_output(model_output, x_t)
         if var_values is not None:
             frozen_out = torch.cat([prediction.detach(), var_values], dim=1)

@@ -240,18 +240,21 @@ class Transport:
             terms["cos"] = mean_flat(1 - F.cosine_similarity(out, target, dim=1))
             terms["loss"] = mse + self.cosine_weight * terms["cos"]
         if zs is not None:
-            if zs_tilde is None:
-                raise ValueError(
-                    "encoder features zs were given but the model returned no projections; "
-                    "build the model with REPA projectors or drop zs"
-                )
             terms["proj"] = projection_loss(zs, zs_tilde)
         return terms
 
 
-def projection_loss(zs: Sequence[torch.Tensor], zs_tilde: Sequence[torch.Tensor]) -> torch.Tensor:
+def projection_loss(
+    zs: Sequence[torch.Tensor], zs_tilde: Sequence[torch.Tensor] | None
+) -> torch.Tensor:
     """REPA's alignment (``SILoss``): per sample, the mean over encoders and tokens of
-    ``-cos(z, z_tilde)``; its batch mean is REPA's ``proj_loss`` (the caller weighs it)."""
+    ``-cos(z, z_tilde)``; its batch mean is REPA's ``proj_loss`` (the caller weighs it).
+    ``zs_tilde``: the model's projections (None: it returned none)."""
+    if zs_tilde is None:
+        raise ValueError(
+            "encoder features zs were given but the model returned no projections; "
+            "build the model with REPA projectors or drop zs"
+        )
     if len(zs) != len(zs_tilde):
         raise ValueError(
             f"{len(zs)} encoder features for {len(zs_tilde)} projections; pass one per projector"
