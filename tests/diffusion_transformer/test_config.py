@@ -14,7 +14,7 @@ CONF = Path(diffusion_transformer.__file__).parent / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
 # The batch (per device) each recipe trains with: the thesis' 256 on ImageNet.
-BATCH = {"digits": 64, "digits_sweep": 32, "lightningdit_xl1_256": 1024}
+BATCH = {"digits": 64, "digits_modern": 64, "digits_sweep": 32, "lightningdit_xl1_256": 1024}
 
 
 def test_default_is_the_digits_demo(compose_train):
@@ -67,6 +67,20 @@ def test_every_experiment_composes(compose_train, experiment):
         dims, out, patch = family[experiment.split("_")[0]]
         assert (m.projector_dims, m.out_channels, m.patch_size, m.depth) == (dims, out, patch, 28)
         assert cfg.module.diffusion.preset == experiment.split("_")[0]
+    if experiment == "digits_modern":  # the thesis demo's model, data, lr and evaluation
+        digits = compose_train("experiment=digits")
+        model, same = (OmegaConf.to_container(c.model, resolve=True) for c in (cfg, digits))
+        assert model == same | {
+            "learn_sigma": False, "use_rmsnorm": True, "use_swiglu": True, "use_rope": True,
+            "projector_dims": [64], "encoder_depth": 1, "projector_hidden": 256,
+        }  # fmt: skip
+        assert (cfg.data, cfg.optim, cfg.eval.num_samples, cfg.eval.cfg_scale) == (
+            digits.data, digits.optim, digits.eval.num_samples, digits.eval.cfg_scale
+        )  # fmt: skip
+        assert (cfg.diffusion.preset, cfg.diffusion.sampler, cfg.diffusion.sampling_steps) == (
+            "rectified_flow", "euler", 25
+        )  # fmt: skip
+        assert cfg.repa.encoder == "digits_convnet" and list(cfg.eval.cfg_interval) == [0, 0.5]
     if experiment == "imagenet512":
         assert cfg.model.input_size == 64 and build_model(cfg).depth == 28
 
@@ -147,5 +161,5 @@ def test_digits_sweep_expands_to_the_six_runs_of_the_cpu_scaling_study(compose_t
             "fd_digits",
             "acc_digits",
         ]
-        assert list(job.eval.final_sampling_steps) == [10]
+        assert dict(job.eval.final_samplers) == {"ddim": [10]}
         assert job.eval.sampler == "ddim" and job.eval.cfg_scale == 3.0

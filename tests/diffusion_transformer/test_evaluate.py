@@ -157,33 +157,42 @@ def test_training_evaluates_the_ema_and_records_the_run(compose_train, cache_dir
             "diffusion.sampling_steps=4",
             "eval.num_samples=20",
             "eval.batch_size=10",
-            "eval.final_sampling_steps=[2,4]",
+            "eval.final_samplers={ddim:[2],dpmpp_2m:[3]}",
             f"metrics.cache_dir={cache_dir}",
             f"run_dir={tmp_path}",
         )
     )
     rows = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
-    keys = {(r["step"], r["metric"], r["sampling_steps"], r["final"]) for r in rows}
+    keys = {(r["step"], r["metric"], r["sampler"], r["sampling_steps"], r["final"]) for r in rows}
     assert keys == {
-        (2, "fd_digits", 4, False),
-        (2, "acc_digits", 4, False),
-        (4, "fd_digits", 4, True),
-        (4, "acc_digits", 4, True),
-        (4, "fd_digits", 2, True),  # the Fig. 2.11 axis: the final model at other step counts
-        (4, "acc_digits", 2, True),
+        (2, "fd_digits", "ddim", 4, False),
+        (2, "acc_digits", "ddim", 4, False),
+        (4, "fd_digits", "ddim", 4, True),
+        (4, "acc_digits", "ddim", 4, True),
+        (4, "fd_digits", "ddim", 2, True),  # the Fig. 2.11 axis: the final model at other steps
+        (4, "acc_digits", "ddim", 2, True),
+        (4, "fd_digits", "dpmpp_2m", 3, True),  # and with other samplers (eval.final_samplers)
+        (4, "acc_digits", "dpmpp_2m", 3, True),
     }
     gflops = result.module.model.gflops()
     for r in rows:
         assert r["num_samples"] == 20 and r["model"] == "tiny" and r["patch"] == 4
         assert r["gflops"] == pytest.approx(gflops)
         assert r["train_compute"] == pytest.approx(gflops * 8 * r["step"] * 3)  # Sec. 2.5
+        assert r["nfe"] == r["sampling_steps"]  # counted: one network call per step
         assert r["sampling_compute"] == pytest.approx(gflops * r["sampling_steps"] * 2)  # cfg 1.5
         assert r["value"] >= 0
+    # Training CPU time: grows with the steps; evaluations do not count (the final model's
+    # evaluations all see the same time).
+    cpu = {r["step"]: r["cpu_seconds"] for r in rows}
+    assert 0 < cpu[2] < cpu[4]
+    assert len({r["cpu_seconds"] for r in rows if r["step"] == 4}) == 1
     summary = json.loads((tmp_path / "run_summary.json").read_text())
     assert summary["name"] == "DiT-tiny/4" and summary["step"] == 4
     assert summary["global_batch"] == 8 and summary["gflops"] == pytest.approx(gflops)
     metrics_csv = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "eval/fd_digits" in metrics_csv and "eval/fd_digits@2steps" in metrics_csv
+    assert "eval/fd_digits@dpmpp_2m3" in metrics_csv
 
 
 def test_sample_prints_the_evaluate_command_the_run_recorded():

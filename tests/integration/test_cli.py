@@ -98,6 +98,23 @@ def test_cli_errors_name_the_fix(cli_main, image_folder):
             "no VAE at /no/vae",
         ),
         ("diffusion_transformer.train", [*TINY, "resume=nowhere"], "cannot resume"),
+        (  # every sampler the evaluations would run is checked before training
+            "diffusion_transformer.train",
+            [*TINY, "eval.final_samplers={euler:[8]}"],
+            "eval.final_samplers.euler: sampler 'euler' does not apply to a diffusion (ddpm)",
+        ),
+        (
+            "diffusion_transformer.train",
+            [*TINY, "eval.final_samplers={ddim:8}"],
+            "eval.final_samplers.ddim=8 is not a list of step counts",
+        ),
+        ("diffusion_transformer.train", [*TINY, "eval.final_samplers={ddim:[0]}"], "at least 1"),
+        ("diffusion_transformer.train", [*TINY, "eval.sampler=heun"], "eval.sampler: sampler"),
+        (
+            "diffusion_transformer.train",
+            [*TINY, "eval.cfg_scale=1", "eval.cfg_interval=[0,0.5]"],
+            "eval.cfg_interval=[0, 0.5] is ignored because eval.cfg_scale=1 does not guide",
+        ),
     ]
     for module, args, phrase in cases:
         code, err = cli_main(module, *args)

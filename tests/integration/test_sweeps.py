@@ -21,8 +21,11 @@ from tests.integration.conftest import run_cli
 from tests.wandb_records import offline_runs, read_run
 
 TINY = [*TINY_DIT, "sample_every=0"]
-# Scored at steps 1 and 2 (20 samples, 2 DDIM steps) and at the end also with 4 sampling steps.
+# Scored at steps 1 and 2 (20 samples, 2 DDIM steps, guided on the less noisy half) and at the
+# end also with 4 sampling steps.
 TINY_EVAL = [
+    "eval.cfg_scale=1.5",
+    "eval.cfg_interval=[0,0.5]",
     "trainer.max_steps=2",
     "checkpoint_every=2",
     "eval.every_n_steps=1",
@@ -30,7 +33,7 @@ TINY_EVAL = [
     "eval.batch_size=20",
     "eval.sampler=ddim",
     "eval.steps=2",
-    "eval.final_sampling_steps=[4]",
+    "eval.final_samplers={ddim:[4]}",
 ]
 
 
@@ -74,6 +77,8 @@ def test_sweep_one_wandb_run_per_job_rerun_skips_and_report_joins_the_group(
     assert first["config"]["hydra_job"]["num"] == 0 and third["config"]["hydra_job"]["num"] == 2
     assert "patch=4" in third["config"]["hydra_job"]["overrides"]
     assert first["exit_code"] == 0 and "eval/fd_digits" in first["history_keys"]
+    rows = [json.loads(line) for line in (jobs[0] / "eval.jsonl").read_text().splitlines()]
+    assert {(r["cfg_scale"], tuple(r["cfg_interval"])) for r in rows} == {(1.5, (0.0, 0.5))}
     # The live chart of the group: Gflops and training compute as summary fields of every run.
     assert third["summary"]["gflops"] > first["summary"]["gflops"] * 0.2
     assert third["summary"]["train_compute"] == third["summary"]["gflops"] * 4 * 2 * 3
@@ -104,7 +109,7 @@ def test_sweep_one_wandb_run_per_job_rerun_skips_and_report_joins_the_group(
     summary, config = report_run["summary"], report_run["config"]
     assert summary["fid_vs_gflops/_type"] == "table-file"
     assert summary["fid_vs_gflops/nrows"] == 2 * 6  # 2 runs x (steps 1, 2, final 4 steps) x 2
-    for chart in ("gflops", "train_compute", "sampling_compute", "step"):
+    for chart in ("gflops", "train_compute", "sampling_compute", "step", "cpu_seconds", "nfe"):
         assert f"_wandb/visualize/fd_digits_vs_{chart}" in config  # a W&B custom chart
         assert summary[f"fd_digits_vs_{chart}_table/_type"] == "table-file"
     assert summary["figures/metric_vs_gflops/_type"] == "image-file"
@@ -114,11 +119,11 @@ def test_sweep_one_wandb_run_per_job_rerun_skips_and_report_joins_the_group(
     steps = json.loads((folder / "files" / summary["fd_digits_vs_step_table/path"]).read_text())
     assert steps["columns"] == ["step", "lineKey", "lineVal"]
     assert sorted((row[1], row[0]) for row in steps["data"]) == [
-        ("DiT-tiny/2", 1),
-        ("DiT-tiny/2", 2),
-        ("DiT-tiny/4", 1),
-        ("DiT-tiny/4", 2),
-    ]  # one line per run over the training steps
+        ("patch=2 seed 0", 1),
+        ("patch=2 seed 0", 2),
+        ("patch=4 seed 0", 1),
+        ("patch=4 seed 0", 2),
+    ]  # one line per run over the training steps, named by its recipe (the swept override)
     correlations = json.loads((sweep / "report" / "correlations.json").read_text())
     assert correlations["runs"] == 2 and len(correlations["missing_jobs"]) == 1
 

@@ -41,6 +41,7 @@ class SampleGrid(L.Callback):
         sampler: str | None = None,
         steps: int | None = None,
         cfg_scale: float = 1.0,
+        cfg_interval: list[float] | None = None,
         seed: int = 0,
     ) -> None:
         self.dirpath = Path(dirpath)
@@ -49,6 +50,7 @@ class SampleGrid(L.Callback):
         self.sampler = sampler
         self.steps = steps
         self.cfg_scale = cfg_scale
+        self.cfg_interval = cfg_interval
         self.seed = seed
         self.last_path: Path | None = None
         self._last_step = -1
@@ -71,6 +73,7 @@ class SampleGrid(L.Callback):
             sampler=self.sampler,
             steps=self.steps,
             cfg_scale=self.cfg_scale,
+            cfg_interval=self.cfg_interval,
             generator=generator,
         )
         if trainer.global_rank != 0:
@@ -101,12 +104,6 @@ def training_compute(gflops: float, global_batch: int, steps: int) -> float:
     """Training compute in Gflops (thesis Sec. 2.5): model Gflops x batch size x steps x 3, the
     factor 3 counting the backward pass as twice the forward."""
     return gflops * global_batch * steps * 3
-
-
-def sampling_compute(gflops: float, steps: int, cfg_scale: float = 1.0) -> float:
-    """Sampling compute per image in Gflops (Fig. 2.11): model Gflops x sampling steps, doubled
-    when classifier-free guidance runs the conditional and unconditional halves."""
-    return gflops * steps * (2 if cfg_scale != 1.0 else 1)
 
 
 def _global_batch(trainer: L.Trainer) -> int:
@@ -178,10 +175,14 @@ class EvalMetrics(L.Callback):
     Draws ``num_samples`` images with fixed noise and class-balanced labels (the same at every
     evaluation, so values are comparable along training), scores them with ``common.metrics``
     against ``reference`` and logs ``eval/<metric>``. Each value is appended to
-    ``<run_dir>/eval.jsonl`` with the step, sampling steps and training/sampling compute: the rows
-    the scaling report (Figs. 2.8, 2.10, 2.11) is built from. At the end of training the metric is
-    also measured for every entry of ``final_sampling_steps`` (the Fig. 2.11 axis). With
-    ``reference=None`` (``eval.reference`` unset) the callback does nothing.
+    ``<run_dir>/eval.jsonl`` with the step, the training CPU time so far (``cpu_seconds``: process
+    CPU time outside evaluations, carried over a resume), the sampler, its steps, the network
+    evaluations per sample it made (``nfe``, counted) and training/sampling compute (Sec. 2.5;
+    sampling compute is counted too: guidance doubles a pass, a guidance interval halves it
+    again): the rows the report is built from. At the end of training the final model is also
+    scored with every sampler and step count of ``final_samplers`` (``{sampler: [steps, ...]}``:
+    the Fig. 2.11 axis, and the few-step table of each sampler). With ``reference=None``
+    (``eval.reference`` unset) the callback does nothing.
     """
 
     def __init__(
@@ -195,7 +196,8 @@ class EvalMetrics(L.Callback):
         sampler: str | None = None,
         steps: int | None = None,
         cfg_scale: float = 1.0,
-        final_sampling_steps: list[int] | None = None,
+        cfg_interval: list[float] | None = None,
+        final_samplers: dict[str, list[int]] | None = None,
         inception_weights: str | None = None,
         cache_dir: str | None = None,
         seed: int = 0,
@@ -213,18 +215,44 @@ class EvalMetrics(L.Callback):
         self.sampler = sampler
         self.steps = steps
         self.cfg_scale = cfg_scale
-        self.final_sampling_steps = list(final_sampling_steps or [])
+        self.cfg_interval = None if cfg_interval is None else [float(t) for t in cfg_interval]
+        final_samplers = final_samplers or {}
+        self.final_samplers = {str(k): [int(n) for n in v] for k, v in final_samplers.items()}
         self.inception_weights = inception_weights
         self.cache_dir = cache_dir
         self.seed = seed
         self._reference = None
         self._last_step = -1
+        self._cpu_before = 0.0  # training CPU seconds of earlier stretches (restored on resume)
+        self._cpu_start: float | None = None
+        self._cpu_at: dict[int, float] = {}  # training CPU time of each evaluated step
         self.history: list[dict[str, Any]] = []
 
-    def _samples(self, trainer, pl_module, steps: int | None) -> tuple[np.ndarray, np.ndarray]:
+    # ------------------------------------------------------------------ training CPU time
+    def cpu_seconds(self) -> float:
+        """Process CPU time spent training so far: evaluations excluded, earlier stretches of a
+        resumed run included."""
+        if self._cpu_start is None:
+            return self._cpu_before
+        return self._cpu_before + time.process_time() - self._cpu_start
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._cpu_start = time.process_time()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cpu_seconds": self.cpu_seconds()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._cpu_before = float(state_dict.get("cpu_seconds", 0.0))
+
+    # ------------------------------------------------------------------ sampling
+    def _samples(
+        self, trainer, pl_module, sampler: str, steps: int
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         """Every rank draws its share; the shares are gathered (on every rank, cheap at uint8).
         Rank 0 says what it draws and, with the trainer's progress bar on, shows one bar over
-        all sampling steps of all batches."""
+        all sampling steps of all batches. Also returns this rank's network evaluations per
+        sample (``nfe``) and images forwarded per sample (``passes``: 2 where guided)."""
         world, rank = trainer.world_size, trainer.global_rank
         m = pl_module.model
         per_rank = math.ceil(self.num_samples / world)
@@ -232,10 +260,8 @@ class EvalMetrics(L.Callback):
         labels = labels[rank * per_rank : (rank + 1) * per_rank]
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + rank)
         gd = torch.Generator(device=pl_module.device).manual_seed(self.seed * 1_000_033 + rank)
-        n_steps = self._sampling_steps(pl_module, steps)
-        sampler = self.sampler or default_sampler(pl_module.diffusion_cfg)
         what = (
-            f"evaluating step {trainer.global_step}: {self.num_samples} samples x {n_steps} "
+            f"evaluating step {trainer.global_step}: {self.num_samples} samples x {steps} "
             f"{sampler} steps (cfg scale {self.cfg_scale}) -> {', '.join(self.metrics)}"
         )
         bar = None
@@ -245,48 +271,74 @@ class EvalMetrics(L.Callback):
                 from tqdm.auto import tqdm
 
                 batches = math.ceil(per_rank / self.batch_size)
-                bar = tqdm(total=batches * n_steps, desc=what, leave=False, dynamic_ncols=True)
+                bar = tqdm(total=batches * steps, desc=what, leave=False, dynamic_ncols=True)
+        counts = {"calls": 0, "rows": 0}
+
+        def count(module, args, output) -> None:
+            counts["calls"] += 1
+            counts["rows"] += len(args[0])
+
+        hook = pl_module.ema.module.register_forward_hook(count)
         images = []
-        for start in range(0, per_rank, self.batch_size):
-            y = labels[start : start + self.batch_size]
-            noise = torch.randn(len(y), m.in_channels, m.input_size, m.input_size, generator=g)
-            x = pl_module.generate(
-                y,
-                noise=noise,
-                sampler=self.sampler,
-                steps=steps,
-                cfg_scale=self.cfg_scale,
-                generator=gd,
-                progress=bar.update if bar is not None else False,
-            )
-            images.append(torch.from_numpy(to_uint8(x)))  # [n, H, W, 3] uint8
+        try:
+            for start in range(0, per_rank, self.batch_size):
+                y = labels[start : start + self.batch_size]
+                noise = torch.randn(len(y), m.in_channels, m.input_size, m.input_size, generator=g)
+                x = pl_module.generate(
+                    y,
+                    noise=noise,
+                    sampler=sampler,
+                    steps=steps,
+                    cfg_scale=self.cfg_scale,
+                    cfg_interval=self.cfg_interval,
+                    generator=gd,
+                    progress=bar.update if bar is not None else False,
+                )
+                images.append(torch.from_numpy(to_uint8(x)))  # [n, H, W, 3] uint8
+        finally:
+            hook.remove()
         if bar is not None:
             bar.close()
+        batches = math.ceil(per_rank / self.batch_size)
+        cost = {"nfe": counts["calls"] / batches, "passes": counts["rows"] / per_rank}
         local = torch.cat(images)
         if world > 1:
             local = pl_module.all_gather(local.to(pl_module.device)).flatten(0, 1)
             labels = pl_module.all_gather(labels.to(pl_module.device)).flatten(0, 1)
-        return local.cpu().numpy()[: self.num_samples], labels.cpu().numpy()[: self.num_samples]
+        n = self.num_samples
+        return local.cpu().numpy()[:n], labels.cpu().numpy()[:n], cost
 
-    def _sampling_steps(self, pl_module, steps: int | None) -> int:
-        """``steps``, or this callback's, or the diffusion config's, or the sampler's default."""
-        configured = steps or self.steps or pl_module.diffusion_cfg.get("sampling_steps")
-        if configured:
-            return configured
+    def _main_sampler(self, pl_module) -> tuple[str, int]:
+        """The sampler and steps of the periodic evaluations: this callback's, else the diffusion
+        config's, else the sampler's default."""
         sampler = self.sampler or default_sampler(pl_module.diffusion_cfg)
-        return 250 if sampler == "ddpm" else 50
+        steps = self.steps or pl_module.diffusion_cfg.get("sampling_steps")
+        return sampler, steps or (250 if sampler == "ddpm" else 50)
 
-    def evaluate(self, trainer, pl_module, steps: int | None, final: bool = False) -> dict:
+    def evaluate(self, trainer, pl_module, sampler: str, steps: int, final: bool = False) -> dict:
+        # Every evaluation of one step (the final model's samplers) reports the same time.
+        cpu_seconds = self._cpu_at.setdefault(trainer.global_step, self.cpu_seconds())
+        started, cpu_started = time.perf_counter(), time.process_time()
+        images, labels, cost = self._samples(trainer, pl_module, sampler, steps)
+        values = {}
+        if trainer.global_rank == 0:
+            values = self._score(trainer, pl_module, images, labels)
+            self._record(trainer, pl_module, values, sampler, steps, cost, cpu_seconds, final)
+            scores = ", ".join(f"{k} {float(v):.4g}" for k, v in values.items())
+            log.info(
+                f"evaluated step {trainer.global_step} in {time.perf_counter() - started:.0f} s: "
+                f"{scores}"
+            )
+        self._cpu_before -= time.process_time() - cpu_started  # evaluations are not training
+        return values
+
+    def _score(self, trainer, pl_module, images: np.ndarray, labels: np.ndarray) -> dict:
         from common.metrics import evaluate_images
         from diffusion_transformer.metrics import resolve_reference
 
-        started = time.perf_counter()
-        images, labels = self._samples(trainer, pl_module, steps)
-        if trainer.global_rank != 0:
-            return {}
         if self._reference is None:
             self._reference = resolve_reference(self.reference, image_size=images.shape[1])
-        values = evaluate_images(
+        return evaluate_images(
             images,
             self._reference,
             self.metrics,
@@ -295,25 +347,30 @@ class EvalMetrics(L.Callback):
             device=pl_module.device,
             cache_dir=self.cache_dir,
         )
+
+    def _record(self, trainer, pl_module, values, sampler, steps, cost, cpu_seconds, final):
+        """Append one row per metric to ``eval.jsonl`` and log ``eval/<metric>`` (suffixed
+        ``@<steps>steps`` or ``@<sampler><steps>`` away from the main sampler and steps)."""
         summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
         gflops = pl_module.model.gflops()
-        batch = _global_batch(trainer)
         step = trainer.global_step
-        n_steps = self._sampling_steps(pl_module, steps)
         rows = []
         for name, value in values.items():
             row = {
                 "step": step,
                 "metric": name,
                 "value": float(value),
-                "sampler": self.sampler or pl_module.diffusion_cfg.get("sampler"),
-                "sampling_steps": n_steps,
+                "sampler": sampler,
+                "sampling_steps": steps,
+                "nfe": cost["nfe"],
                 "cfg_scale": self.cfg_scale,
-                "num_samples": len(images),
+                "cfg_interval": self.cfg_interval,
+                "num_samples": self.num_samples,
                 "final": final,
+                "cpu_seconds": cpu_seconds,
                 "gflops": gflops,
-                "train_compute": training_compute(gflops, batch, step),
-                "sampling_compute": sampling_compute(gflops, n_steps, self.cfg_scale),
+                "train_compute": training_compute(gflops, _global_batch(trainer), step),
+                "sampling_compute": gflops * cost["passes"],
             }
             if summary is not None:
                 row.update(model=summary.model, patch=summary.patch)
@@ -323,14 +380,16 @@ class EvalMetrics(L.Callback):
         with open(self.path, "a") as f:
             for row in rows:
                 f.write(json_bytes(row, indent=None).decode() + "\n")
-        scores = ", ".join(f"{k} {float(v):.4g}" for k, v in values.items())
-        log.info(f"evaluated step {step} in {time.perf_counter() - started:.0f} s: {scores}")
-        suffix = "" if steps == self.steps else f"@{n_steps}steps"
+        main_sampler, main_steps = self._main_sampler(pl_module)
+        suffix = ""
+        if sampler != main_sampler:
+            suffix = f"@{sampler}{steps}"
+        elif steps != main_steps:
+            suffix = f"@{steps}steps"
         for logger in trainer.loggers:
             logger.log_metrics(
                 {f"eval/{k}{suffix}": float(v) for k, v in values.items()}, step=step
             )
-        return values
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -338,13 +397,15 @@ class EvalMetrics(L.Callback):
         if due and self._last_step != step and self.reference is not None:
             self._last_step = step
             last = trainer.max_steps is not None and 0 < trainer.max_steps <= step
-            self.evaluate(trainer, pl_module, self.steps, final=last)
+            self.evaluate(trainer, pl_module, *self._main_sampler(pl_module), final=last)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.reference is None:
             return
+        main = self._main_sampler(pl_module)
         if self._last_step != trainer.global_step:
-            self.evaluate(trainer, pl_module, self.steps, final=True)
-        for steps in self.final_sampling_steps:
-            if steps != self._sampling_steps(pl_module, None):
-                self.evaluate(trainer, pl_module, steps, final=True)
+            self.evaluate(trainer, pl_module, *main, final=True)
+        for sampler, all_steps in self.final_samplers.items():
+            for steps in all_steps:
+                if (sampler, steps) != main:
+                    self.evaluate(trainer, pl_module, sampler, steps, final=True)

@@ -1,11 +1,15 @@
-"""Gather a sweep into the thesis' scaling figures (Figs. 2.8, 2.10, 2.11).
+"""Gather a sweep into the thesis' scaling figures (Figs. 2.8, 2.10, 2.11) and its recipe
+comparison (issue 30).
 
     python -m diffusion_transformer.report sweep=<multirun dir of diffusion_transformer.train>
 
 Writes the table (``fid_vs_gflops.csv``), the figures and ``correlations.json`` to
-``<sweep>/report`` (or ``out=``; ``diffusion_transformer.scaling``) and logs them as one W&B run
-of the sweep's group: offline by default (no account needed), ``logger.wandb.offline=false`` to
-log live, ``logger=none`` (or ``csv``: the table is a CSV file anyway) for no W&B run.
+``<sweep>/report`` (or ``out=``; ``diffusion_transformer.scaling``), and the metric against step,
+training CPU time and sampling NFE per recipe and sampler with ``recipes.csv``/``samplers.csv``
+(``diffusion_transformer.recipes``; ``baseline=`` names the recipe the others must reach), and
+logs them as one W&B run of the sweep's group: offline by default (no account needed),
+``logger.wandb.offline=false`` to log live, ``logger=none`` (or ``csv``: the tables are CSV files
+anyway) for no W&B run. ``sweep=`` may be a folder of several sweeps (seeds run side by side).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def main(cfg: DictConfig) -> None:
     refuse_ignored_keys(cfg)
     wandb = cfg.logger.get("wandb")
     mode = None if wandb is None else ("offline" if wandb.offline else "online")
-    report(cfg.sweep, cfg.out, cfg.metric, mode, cfg.project, cfg.group)
+    report(cfg.sweep, cfg.out, cfg.metric, mode, cfg.project, cfg.group, cfg.baseline)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,21 @@ def default_sampler(cfg: Mapping[str, Any]) -> str:
     return cfg.get("sampler") or ("euler" if cfg.get("objective") == "transport" else "ddpm")
 
 
+def check_sampler(diffusion_cfg: Mapping[str, Any], sampler: str) -> str:
+    """``sampler`` if it applies to the model of ``diffusion_cfg``, else a ValueError saying which
+    do."""
+    is_transport = diffusion_cfg.get("objective", "ddpm") == "transport"
+    valid = TRANSPORT_SAMPLERS if is_transport else GAUSSIAN_SAMPLERS
+    if sampler not in valid:
+        kind = "transport (flow)" if is_transport else "diffusion (ddpm)"
+        if sampler in (*GAUSSIAN_SAMPLERS, *TRANSPORT_SAMPLERS):
+            raise ValueError(
+                f"sampler {sampler!r} does not apply to a {kind} model: use {' | '.join(valid)}"
+            )
+        raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(valid)}")
+    return sampler
+
+
 @torch.no_grad()
 def sample_latents(
     model: torch.nn.Module,
@@ -91,16 +106,8 @@ def sample_latents(
     """
     if steps is not None:
         require_positive_int("steps", steps, allow_none=True)
-    sampler = sampler or default_sampler(diffusion_cfg)
+    sampler = check_sampler(diffusion_cfg, sampler or default_sampler(diffusion_cfg))
     is_transport = diffusion_cfg.get("objective", "ddpm") == "transport"
-    valid = TRANSPORT_SAMPLERS if is_transport else GAUSSIAN_SAMPLERS
-    if sampler not in valid:
-        kind = "transport (flow)" if is_transport else "diffusion (ddpm)"
-        if sampler in (*GAUSSIAN_SAMPLERS, *TRANSPORT_SAMPLERS):
-            raise ValueError(
-                f"sampler {sampler!r} does not apply to a {kind} model: use {' | '.join(valid)}"
-            )
-        raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(valid)}")
     guidance = Guidance(cfg_scale, model.num_classes, cfg_interval, model.cfg_channels)
     if cfg_scale != 1.0 and model.y_embedder.embedding_table.num_embeddings <= model.num_classes:
         raise ValueError(

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from common.checkpoint import write_json
-from common.training.runs import expected_jobs
+from common.training.runs import expected_jobs, read_job
 
 COLUMNS = (
     "name",
@@ -42,17 +42,23 @@ COLUMNS = (
     "step",
     "sampler",
     "sampling_steps",
+    "nfe",
     "sampling_compute",
     "cfg_scale",
+    "cfg_interval",
     "num_samples",
+    "cpu_seconds",
+    "seed",
+    "recipe",
     "run_dir",
 )
 MODEL_ORDER = {"S": 0, "B": 1, "L": 2, "XL": 3}
 
 
 def collect(root: str | Path) -> list[dict[str, Any]]:
-    """All evaluation rows under ``root``, each joined with its run's summary; a re-evaluated
-    (run, metric, step, sampling steps) after a resume keeps its latest value."""
+    """All evaluation rows under ``root``, each joined with its run's summary and the overrides
+    of its ``job.json``; a re-evaluated (run, metric, step, sampler, steps) after a resume keeps
+    its latest value."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory: pass a multirun directory of train")
@@ -68,14 +74,16 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
         evals = path.parent / "eval.jsonl"
         if not evals.is_file():
             continue
+        overrides = (read_job(path.parent) or {}).get("overrides") or []
         for line in evals.read_text().splitlines():
             if not line.strip():
                 continue
             e = json.loads(line)
-            row = {**summary, **e, "run_dir": str(path.parent)}
+            row = {**summary, **e, "run_dir": str(path.parent), "overrides": overrides}
             row["model"], row["patch"] = summary["model"], summary["patch"]
             row["train_compute"] = summary["gflops"] * summary["global_batch"] * e["step"] * 3
-            rows[(row["run_dir"], e["metric"], e["step"], e["sampling_steps"])] = row
+            key = (row["run_dir"], e["metric"], e["step"], e.get("sampler"), e["sampling_steps"])
+            rows[key] = row
     if not rows:
         raise FileNotFoundError(f"runs under {root} have no eval.jsonl: set eval.reference")
     return sorted(rows.values(), key=lambda r: (r["run_dir"], r["metric"], r["step"]))
@@ -90,38 +98,41 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def _main_steps(run_rows: list[dict[str, Any]]) -> int:
-    """The sampling steps of the periodic evaluations: those of the earliest row of a run."""
-    return min(run_rows, key=lambda r: (r["step"], r.get("final", False)))["sampling_steps"]
+def main_sampling(run_rows: list[dict[str, Any]]) -> tuple[str | None, int]:
+    """(sampler, steps) of a run's periodic evaluations: those of its earliest row."""
+    first = min(run_rows, key=lambda r: (r["step"], r.get("final", False)))
+    return first.get("sampler"), first["sampling_steps"]
+
+
+def _sampled_as(row: dict[str, Any]) -> tuple[str | None, int]:
+    return row.get("sampler"), row["sampling_steps"]
 
 
 def final_values(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """Per run: the row of ``metric`` at the last step with the run's main sampling steps."""
+    """Per run: the row of ``metric`` at the last step with the run's main sampler and steps."""
     by_run: dict[str, list] = defaultdict(list)
     for r in rows:
         if r["metric"] == metric:
             by_run[r["run_dir"]].append(r)
     out = []
     for run_rows in by_run.values():
-        main = _main_steps(run_rows)
-        out.append(
-            max((r for r in run_rows if r["sampling_steps"] == main), key=lambda r: r["step"])
-        )
+        main = main_sampling(run_rows)
+        out.append(max((r for r in run_rows if _sampled_as(r) == main), key=lambda r: r["step"]))
     return sorted(out, key=lambda r: r["gflops"])
 
 
 def correlations(points: list[dict[str, Any]]) -> dict[str, Any]:
     """Pearson (value vs log10 Gflops) and Spearman (ranks) correlation over runs; ``None`` (JSON
-    null) with a ``note`` saying why under 3 runs."""
+    null) with a ``note`` saying why under 3 runs or when all have the same Gflops."""
     from scipy.stats import pearsonr, spearmanr
 
+    note = None
     if len(points) < 3:
-        return {
-            "pearson_log_gflops": None,
-            "spearman": None,
-            "runs": len(points),
-            "note": f"correlations need at least 3 runs; {len(points)} have results",
-        }
+        note = f"correlations need at least 3 runs; {len(points)} have results"
+    elif len({p["gflops"] for p in points}) == 1:
+        note = f"correlations need runs of different Gflops; all {len(points)} have the same"
+    if note:
+        return {"pearson_log_gflops": None, "spearman": None, "runs": len(points), "note": note}
     x = np.log10([p["gflops"] for p in points])
     y = np.array([p["value"] for p in points])
     return {
@@ -141,18 +152,21 @@ def runs_of(rows: list[dict[str, Any]], metric: str) -> list[list[dict[str, Any]
 
 
 def curve_over_training(run_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fig. 2.10: the periodic evaluations of one run, by step."""
-    main = _main_steps(run_rows)
+    """Fig. 2.10: the periodic evaluations of one run (its main sampler and steps), by step."""
+    main = main_sampling(run_rows)
     return sorted(
-        (r for r in run_rows if r["sampling_steps"] == main and r["step"] > 0),
-        key=lambda r: r["step"],
+        (r for r in run_rows if _sampled_as(r) == main and r["step"] > 0), key=lambda r: r["step"]
     )
 
 
 def curve_over_sampling_steps(run_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fig. 2.11: the final model of one run at each sampling-step count."""
+    """Fig. 2.11: the final model of one run at each step count of its main sampler."""
     last = max(r["step"] for r in run_rows)
-    return sorted((r for r in run_rows if r["step"] == last), key=lambda r: r["sampling_steps"])
+    sampler = main_sampling(run_rows)[0]
+    return sorted(
+        (r for r in run_rows if r["step"] == last and r.get("sampler") == sampler),
+        key=lambda r: r["sampling_steps"],
+    )
 
 
 def _style(row: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +207,7 @@ def plot_all(rows: list[dict[str, Any]], metric: str, out: Path) -> tuple[list[P
     ax.set_ylabel(metric)
     ax.ticklabel_format(axis="y", useOffset=False)
     if corr["spearman"] is None:
-        stats = f"correlations need 3 runs, {corr['runs']} here"
+        stats = corr["note"]
     else:
         stats = f"Pearson r={corr['pearson_log_gflops']:.2f}, Spearman={corr['spearman']:.2f}"
     ax.set_title(f"{metric} vs Gflops  ({stats})", fontsize=9)
@@ -288,12 +302,16 @@ def log_wandb(
     group: str,
     out: Path,
     missing: list[str],
+    compared: dict[str, Any],
 ) -> Path:
     """The report as one W&B run of the sweep's group (``job_type=report``, files under ``out``):
     the full table, scatter plots of the metric against Gflops (Fig. 2.8), training compute
     (Fig. 2.10) and sampling compute (Fig. 2.11), one line per run of the metric against the
-    training step, the PNG figures and the correlations. Returns the run's local folder."""
+    training step, the PNG figures, the correlations and the recipe comparison. Returns the run's
+    local folder."""
     import wandb
+
+    from diffusion_transformer import recipes
 
     run = wandb.init(
         project=project,
@@ -335,13 +353,17 @@ def log_wandb(
                 metric,
                 title=f"{metric} vs sampling compute (Fig. 2.11)",
             ),
-            f"{metric}_vs_step": wandb.plot.line_series(
-                xs=[[r["step"] for r in c] for c in curves],
-                ys=[[r["value"] for r in c] for c in curves],
-                keys=[_label(run_rows[0]) for run_rows in runs],
-                title=f"{metric} over training, one line per run",
-                xname="step",
-            ),
+            **{
+                f"{metric}_vs_{x}": wandb.plot.line_series(
+                    xs=[[r.get(x) for r in c] for c in curves],
+                    ys=[[r["value"] for r in c] for c in curves],
+                    keys=[f"{rr[0]['recipe']} seed {rr[0].get('seed')}" for rr in runs],
+                    title=f"{metric} over training, one line per run",
+                    xname=x,
+                )
+                for x in ("step", "cpu_seconds")
+            },
+            **recipes.wandb_entries(wandb, compared, metric),
             **{f"figures/{p.stem}": wandb.Image(str(p)) for p in pngs},
             **{f"correlation/{k}": v for k, v in corr.items() if isinstance(v, (int, float))},
         }
@@ -358,10 +380,14 @@ def report(
     wandb: str | None = None,
     project: str | None = None,
     group: str | None = None,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
-    """Write the table, figures and correlations of a sweep and, with ``wandb="offline"`` or
-    ``"online"`` (the W&B mode), log them as one run of the sweep's W&B project and group
-    (``project``/``group`` override what the runs recorded)."""
+    """Write the table, figures and correlations of a sweep, and its recipe comparison
+    (``diffusion_transformer.recipes``: ``baseline`` is the recipe the others must reach), and,
+    with ``wandb="offline"`` or ``"online"`` (the W&B mode), log them as one run of the sweep's W&B
+    project and group (``project``/``group`` override what the runs recorded)."""
+    from diffusion_transformer import recipes
+
     rows = collect(root)
     metrics = sorted({r["metric"] for r in rows})
     if metric is None:
@@ -369,6 +395,7 @@ def report(
     if metric not in metrics:
         raise ValueError(f"metric {metric!r} was not evaluated in these runs; found {metrics}")
     out = Path(out) if out else Path(root) / "report"
+    compared = recipes.write(rows, metric, out, baseline)
     csv_path = write_csv(rows, out / "fid_vs_gflops.csv")
     pngs, corr = plot_all(rows, metric, out)
     missing = missing_jobs(Path(root))
@@ -383,15 +410,18 @@ def report(
             f"Pearson r({metric}, log Gflops) = {corr['pearson_log_gflops']:.3f}; "
             f"Spearman = {corr['spearman']:.3f} over {corr['runs']} runs"
         )
+    recipes.print_tables(compared, metric)
     if missing:
         print(f"missing {len(missing)} job(s) of the sweep (rerun its command to finish them):")
         for line in missing:
             print(f"  {line}")
     print(f"table   : {csv_path}")
-    for p in pngs:
-        print(f"figure  : {p}")
+    for path in (*compared["csv"], *pngs, *compared["figures"]):
+        print(f"{'table' if path.suffix == '.csv' else 'figure':<8s}: {path}")
+    pngs = [*pngs, *compared["figures"]]
     result = {"csv": csv_path, "figures": pngs, "correlations": corr, "metric": metric}
     result["missing"] = missing
+    result["recipes"] = compared
     if wandb is not None:
         recorded_project, recorded_group = sweep_wandb_target(Path(root))
         result["wandb"] = log_wandb(
@@ -404,6 +434,7 @@ def report(
             group or recorded_group,
             out,
             missing,
+            compared,
         )
         print(f"W&B run : {result['wandb']} (group {group or recorded_group})")
     return result

@@ -8,7 +8,7 @@ optimizer, EMA, data order, logs and W&B run. ``strategy=ddp|fsdp`` (``conf/stra
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from common.cli import hydra_main
 
@@ -38,9 +38,36 @@ CHECKS = {
 #: Keys that only the evaluation during training reads (callbacks.EvalMetrics).
 EVAL_KEYS = (
     *(f"eval.{k}" for k in ("every_n_steps", "num_samples", "batch_size", "sampler", "steps")),
-    "eval.final_sampling_steps",
+    "eval.final_samplers",
     "metrics.cache_dir",
 )
+
+
+def check_samplers(cfg: DictConfig) -> None:
+    """Refuse, before training, a sampler the evaluations could not run: ``diffusion.sampler``,
+    ``eval.sampler`` and each of ``eval.final_samplers`` (``{sampler: [steps, ...]}``) must apply
+    to the objective (``sampling.check_sampler``), with positive step counts."""
+    from common.errors import require_positive_int
+    from diffusion_transformer.sampling import check_sampler
+
+    finals = cfg.eval.final_samplers or {}
+    named = {"diffusion.sampler": cfg.diffusion.sampler, "eval.sampler": cfg.eval.sampler}
+    named |= {f"eval.final_samplers.{k}": k for k in finals}
+    for key, sampler in named.items():
+        if sampler is None:
+            continue
+        try:
+            check_sampler(cfg.diffusion, str(sampler))
+        except ValueError as err:
+            raise ValueError(f"{key}: {err}") from None
+    for sampler, steps in finals.items():
+        if not OmegaConf.is_list(steps) or not steps:
+            raise ValueError(
+                f"eval.final_samplers.{sampler}={steps} is not a list of step counts; pass e.g. "
+                f"eval.final_samplers={{{sampler}:[8,25]}}"
+            )
+        for n in steps:
+            require_positive_int(f"eval.final_samplers.{sampler}", n)
 
 
 def refuse_ignored_keys(cfg: DictConfig) -> None:
@@ -62,6 +89,9 @@ def refuse_ignored_keys(cfg: DictConfig) -> None:
     elif cfg.eval.reference is None:
         why = f"eval.reference is null (data={cfg.data.name} sets none): training evaluates nothing"
         unused |= dict.fromkeys(EVAL_KEYS, (why, "pass eval.reference=<.npz or image folder>"))
+    if cfg.eval.cfg_scale == 1:
+        why = "eval.cfg_scale=1 does not guide"
+        unused["eval.cfg_interval"] = (why, "pass eval.cfg_scale=<s> != 1")
     if not {"eval", "samples"} & callbacks:
         unused["sample_every"] = ("these callbacks write no samples", "pass callbacks=default")
     names = [str(n) for n in cfg.metrics.names]
@@ -100,6 +130,7 @@ def main(cfg: DictConfig) -> None:
     from diffusion_transformer.training import train
 
     refuse_ignored_keys(cfg)
+    check_samplers(cfg)
     train(cfg)
 
 
