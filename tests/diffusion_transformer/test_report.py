@@ -128,7 +128,7 @@ def test_two_runs_title_says_why_there_is_no_correlation_and_axes_show_plain_val
     from diffusion_transformer import scaling as report_module
 
     seen = []
-    save = report_module._save
+    save = report_module.save_figure
 
     def capture(fig, path):
         fig.canvas.draw()
@@ -136,7 +136,7 @@ def test_two_runs_title_says_why_there_is_no_correlation_and_axes_show_plain_val
         seen.append((ax.get_title(), ax.yaxis.get_offset_text().get_text()))
         return save(fig, path)
 
-    monkeypatch.setattr(report_module, "_save", capture)
+    monkeypatch.setattr(report_module, "save_figure", capture)
     _fake_sweep(tmp_path / "sweep", runs=[("S", 8, 0.03, 779.91), ("B", 8, 0.13, 779.95)])
     result = report(tmp_path / "sweep")
     assert result["correlations"]["runs"] == 2

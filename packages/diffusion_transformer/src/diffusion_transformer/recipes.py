@@ -15,6 +15,8 @@ A run's recipe is named by the overrides that tell the report's runs apart, the 
 - ``samplers.csv``: per recipe, sampler and step count, the mean, min and max over seeds.
 
 ``print_tables`` prints both tables and ``wandb_entries`` gives them to the report's W&B run.
+The helpers on one run's rows (its main sampler, its curve over training) live here too, and
+``scaling`` imports them: the scaling report calls this module, not the reverse.
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from diffusion_transformer.scaling import _save, curve_over_training
-
 RECIPE_COLUMNS = ("recipe", "seed", "final_value", "final_step", "cpu_seconds", "reached_step",
                   "reached_cpu_seconds", "run_dir")  # fmt: skip
 STYLES = ("-", "--", ":", "-.")  # one per recipe in the NFE figure (colours: samplers)
@@ -36,6 +36,36 @@ SAMPLER_COLUMNS = ("recipe", "sampler", "sampling_steps", "nfe", "value_mean", "
                    "value_max", "seeds")  # fmt: skip
 
 
+# ----------------------------------------------------------------------------- rows of one run
+def main_sampling(run_rows: list[dict[str, Any]]) -> tuple[str | None, int]:
+    """(sampler, steps) of a run's periodic evaluations: those of its earliest row."""
+    first = min(run_rows, key=lambda r: (r["step"], r.get("final", False)))
+    return first.get("sampler"), first["sampling_steps"]
+
+
+def sampled_as(row: dict[str, Any]) -> tuple[str | None, int]:
+    return row.get("sampler"), row["sampling_steps"]
+
+
+def curve_over_training(run_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fig. 2.10: the periodic evaluations of one run (its main sampler and steps), by step."""
+    main = main_sampling(run_rows)
+    return sorted(
+        (r for r in run_rows if sampled_as(r) == main and r["step"] > 0), key=lambda r: r["step"]
+    )
+
+
+def save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- recipes
 def label_recipes(rows: list[dict[str, Any]]) -> list[str]:
     """Set ``row["recipe"]`` from each run's overrides (``job.json``, in ``row["overrides"]``):
     the keys whose values differ between runs, ``seed``, ``eval.final_samplers`` and
@@ -179,7 +209,7 @@ def plot(rows: list[dict[str, Any]], metric: str, recipes: list[str], out: Path)
         ax.set_ylabel(metric)
         ax.legend(fontsize=7)
         ax.set_title(f"{metric} over training: seeds thin, their mean bold", fontsize=9)
-        paths.append(_save(fig, out / name))
+        paths.append(save_figure(fig, out / name))
     fig, ax = plt.subplots(figsize=(6, 4))
     curves_nfe = sampler_curves(rows, metric)
     samplers = sorted({sampler for _, sampler in curves_nfe})
@@ -194,7 +224,7 @@ def plot(rows: list[dict[str, Any]], metric: str, recipes: list[str], out: Path)
     ax.set_ylabel(metric)
     ax.legend(fontsize=6)
     ax.set_title(f"{metric} of the final models against sampling NFE", fontsize=9)
-    paths.append(_save(fig, out / "metric_vs_nfe.png"))
+    paths.append(save_figure(fig, out / "metric_vs_nfe.png"))
     return paths
 
 

@@ -28,6 +28,13 @@ import numpy as np
 
 from common.checkpoint import write_json
 from common.training.runs import expected_jobs, read_job
+from diffusion_transformer import recipes
+from diffusion_transformer.recipes import (
+    curve_over_training,
+    main_sampling,
+    sampled_as,
+    save_figure,
+)
 
 COLUMNS = (
     "name",
@@ -98,16 +105,6 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def main_sampling(run_rows: list[dict[str, Any]]) -> tuple[str | None, int]:
-    """(sampler, steps) of a run's periodic evaluations: those of its earliest row."""
-    first = min(run_rows, key=lambda r: (r["step"], r.get("final", False)))
-    return first.get("sampler"), first["sampling_steps"]
-
-
-def _sampled_as(row: dict[str, Any]) -> tuple[str | None, int]:
-    return row.get("sampler"), row["sampling_steps"]
-
-
 def final_values(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     """Per run: the row of ``metric`` at the last step with the run's main sampler and steps."""
     by_run: dict[str, list] = defaultdict(list)
@@ -117,7 +114,7 @@ def final_values(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]
     out = []
     for run_rows in by_run.values():
         main = main_sampling(run_rows)
-        out.append(max((r for r in run_rows if _sampled_as(r) == main), key=lambda r: r["step"]))
+        out.append(max((r for r in run_rows if sampled_as(r) == main), key=lambda r: r["step"]))
     return sorted(out, key=lambda r: r["gflops"])
 
 
@@ -149,14 +146,6 @@ def runs_of(rows: list[dict[str, Any]], metric: str) -> list[list[dict[str, Any]
         if r["metric"] == metric:
             by_run[r["run_dir"]].append(r)
     return sorted(by_run.values(), key=lambda rr: rr[0]["gflops"])
-
-
-def curve_over_training(run_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fig. 2.10: the periodic evaluations of one run (its main sampler and steps), by step."""
-    main = main_sampling(run_rows)
-    return sorted(
-        (r for r in run_rows if _sampled_as(r) == main and r["step"] > 0), key=lambda r: r["step"]
-    )
 
 
 def curve_over_sampling_steps(run_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -211,7 +200,7 @@ def plot_all(rows: list[dict[str, Any]], metric: str, out: Path) -> tuple[list[P
     else:
         stats = f"Pearson r={corr['pearson_log_gflops']:.2f}, Spearman={corr['spearman']:.2f}"
     ax.set_title(f"{metric} vs Gflops  ({stats})", fontsize=9)
-    paths.append(_save(fig, out / "metric_vs_gflops.png"))
+    paths.append(save_figure(fig, out / "metric_vs_gflops.png"))
 
     runs = runs_of(rows, metric)
     for curve_of, x_key, x_label, title, name in (
@@ -235,18 +224,8 @@ def plot_all(rows: list[dict[str, Any]], metric: str, out: Path) -> tuple[list[P
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.legend(fontsize=7)
         ax.set_title(f"{metric} vs {title}", fontsize=9)
-        paths.append(_save(fig, out / name))
+        paths.append(save_figure(fig, out / name))
     return paths, corr
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 # ----------------------------------------------------------------------------- sweep status
@@ -310,8 +289,6 @@ def log_wandb(
     training step, the PNG figures, the correlations and the recipe comparison. Returns the run's
     local folder."""
     import wandb
-
-    from diffusion_transformer import recipes
 
     run = wandb.init(
         project=project,
@@ -386,8 +363,6 @@ def report(
     (``diffusion_transformer.recipes``: ``baseline`` is the recipe the others must reach), and,
     with ``wandb="offline"`` or ``"online"`` (the W&B mode), log them as one run of the sweep's W&B
     project and group (``project``/``group`` override what the runs recorded)."""
-    from diffusion_transformer import recipes
-
     rows = collect(root)
     metrics = sorted({r["metric"] for r in rows})
     if metric is None:
