@@ -264,13 +264,12 @@ class EvalMetrics(L.Callback):
             f"evaluating step {trainer.global_step}: {self.num_samples} samples x {steps} "
             f"{sampler} steps (cfg scale {self.cfg_scale}) -> {', '.join(self.metrics)}"
         )
-        bar = None
+        bar, batches = None, math.ceil(per_rank / self.batch_size)
         if rank == 0:
             log.info(what)
             if trainer.progress_bar_callback is not None:
                 from tqdm.auto import tqdm
 
-                batches = math.ceil(per_rank / self.batch_size)
                 bar = tqdm(total=batches * steps, desc=what, leave=False, dynamic_ncols=True)
         counts = {"calls": 0, "rows": 0}
 
@@ -299,7 +298,6 @@ class EvalMetrics(L.Callback):
             hook.remove()
         if bar is not None:
             bar.close()
-        batches = math.ceil(per_rank / self.batch_size)
         cost = {"nfe": counts["calls"] / batches, "passes": counts["rows"] / per_rank}
         local = torch.cat(images)
         if world > 1:

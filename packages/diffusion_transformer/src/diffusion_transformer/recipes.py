@@ -37,6 +37,15 @@ SAMPLER_COLUMNS = ("recipe", "sampler", "sampling_steps", "nfe", "value_mean", "
 
 
 # ----------------------------------------------------------------------------- rows of one run
+def by_run(rows: list[dict[str, Any]], metric: str) -> dict[str, list[dict[str, Any]]]:
+    """The rows of ``metric``, by run folder."""
+    out: dict[str, list] = defaultdict(list)
+    for r in rows:
+        if r["metric"] == metric:
+            out[r["run_dir"]].append(r)
+    return out
+
+
 def main_sampling(run_rows: list[dict[str, Any]]) -> tuple[str | None, int]:
     """(sampler, steps) of a run's periodic evaluations: those of its earliest row."""
     first = min(run_rows, key=lambda r: (r["step"], r.get("final", False)))
@@ -86,14 +95,6 @@ def label_recipes(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         r["recipe"] = names[r["run_dir"]][0]
     return [n for n, _ in sorted(set(names.values()), key=lambda x: (x[1], x[0]))]
-
-
-def by_run(rows: list[dict[str, Any]], metric: str) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list] = defaultdict(list)
-    for r in rows:
-        if r["metric"] == metric:
-            out[r["run_dir"]].append(r)
-    return out
 
 
 def run_table(rows: list[dict[str, Any]], metric: str, baseline: str) -> list[dict[str, Any]]:

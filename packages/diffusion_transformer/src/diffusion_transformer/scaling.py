@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from common.checkpoint import write_json
 from common.training.runs import expected_jobs, read_job
 from diffusion_transformer import recipes
 from diffusion_transformer.recipes import (
+    by_run,
     curve_over_training,
     main_sampling,
     sampled_as,
@@ -107,12 +107,8 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def final_values(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     """Per run: the row of ``metric`` at the last step with the run's main sampler and steps."""
-    by_run: dict[str, list] = defaultdict(list)
-    for r in rows:
-        if r["metric"] == metric:
-            by_run[r["run_dir"]].append(r)
     out = []
-    for run_rows in by_run.values():
+    for run_rows in by_run(rows, metric).values():
         main = main_sampling(run_rows)
         out.append(max((r for r in run_rows if sampled_as(r) == main), key=lambda r: r["step"]))
     return sorted(out, key=lambda r: r["gflops"])
@@ -141,11 +137,7 @@ def correlations(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 def runs_of(rows: list[dict[str, Any]], metric: str) -> list[list[dict[str, Any]]]:
     """The rows of ``metric`` grouped by run, runs ordered by Gflops."""
-    by_run: dict[str, list] = defaultdict(list)
-    for r in rows:
-        if r["metric"] == metric:
-            by_run[r["run_dir"]].append(r)
-    return sorted(by_run.values(), key=lambda rr: rr[0]["gflops"])
+    return sorted(by_run(rows, metric).values(), key=lambda rr: rr[0]["gflops"])
 
 
 def curve_over_sampling_steps(run_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
